@@ -1,0 +1,465 @@
+"""Procrastinate behind the one interface.
+
+Jobs live in procrastinate's own ``procrastinate_jobs`` table, written the way ``defer`` writes
+them, so plain procrastinate workers can run what this adapter puts. What that table has no column
+for (the cutover id, a job's own retry budget and backoff, positional args, error, result, the
+hold) lives in the adapter's ``cutover_jobs`` table, in the same transaction. The job key is
+procrastinate's ``queueing_lock``. A job is taken by holding it (``scheduled_at = 'infinity'``,
+under a row lock), so no procrastinate worker can fetch it while it moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any, LiteralString
+
+import psycopg
+import psycopg_pool
+from procrastinate.schema import SchemaManager
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+
+from cutover import codec
+from cutover.backend import Acceptor, Capabilities, TakeResult
+from cutover.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    CutoverError,
+    DecodeError,
+    JobConflictError,
+    JobError,
+)
+from cutover.record import JobRecord, JobState, utcnow
+from cutover.urls import password_of, redact, redact_text
+from cutover_procrastinate import sql
+
+_NATIVE = re.compile(r"^pg-(\d+)$")
+_PUT_STATUS = {
+    JobState.QUEUED: "todo", JobState.SCHEDULED: "todo", JobState.HELD: "todo",
+    JobState.DEFERRED: "todo", JobState.FINISHED: "succeeded", JobState.FAILED: "failed",
+    JobState.CANCELED: "cancelled",
+}
+_FAR = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)  # a held job's scheduled_at
+
+
+def _native(job_ids: Sequence[str]) -> list[int]:
+    return [int(m.group(1)) for i in job_ids if (m := _NATIVE.match(i))]
+
+
+class ProcrastinateBackend:
+    """Procrastinate 3.x on PostgreSQL.
+
+    URL: ``postgresql://user[:password]@host:port/db``; procrastinate's tables are found through
+    the connection's ``search_path`` (add ``?options=-csearch_path%3Dmyschema`` for another
+    schema). Procrastinate's schema is applied when absent (its own apply is not idempotent).
+    """
+
+    name = "procrastinate"
+    capabilities = Capabilities(priority=True, scheduling=True, retries=True, results=True,
+                                dependencies=False, job_key=True, transactional_enqueue=True)
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10,
+                 apply_schema: bool = True) -> None:
+        self._url = redact(url)
+        self._secret = password_of(url)
+        try:
+            psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"invalid PostgreSQL URL {self._url}: "
+                                     f"{redact_text(str(exc), self._secret)}") from exc
+        self.pool: psycopg_pool.ConnectionPool[psycopg.Connection[TupleRow]] = \
+            psycopg_pool.ConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
+                                        kwargs={"connect_timeout": 5}, name="cutover")
+        with self._errors("connecting"):
+            self.pool.open(wait=True, timeout=10)
+        self._workers: dict[str, int] = {}
+        self._skipped: set[int] = set()
+        self._lock = threading.Lock()
+        self.features: dict[str, bool] = {}
+        if apply_schema:
+            self.ensure_schema()
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"ProcrastinateBackend({self._url!r})"
+
+    # -- plumbing --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except CutoverError:
+            raise
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise BackendUnavailableError(
+                f"PostgreSQL at {self._url} is unreachable while {doing}: "
+                f"{redact_text(str(exc), self._secret)}") from exc
+        except psycopg.Error as exc:
+            raise BackendError(f"PostgreSQL at {self._url} failed while {doing}: "
+                               f"{redact_text(str(exc), self._secret)}") from exc
+
+    @contextlib.contextmanager
+    def _tx(self, doing: str) -> Iterator[psycopg.Connection[TupleRow]]:
+        with self._errors(doing), self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    def ensure_schema(self) -> dict[str, bool]:
+        """Apply procrastinate's schema and the adapter's tables when absent; safe to run from
+        many processes at once. Returns the features detected."""
+        with self._tx("checking the schema") as conn:
+            row = conn.execute(sql.query("schema_present")).fetchone()
+            if not (row and row[0] and row[1]):
+                conn.execute(sql.query("schema_lock"))
+                row = conn.execute(sql.query("schema_present")).fetchone()
+                if not (row and row[0]):
+                    conn.execute(SchemaManager.get_schema())
+                conn.execute(sql.schema())
+            feats = conn.execute(sql.query("schema_features")).fetchone()
+        assert feats is not None
+        self.features = {"retry_v2": bool(feats[0]), "workers": bool(feats[1]),
+                         "defer_jobs_v1": bool(feats[2])}
+        if not (self.features["workers"] and self.features["defer_jobs_v1"]):
+            raise ConfigurationError(f"the procrastinate schema at {self._url} is older than "
+                                     "3.0; apply procrastinate's migrations first")
+        return self.features
+
+    # -- records ---------------------------------------------------------------------------
+    def _record(self, row: tuple[Any, ...]) -> JobRecord:
+        (job_id, queue, task, priority, key, args, status, scheduled_at, attempts, cutover_id,
+         max_attempts, intervals, positional, origin, created_at, updated_at, held_by,
+         held_scheduled_at, error, result) = row
+        problem = None
+        try:
+            kwargs = codec.decode(args or {})
+            pos = tuple(codec.decode(positional)) if positional else ()
+        except DecodeError as exc:
+            kwargs, pos, problem = {}, (), f"undecodable args: {exc.message}"
+        if not isinstance(kwargs, dict):
+            kwargs, problem = {}, f"args are not an object: {type(kwargs).__name__}"
+        run_at = held_scheduled_at if held_by else scheduled_at
+        if status == "todo":
+            state = (JobState.SCHEDULED if scheduled_at is not None and scheduled_at > utcnow()
+                     else JobState.QUEUED)
+        elif status in ("doing", "aborting"):
+            state = JobState.STARTED
+        elif status == "succeeded":
+            state = JobState.FINISHED
+        elif status == "failed":
+            state = JobState.FAILED
+        else:
+            state = JobState.CANCELED
+        if held_by:
+            state = JobState.HELD
+        try:
+            decoded_result = codec.decode(result) if result is not None else None
+        except DecodeError:
+            decoded_result = result
+        return JobRecord(
+            id=cutover_id or f"pg-{job_id}", task=task, args=pos, kwargs=kwargs, queue=queue,
+            priority=priority, run_at=run_at if run_at != _FAR and run_at is not None else None,
+            attempts=attempts, max_attempts=max(max_attempts or 1, attempts + 1 if state.live
+                                                else attempts, 1),
+            retry_intervals=tuple(intervals or ()), job_key=key, state=state,
+            origin=origin or "procrastinate", created_at=created_at, updated_at=updated_at,
+            error=error, result=decoded_result, native_id=str(job_id), problem=problem,
+            location=f"procrastinate_jobs:{job_id}")
+
+    def _select(self, conn: psycopg.Connection[TupleRow], where: LiteralString,
+                params: dict[str, Any]) -> list[JobRecord]:
+        query = sql.query("select_jobs") + " WHERE " + where + " ORDER BY j.id"
+        return [self._record(r) for r in conn.execute(query, params).fetchall()]
+
+    # -- producing -------------------------------------------------------------------------
+    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
+        now = utcnow()
+        fresh = [r.replace(state=JobState.SCHEDULED if r.run_at and r.run_at > now
+                           else JobState.QUEUED, origin=r.origin or self.name) for r in records]
+        return self._insert(fresh, mode="enqueue")[0]
+
+    def put(self, records: Sequence[JobRecord]) -> list[str]:
+        for r in records:
+            if r.state is JobState.STARTED:
+                raise JobError("a running job cannot be put; let it finish first", job_id=r.id)
+            if r.problem:
+                raise JobError(f"cannot put a job with a problem: {r.problem}", job_id=r.id)
+        ids, inserted = self._insert(list(records), mode="put")
+        return [i for i in ids if i in inserted]
+
+    def _insert(self, records: list[JobRecord], mode: str) -> tuple[list[str], set[str]]:
+        """Insert in one transaction; returns each record's resulting id and the ids inserted."""
+        if not records:
+            return [], set()
+        out: dict[int, str] = {}
+        with self._tx(f"{mode}ing jobs") as conn:
+            keys = sorted({r.job_key for r in records if r.job_key is not None})
+            holders: dict[str, str] = {}
+            if keys:
+                conn.execute(sql.query("key_lock"), {"keys": keys})
+                holders = {row[0]: row[1] for row in conn.execute(
+                    sql.query("live_key_holders"), {"keys": keys}).fetchall()}
+            ids = [r.id for r in records]
+            existing = {row[0] for row in conn.execute(
+                sql.query("existing_ids"), {"ids": ids, "native": _native(ids)}).fetchall()}
+            todo: list[JobRecord] = []
+            seen: set[str] = set()
+            for i, r in enumerate(records):
+                if r.id in existing or r.id in seen:
+                    out[i] = r.id
+                    if mode == "put" and r.id in existing:
+                        self._check_same(conn, r)
+                    continue
+                if r.job_key is not None and _PUT_STATUS.get(r.state) == "todo":
+                    holder = holders.get(r.job_key)
+                    if holder is not None:
+                        if mode == "put":
+                            raise JobConflictError(f"job key {r.job_key!r} is held by live job "
+                                                   f"{holder}", job_id=r.id)
+                        out[i] = holder
+                        continue
+                    holders[r.job_key] = r.id
+                seen.add(r.id)
+                out[i] = r.id
+                todo.append(r)
+            if todo:
+                self._write(conn, todo)
+        return [out[i] for i in range(len(records))], {r.id for r in todo}
+
+    def _check_same(self, conn: psycopg.Connection[TupleRow], record: JobRecord) -> None:
+        found = self._select(conn, "c.cutover_id = %(id)s OR (c.job_id IS NULL AND j.id = "
+                             "%(native)s)", {"id": record.id,
+                                             "native": (_native([record.id]) or [-1])[0]})
+        if found and found[0].digest() != record.digest():
+            raise JobConflictError("a different job with this id exists already",
+                                   job_id=record.id,
+                                   fields=sorted(found[0].differences(record)))
+
+    def _write(self, conn: psycopg.Connection[TupleRow], records: list[JobRecord]) -> None:
+        native_ids = [int(r[0]) for r in conn.execute(sql.query("next_ids"),
+                                                       {"n": len(records)}).fetchall()]
+        cols: dict[str, list[Any]] = {k: [] for k in (
+            "id", "queue", "task", "priority", "key", "args", "run_at", "attempts", "status")}
+        meta: dict[str, list[Any]] = {k: [] for k in (
+            "id", "cutover_id", "max_attempts", "intervals", "positional", "origin",
+            "created_at", "error", "result")}
+        for native, r in zip(native_ids, records, strict=True):
+            status = _PUT_STATUS.get(r.state)
+            if status is None:
+                raise JobError(f"a {r.state.value} job cannot be written to procrastinate",
+                               job_id=r.id)
+            try:
+                args = codec.encode(dict(r.kwargs), "kwargs")
+                positional = codec.encode(list(r.args), "args") if r.args else None
+                result = codec.encode(r.result, "result") if r.result is not None else None
+            except CutoverError as exc:
+                raise JobError(str(exc), job_id=r.id) from exc
+            cols["id"].append(native)
+            cols["queue"].append(r.queue)
+            cols["task"].append(r.task)
+            cols["priority"].append(r.priority)
+            cols["key"].append(r.job_key if status == "todo" else None)
+            cols["args"].append(Jsonb(args))
+            cols["run_at"].append(r.run_at)
+            cols["attempts"].append(r.attempts)
+            cols["status"].append(status)
+            meta["id"].append(native)
+            meta["cutover_id"].append(r.id)
+            meta["max_attempts"].append(r.max_attempts)
+            meta["intervals"].append(Jsonb(list(r.retry_intervals)))
+            meta["positional"].append(Jsonb(positional) if positional is not None else None)
+            meta["origin"].append(r.origin or self.name)
+            meta["created_at"].append(r.created_at or utcnow())
+            meta["error"].append(r.error)
+            meta["result"].append(Jsonb(result) if result is not None else None)
+        conn.execute(sql.query("insert_jobs"), cols)
+        conn.execute(sql.query("insert_meta"), meta)
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._tx(f"reading job {job_id}") as conn:
+            found = self._select(conn, "c.cutover_id = %(id)s OR (c.job_id IS NULL AND j.id = "
+                                 "%(native)s)", {"id": job_id,
+                                                 "native": (_native([job_id]) or [-1])[0]})
+        return found[0] if found else None
+
+    def snapshot(self, *, states: Collection[JobState] | None = None,
+                 queues: Collection[str] | None = None,
+                 batch_size: int = 1000) -> Iterator[JobRecord]:
+        query = sql.query("select_jobs") + (
+            " WHERE (%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s::text[]))"
+            " ORDER BY j.id")
+        params = {"queues": list(queues) if queues is not None else None}
+        with self._errors("reading a snapshot"), self.pool.connection() as conn, \
+                conn.transaction(), conn.cursor(name="cutover_snapshot") as cur:
+            cur.itersize = batch_size
+            cur.execute(query, params)
+            for row in cur:
+                record = self._record(row)
+                if states is None or record.state in states:
+                    yield record
+
+    def counts(self, queues: Collection[str] | None = None) -> dict[str, dict[JobState, int]]:
+        out: dict[str, dict[JobState, int]] = {}
+        with self._tx("counting jobs") as conn:
+            rows = conn.execute(sql.query("counts"),
+                                {"queues": list(queues) if queues is not None else None})
+            for queue, state, n in rows.fetchall():
+                out.setdefault(queue, dict.fromkeys(JobState, 0))[JobState(state)] += n
+        return out
+
+    # -- moving ----------------------------------------------------------------------------
+    def _resolve(self, conn: psycopg.Connection[TupleRow],
+                 job_ids: Sequence[str]) -> dict[str, int]:
+        rows = self._select(conn, "c.cutover_id = ANY(%(ids)s::text[]) OR (c.job_id IS NULL AND "
+                            "j.id = ANY(%(native)s::bigint[]))",
+                            {"ids": list(job_ids), "native": _native(job_ids)})
+        return {r.id: int(r.native_id or 0) for r in rows}
+
+    def take(self, job_ids: Sequence[str], owner: str) -> TakeResult:
+        result = TakeResult()
+        if not job_ids:
+            return result
+        with self._tx("taking jobs") as conn:
+            resolved = self._resolve(conn, job_ids)
+            locked = {row[0]: (row[1], row[2]) for row in conn.execute(
+                sql.query("lock_for_take"), {"ids": list(resolved.values())}).fetchall()}
+            to_hold: list[int] = []
+            for job_id in job_ids:
+                native = resolved.get(job_id)
+                if native is None or native not in locked:
+                    result.refused[job_id] = "missing"
+                    continue
+                status, held_by = locked[native]
+                if held_by is not None:
+                    if held_by != owner:
+                        result.refused[job_id] = f"held by {held_by}"
+                elif status != "todo":
+                    result.refused[job_id] = {"doing": "started", "succeeded": "finished"}.get(
+                        status, status)
+                else:
+                    to_hold.append(native)
+            if to_hold:
+                conn.execute(sql.query("hold"), {"owner": owner, "ids": to_hold})
+            ok = [n for j, n in resolved.items() if j not in result.refused]
+            result.taken = self._select(conn, "j.id = ANY(%(ids)s::bigint[])", {"ids": ok})
+        return result
+
+    def give_back(self, job_ids: Sequence[str], owner: str) -> int:
+        if not job_ids:
+            return 0
+        with self._tx("giving jobs back") as conn:
+            natives = list(self._resolve(conn, job_ids).values())
+            return len(conn.execute(sql.query("give_back"),
+                                    {"owner": owner, "ids": natives}).fetchall())
+
+    def remove(self, job_ids: Sequence[str]) -> int:
+        if not job_ids:
+            return 0
+        with self._tx("removing jobs") as conn:
+            natives = list(self._resolve(conn, job_ids).values())
+            return conn.execute(sql.query("delete_jobs"), {"ids": natives}).rowcount
+
+    def pause(self, queues: Collection[str] | None = None) -> None:
+        with self._tx("pausing") as conn:
+            conn.execute(sql.query("pause"), {"queues": list(queues or ["*"])})
+
+    def resume(self, queues: Collection[str] | None = None) -> None:
+        with self._tx("resuming") as conn:
+            if queues is None:
+                conn.execute(sql.query("resume_all"))
+            else:
+                conn.execute(sql.query("resume"), {"queues": list(queues)})
+
+    def paused(self) -> set[str]:
+        with self._tx("reading pauses") as conn:
+            return {row[0] for row in conn.execute(sql.query("paused")).fetchall()}
+
+    # -- working ---------------------------------------------------------------------------
+    def _worker_id(self, conn: psycopg.Connection[TupleRow], worker: str) -> int:
+        with self._lock:
+            known = self._workers.get(worker)
+        if known is not None:
+            return known
+        row = conn.execute(sql.query("register_worker")).fetchone()
+        assert row is not None
+        with self._lock:
+            self._workers[worker] = int(row[0])
+        return int(row[0])
+
+    def claim(self, queues: Sequence[str] | None, worker: str,
+              accept: Acceptor) -> JobRecord | None:
+        with self._tx("claiming a job") as conn:
+            paused = [row[0] for row in conn.execute(sql.query("paused")).fetchall()]
+            if "*" in paused:
+                return None
+            with self._lock:
+                skip = list(self._skipped)
+            ids = [row[0] for row in conn.execute(sql.query("claim_candidates"), {
+                "queues": list(queues) if queues else None, "paused": paused,
+                "skip": skip}).fetchall()]
+            if not ids:
+                return None
+            found = {int(r.native_id or 0): r for r in
+                     self._select(conn, "j.id = ANY(%(ids)s::bigint[])", {"ids": ids})}
+            for record in (found[i] for i in ids if i in found):
+                if record.problem or accept(record) is not None:
+                    with self._lock:
+                        self._skipped.add(int(record.native_id or 0))
+                    continue
+                worker_id = self._worker_id(conn, worker)
+                conn.execute(sql.query("start_job"), {"id": int(record.native_id or 0),
+                                                      "worker_id": worker_id})
+                return record.replace(state=JobState.STARTED)
+        return None
+
+    def _outcome(self, conn: psycopg.Connection[TupleRow], job: JobRecord, error: str | None,
+                 result: Any) -> None:
+        try:
+            stored = Jsonb(codec.encode(result)) if result is not None else None
+        except CutoverError:
+            stored = Jsonb(repr(result))
+        conn.execute(sql.query("upsert_outcome"), {"id": int(job.native_id or 0),
+                                                   "error": error, "result": stored})
+
+    def complete(self, job: JobRecord, worker: str, result: Any) -> None:
+        with self._tx(f"recording the outcome of job {job.id}") as conn:
+            conn.execute(sql.query("finish_job"), {"id": int(job.native_id or 0),
+                                                   "status": "succeeded"})
+            self._outcome(conn, job, None, result)
+
+    def fail(self, job: JobRecord, worker: str, error: str,
+             retry_at: dt.datetime | None) -> None:
+        with self._tx(f"recording the outcome of job {job.id}") as conn:
+            if retry_at is None:
+                conn.execute(sql.query("finish_job"), {"id": int(job.native_id or 0),
+                                                       "status": "failed"})
+            else:
+                conn.execute(sql.query("retry_job"), {"id": int(job.native_id or 0),
+                                                      "retry_at": retry_at})
+            self._outcome(conn, job, error, None)
+
+    def heartbeat(self, worker: str) -> None:
+        with self._tx("sending a heartbeat") as conn:
+            conn.execute(sql.query("heartbeat"), {"worker_id": self._worker_id(conn, worker)})
+
+    def recover_stalled(self, older_than: float) -> list[str]:
+        with self._tx("recovering stalled jobs") as conn:
+            rows = conn.execute(sql.query("recover_stalled"), {"seconds": older_than}).fetchall()
+            natives = [int(r[0]) for r in rows]
+            if not natives:
+                return []
+            return [r.id for r in self._select(conn, "j.id = ANY(%(ids)s::bigint[])",
+                                               {"ids": natives})]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception), self._tx("unregistering workers") as conn:
+            for worker_id in self._workers.values():
+                conn.execute(sql.query("unregister_worker"), {"worker_id": worker_id})
+        self.pool.close()

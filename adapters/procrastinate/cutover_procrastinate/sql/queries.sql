@@ -1,0 +1,164 @@
+-- name: schema_present
+SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present,
+       to_regclass('cutover_jobs') IS NOT NULL AS adapter_present;
+
+-- name: schema_lock
+SELECT pg_advisory_xact_lock(hashtext('cutover_procrastinate.schema'));
+
+-- name: schema_features
+SELECT
+    to_regprocedure('procrastinate_retry_job_v2(bigint, timestamp with time zone, integer, character varying, character varying)') IS NOT NULL AS retry_v2,
+    to_regclass('procrastinate_workers') IS NOT NULL AS workers,
+    to_regprocedure('procrastinate_defer_jobs_v1(procrastinate_job_to_defer_v1[])') IS NOT NULL AS defer_jobs_v1;
+
+-- name: key_lock
+SELECT pg_advisory_xact_lock(hashtext('cutover-key:' || k)) FROM unnest(%(keys)s::text[]) AS k ORDER BY k;
+
+-- name: live_key_holders
+SELECT j.queueing_lock, COALESCE(c.cutover_id, 'pg-' || j.id)
+FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
+WHERE j.queueing_lock = ANY(%(keys)s::text[]) AND j.status IN ('todo', 'doing');
+
+-- name: existing_ids
+SELECT c.cutover_id FROM cutover_jobs c WHERE c.cutover_id = ANY(%(ids)s::text[])
+UNION
+SELECT 'pg-' || j.id FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
+WHERE c.job_id IS NULL AND j.id = ANY(%(native)s::bigint[]);
+
+-- name: next_ids
+SELECT nextval(pg_get_serial_sequence('procrastinate_jobs', 'id')) FROM generate_series(1, %(n)s);
+
+-- name: insert_jobs
+INSERT INTO procrastinate_jobs (id, queue_name, task_name, priority, queueing_lock, args,
+                                scheduled_at, attempts, status)
+SELECT * FROM unnest(%(id)s::bigint[], %(queue)s::varchar[], %(task)s::varchar[],
+                     %(priority)s::int[], %(key)s::text[], %(args)s::jsonb[],
+                     %(run_at)s::timestamptz[], %(attempts)s::int[],
+                     %(status)s::procrastinate_job_status[]);
+
+-- name: insert_meta
+INSERT INTO cutover_jobs (job_id, cutover_id, max_attempts, retry_intervals, positional, origin,
+                          created_at, error, result)
+SELECT * FROM unnest(%(id)s::bigint[], %(cutover_id)s::text[], %(max_attempts)s::int[],
+                     %(intervals)s::jsonb[], %(positional)s::jsonb[], %(origin)s::text[],
+                     %(created_at)s::timestamptz[], %(error)s::text[], %(result)s::jsonb[]);
+
+-- name: select_jobs
+SELECT j.id, j.queue_name, j.task_name, j.priority, j.queueing_lock, j.args, j.status::text,
+       j.scheduled_at, j.attempts, c.cutover_id, c.max_attempts, c.retry_intervals, c.positional,
+       c.origin, c.created_at, c.updated_at, c.held_by, c.held_scheduled_at, c.error, c.result
+FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
+
+-- name: resolve_ids
+SELECT j.id FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
+WHERE c.cutover_id = ANY(%(ids)s::text[])
+   OR (c.job_id IS NULL AND j.id = ANY(%(native)s::bigint[]));
+
+-- name: counts
+SELECT j.queue_name,
+       CASE
+           WHEN c.held_by IS NOT NULL THEN 'held'
+           WHEN j.status = 'todo' AND j.scheduled_at > now() THEN 'scheduled'
+           WHEN j.status = 'todo' THEN 'queued'
+           WHEN j.status IN ('doing', 'aborting') THEN 'started'
+           WHEN j.status = 'succeeded' THEN 'finished'
+           WHEN j.status = 'failed' THEN 'failed'
+           ELSE 'canceled'
+       END AS state,
+       count(*)
+FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
+WHERE %(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s::text[])
+GROUP BY 1, 2;
+
+-- name: lock_for_take
+SELECT j.id, j.status::text, c.held_by FROM procrastinate_jobs j
+LEFT JOIN cutover_jobs c ON c.job_id = j.id
+WHERE j.id = ANY(%(ids)s::bigint[])
+FOR UPDATE OF j;
+
+-- name: hold
+WITH held AS (
+    INSERT INTO cutover_jobs (job_id, cutover_id, held_by, held_scheduled_at)
+    SELECT j.id, 'pg-' || j.id, %(owner)s, j.scheduled_at
+    FROM procrastinate_jobs j WHERE j.id = ANY(%(ids)s::bigint[])
+    ON CONFLICT (job_id) DO UPDATE
+        SET held_by = EXCLUDED.held_by, held_scheduled_at = EXCLUDED.held_scheduled_at,
+            updated_at = now()
+    RETURNING job_id
+)
+UPDATE procrastinate_jobs SET scheduled_at = '9999-12-31T00:00:00+00'
+WHERE id IN (SELECT job_id FROM held);
+
+-- name: give_back
+WITH released AS (
+    UPDATE cutover_jobs SET held_by = NULL, updated_at = now()
+    WHERE held_by = %(owner)s AND job_id = ANY(%(ids)s::bigint[])
+    RETURNING job_id, held_scheduled_at
+)
+UPDATE procrastinate_jobs j SET scheduled_at = r.held_scheduled_at
+FROM released r WHERE j.id = r.job_id AND j.status = 'todo'
+RETURNING j.id;
+
+-- name: delete_jobs
+DELETE FROM procrastinate_jobs WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: claim_candidates
+SELECT j.id FROM procrastinate_jobs j
+LEFT JOIN cutover_jobs c ON c.job_id = j.id
+WHERE j.status = 'todo'
+  AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+  AND c.held_by IS NULL
+  AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s::text[]))
+  AND NOT (j.queue_name = ANY(%(paused)s::text[]))
+  AND NOT (j.id = ANY(%(skip)s::bigint[]))
+  AND (j.lock IS NULL OR NOT EXISTS (
+        SELECT 1 FROM procrastinate_jobs d WHERE d.lock = j.lock AND d.status = 'doing'))
+ORDER BY j.priority DESC, j.id ASC
+LIMIT 20
+FOR UPDATE OF j SKIP LOCKED;
+
+-- name: start_job
+UPDATE procrastinate_jobs SET status = 'doing', worker_id = %(worker_id)s
+WHERE id = %(id)s AND status = 'todo';
+
+-- name: finish_job
+SELECT procrastinate_finish_job_v1(%(id)s, %(status)s::procrastinate_job_status, false);
+
+-- name: retry_job
+SELECT procrastinate_retry_job_v2(%(id)s, %(retry_at)s, NULL, NULL, NULL);
+
+-- name: upsert_outcome
+INSERT INTO cutover_jobs (job_id, cutover_id, error, result, updated_at)
+VALUES (%(id)s, 'pg-' || %(id)s, %(error)s, %(result)s, now())
+ON CONFLICT (job_id) DO UPDATE
+    SET error = EXCLUDED.error, result = EXCLUDED.result, updated_at = now();
+
+-- name: register_worker
+SELECT worker_id FROM procrastinate_register_worker_v1();
+
+-- name: heartbeat
+SELECT procrastinate_update_heartbeat_v1(%(worker_id)s);
+
+-- name: recover_stalled
+UPDATE procrastinate_jobs j SET status = 'todo', worker_id = NULL
+WHERE j.status = 'doing'
+  AND (j.worker_id IS NULL
+       OR NOT EXISTS (SELECT 1 FROM procrastinate_workers w WHERE w.id = j.worker_id)
+       OR EXISTS (SELECT 1 FROM procrastinate_workers w WHERE w.id = j.worker_id
+                  AND w.last_heartbeat < now() - make_interval(secs => %(seconds)s)))
+RETURNING j.id;
+
+-- name: unregister_worker
+SELECT procrastinate_unregister_worker_v1(%(worker_id)s);
+
+-- name: pause
+INSERT INTO cutover_paused (queue) SELECT unnest(%(queues)s::text[]) ON CONFLICT DO NOTHING;
+
+-- name: resume_all
+DELETE FROM cutover_paused;
+
+-- name: resume
+DELETE FROM cutover_paused WHERE queue = ANY(%(queues)s::text[]);
+
+-- name: paused
+SELECT queue FROM cutover_paused;

@@ -1,0 +1,555 @@
+"""RQ behind the one interface.
+
+Jobs are read straight from RQ's Redis keys (never with ``Job.fetch``, which unpickles ``meta`` and
+``result`` with the unrestricted pickle) and written in RQ's own hash format, built by RQ's ``Job``
+class, so plain RQ workers can run what this adapter puts. Every state change that decides who
+owns a job is one Lua script (``lua/``): take, give back, claim, finish, remove, recover.
+
+Cutover-only facts live in extra hash fields that RQ leaves alone: ``cutover_priority``,
+``cutover_attempts``, ``cutover_max_attempts``, ``cutover_retry_intervals``, ``cutover_job_key``,
+``cutover_run_at``, ``cutover_error``, ``cutover_result``, ``cutover_held*``. Other keys:
+``cutover:key:{job_key}`` (live holder of a job key), ``cutover:held:{queue}`` (held jobs),
+``cutover:paused`` and ``cutover:worker:{name}`` (heartbeats).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+import rq
+from redis.commands.core import Script
+
+from cutover import codec
+from cutover.backend import Acceptor, Capabilities, TakeResult
+from cutover.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    CutoverError,
+    DecodeError,
+    JobConflictError,
+    JobError,
+)
+from cutover.record import JobRecord, JobState, utcnow
+from cutover.urls import redact, redact_text
+from cutover_rq import scripts
+from cutover_rq.decode import decode_data
+
+_TS = "%Y-%m-%dT%H:%M:%S.%fZ"
+_REGISTRIES = ("scheduled", "deferred", "failed", "finished", "canceled")
+_STATUS = {
+    "queued": JobState.QUEUED, "created": JobState.QUEUED, "ready_to_enqueue": JobState.QUEUED,
+    "rate_limited": JobState.QUEUED, "scheduled": JobState.SCHEDULED,
+    "deferred": JobState.DEFERRED, "started": JobState.STARTED, "finished": JobState.FINISHED,
+    "failed": JobState.FAILED, "canceled": JobState.CANCELED, "stopped": JobState.CANCELED,
+}
+_PLACEMENT = {
+    JobState.QUEUED: ("queue", "queued"), JobState.SCHEDULED: ("scheduled", "scheduled"),
+    JobState.DEFERRED: ("deferred", "deferred"), JobState.FAILED: ("failed", "failed"),
+    JobState.FINISHED: ("finished", "finished"), JobState.CANCELED: ("canceled", "canceled"),
+}
+_DEFAULT_RESULT_TTL = 500
+_DEFAULT_FAILURE_TTL = 31_536_000
+_WIP_TTL = 86_400
+
+
+def _ts(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime(_TS)
+
+
+def _parse_ts(raw: bytes | None) -> dt.datetime | None:
+    if not raw:
+        return None
+    try:
+        return dt.datetime.strptime(raw.decode(), _TS).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def _s(raw: Any) -> str:
+    """A Redis reply (bytes) as text."""
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _hash(raw: Any) -> dict[bytes, bytes]:
+    return cast(dict[bytes, bytes], raw)
+
+
+def _text(h: dict[bytes, bytes], field: str) -> str | None:
+    raw = h.get(field.encode())
+    return raw.decode("utf-8", "replace") if raw else None
+
+
+class RQBackend:
+    """RQ (rq 2.x and 3.x) on Redis.
+
+    URL: ``redis://[:password@]host:port/db``, ``rediss://...`` or ``unix:///path?db=N``; the
+    query parameter ``serializer=json`` writes payloads with RQ's JSONSerializer instead of pickle
+    (match what your RQ workers use). Payloads of either kind are read.
+    """
+
+    name = "rq"
+    capabilities = Capabilities(priority=False, scheduling=True, retries=True, results=True,
+                                dependencies=False, job_key=True)
+
+    def __init__(self, url: str, *, client: redis.Redis | None = None) -> None:
+        parts = urlsplit(url)
+        params = dict(parse_qsl(parts.query))
+        self.serializer_name = params.pop("serializer", "pickle")
+        if self.serializer_name not in ("pickle", "json"):
+            raise ConfigurationError(f"serializer must be pickle or json, not "
+                                     f"{self.serializer_name!r}", url=redact(url))
+        self._serializer: Any = (rq.serializers.JSONSerializer if self.serializer_name == "json"
+                                 else rq.serializers.DefaultSerializer)
+        self._raw_url = urlunsplit(parts._replace(query=urlencode(params)))
+        self._url = redact(url)
+        self._secret = parts.password or ""
+        try:
+            self.redis: redis.Redis = client or redis.Redis.from_url(
+                self._raw_url, socket_connect_timeout=5, health_check_interval=30)
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid Redis URL {self._url}: "
+                                     f"{redact_text(str(exc), self._secret)}") from exc
+        self._scripts: dict[str, Script] = {}
+        self._members: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"RQBackend({self._url!r})"
+
+    # -- plumbing --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except CutoverError:
+            raise
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendUnavailableError(
+                f"Redis at {self._url} is unreachable while {doing}: "
+                f"{redact_text(str(exc), self._secret)}") from exc
+        except redis.RedisError as exc:
+            raise BackendError(f"Redis at {self._url} failed while {doing}: "
+                               f"{redact_text(str(exc), self._secret)}") from exc
+
+    def _script(self, name: str) -> Script:
+        with self._lock:
+            if name not in self._scripts:
+                self._scripts[name] = self.redis.register_script(scripts.source(name))
+            return self._scripts[name]
+
+    def _queues(self) -> list[str]:
+        prefix = "rq:queue:"
+        names = {_s(k)[len(prefix):] for k in cast(set[bytes], self.redis.smembers("rq:queues"))
+                 if _s(k).startswith(prefix)}
+        return sorted(names)
+
+    # -- records ---------------------------------------------------------------------------
+    def _record(self, job_id: str, h: dict[bytes, bytes],
+                scheduled_score: float | None = None, location: str | None = None) -> JobRecord:
+        status = _text(h, "status") or ""
+        state = _STATUS.get(status, JobState.QUEUED)
+        if h.get(b"cutover_held"):
+            state = JobState.HELD
+        problem: str | None = None
+        task: str = ""
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {}
+        raw = h.get(b"data")
+        if raw is None:
+            problem = "malformed job hash: no data field"
+        else:
+            try:
+                task, args, kwargs = decode_data(raw)
+            except DecodeError as exc:
+                problem = exc.message
+        if status and status not in _STATUS:
+            problem = problem or f"unknown RQ status {status!r}"
+        try:
+            attempts = int(h.get(b"cutover_attempts") or 0)
+            retries_left = int(h.get(b"retries_left") or 0)
+            max_raw = h.get(b"cutover_max_attempts")
+            max_attempts = int(max_raw) if max_raw else attempts + retries_left + 1
+            intervals_raw = h.get(b"cutover_retry_intervals") or h.get(b"retry_intervals")
+            intervals = tuple(json.loads(intervals_raw)) if intervals_raw else ()
+            priority = int(h.get(b"cutover_priority") or 0)
+            run_raw = h.get(b"cutover_run_at")
+            run_at_ts = float(run_raw) if run_raw else scheduled_score
+            if run_at_ts is None and h.get(b"cutover_held_from") == b"scheduled":
+                run_at_ts = float(h.get(b"cutover_held_score") or 0) or None
+        except (ValueError, TypeError) as exc:
+            problem = problem or f"malformed job hash field: {exc}"
+            attempts, max_attempts, intervals, priority, run_at_ts = 0, 1, (), 0, None
+        result: Any = None
+        if h.get(b"cutover_result"):
+            try:
+                result = codec.loads(h[b"cutover_result"])
+            except DecodeError:
+                result = _text(h, "cutover_result")
+        error = _text(h, "cutover_error")
+        if error is None and h.get(b"exc_info"):
+            with contextlib.suppress(zlib.error):
+                error = zlib.decompress(h[b"exc_info"]).decode("utf-8", "replace").strip()
+        return JobRecord(
+            id=job_id, task=task, args=args, kwargs=kwargs, queue=_text(h, "origin") or "",
+            priority=priority,
+            run_at=dt.datetime.fromtimestamp(run_at_ts, dt.UTC) if run_at_ts else None,
+            attempts=attempts, max_attempts=max(max_attempts, 1), retry_intervals=intervals,
+            job_key=_text(h, "cutover_job_key"), state=state, origin=_text(h, "cutover_origin")
+            or "rq", created_at=_parse_ts(h.get(b"created_at")),
+            updated_at=_parse_ts(h.get(b"ended_at")) or _parse_ts(h.get(b"started_at")),
+            error=error, result=result, native_id=job_id, problem=problem, location=location)
+
+    def _mapping(self, record: JobRecord, status: str) -> dict[str, Any]:
+        """The job hash of ``record`` in RQ's own format (built by RQ's Job class)."""
+        if record.task == "" or record.problem:
+            raise JobError(f"cannot write a job with a problem: {record.problem}",
+                           job_id=record.id)
+        args: Any = list(record.args)
+        kwargs: Any = dict(record.kwargs)
+        if self.serializer_name == "json":
+            args, kwargs = codec.encode(args), codec.encode(kwargs)
+        retry = None
+        if record.retries_left > 0:
+            intervals = [math.ceil(i) for i in record.retry_intervals] or 0
+            retry = rq.Retry(max=record.retries_left, interval=intervals)
+        try:
+            job = rq.job.Job.create(record.task, args=args, kwargs=kwargs,
+                                    connection=self.redis, id=record.id, origin=record.queue,
+                                    serializer=self._serializer, retry=retry,
+                                    status=rq.job.JobStatus(status))
+        except (TypeError, ValueError) as exc:
+            raise JobError(f"RQ refused the job: {exc}", job_id=record.id) from exc
+        now = utcnow()
+        job.enqueued_at = now.replace(tzinfo=None)
+        if record.created_at:
+            job.created_at = record.created_at.astimezone(dt.UTC).replace(tzinfo=None)
+        mapping = {k: v for k, v in job.to_dict().items() if v is not None}
+        mapping.update({
+            "cutover_priority": record.priority,
+            "cutover_attempts": record.attempts,
+            "cutover_max_attempts": record.max_attempts,
+            "cutover_retry_intervals": json.dumps(list(record.retry_intervals)),
+            "cutover_origin": record.origin or self.name,
+        })
+        if record.job_key is not None:
+            mapping["cutover_job_key"] = record.job_key
+        if record.run_at is not None:
+            mapping["cutover_run_at"] = record.run_at.timestamp()
+        if record.error is not None:
+            mapping["cutover_error"] = record.error
+        return mapping
+
+    def _write(self, record: JobRecord, state: JobState) -> tuple[str, str]:
+        if state is JobState.QUEUED and record.run_at and record.run_at > utcnow():
+            state = JobState.SCHEDULED
+        if state not in _PLACEMENT:
+            raise JobError(f"a {state.value} job cannot be written to RQ", job_id=record.id)
+        placement, status = _PLACEMENT[state]
+        score: float = time.time()
+        if state is JobState.SCHEDULED:
+            score = (record.run_at or utcnow()).timestamp()
+        elif state is JobState.FINISHED:
+            score += _DEFAULT_RESULT_TTL
+        elif state is JobState.FAILED:
+            score += _DEFAULT_FAILURE_TTL
+        mapping = self._mapping(record, status)
+        flat: list[Any] = []
+        for key, value in mapping.items():
+            flat += [key, value]
+        outcome, job_id = self._script("enqueue")(
+            args=[record.id, record.queue, placement, int(score) if placement == "scheduled"
+                  else score, record.job_key or "", *flat])
+        return outcome.decode(), job_id.decode()
+
+    # -- producing -------------------------------------------------------------------------
+    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
+        out: list[str] = []
+        with self._errors("enqueueing"):
+            for record in records:
+                state = JobState.SCHEDULED if record.run_at and record.run_at > utcnow() \
+                    else JobState.QUEUED
+                out.append(self._write(record.replace(origin=record.origin or self.name),
+                                       state)[1])
+        return out
+
+    def put(self, records: Sequence[JobRecord]) -> list[str]:
+        inserted: list[str] = []
+        with self._errors("putting jobs"):
+            for record in records:
+                state = record.state
+                if state is JobState.HELD:
+                    state = JobState.QUEUED
+                if state is JobState.STARTED:
+                    raise JobError("a running job cannot be put; let it finish first",
+                                   job_id=record.id)
+                outcome, _ = self._write(record.replace(job_key=record.job_key), state)
+                if outcome == "created":
+                    inserted.append(record.id)
+                    continue
+                existing = self.get(record.id)
+                if outcome == "key":
+                    raise JobConflictError(
+                        f"job key {record.job_key!r} is held by another live job",
+                        job_id=record.id)
+                if existing is not None and existing.digest() != record.digest():
+                    raise JobConflictError("a different job with this id exists already",
+                                           job_id=record.id,
+                                           fields=sorted(existing.differences(record)))
+        return inserted
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._errors(f"reading job {job_id}"):
+            h = _hash(self.redis.hgetall(f"rq:job:{job_id}"))
+            if not h:
+                return None
+            return self._locate([(job_id, h)])[0]
+
+    def _locate(self, batch: list[tuple[str, dict[bytes, bytes]]]) -> list[JobRecord]:
+        """Records for a batch of hashes, with where each one really is (one pipeline)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, h in batch:
+            origin = _text(h, "origin") or ""
+            pipe.zscore(f"rq:scheduled:{origin}", job_id)
+            pipe.lpos(f"rq:queue:{origin}", job_id)
+            pipe.lpos(f"rq:queue:{origin}:intermediate", job_id)
+        answers = pipe.execute()
+        out = []
+        for i, (job_id, h) in enumerate(batch):
+            score, in_queue, in_intermediate = answers[3 * i: 3 * i + 3]
+            status = _text(h, "status")
+            origin = _text(h, "origin") or ""
+            location: str | None = None
+            if h.get(b"cutover_held"):
+                location = f"cutover:held:{origin}"
+            elif in_intermediate is not None:
+                location = f"rq:queue:{origin}:intermediate"
+            elif in_queue is not None:
+                location = f"rq:queue:{origin}"
+            elif score is not None:
+                location = f"rq:scheduled:{origin}"
+            elif status == "queued":
+                location = "orphan"
+            record = self._record(job_id, h, score, location)
+            if in_intermediate is not None and record.state is JobState.QUEUED:
+                record = record.replace(state=JobState.STARTED)
+            out.append(record)
+        return out
+
+    def snapshot(self, *, states: Collection[JobState] | None = None,
+                 queues: Collection[str] | None = None,
+                 batch_size: int = 1000) -> Iterator[JobRecord]:
+        with self._errors("reading a snapshot"):
+            batch: list[str] = []
+            for key in self.redis.scan_iter(match="rq:job:*", count=batch_size):
+                job_id = key[len(b"rq:job:"):].decode("utf-8", "replace")
+                if not job_id or ":" in job_id:
+                    continue  # rq:job:{id}:dependents, rq:job::{id}:dependencies
+                batch.append(job_id)
+                if len(batch) >= batch_size:
+                    yield from self._snapshot_batch(batch, states, queues)
+                    batch = []
+            if batch:
+                yield from self._snapshot_batch(batch, states, queues)
+
+    def _snapshot_batch(self, ids: list[str], states: Collection[JobState] | None,
+                        queues: Collection[str] | None) -> Iterator[JobRecord]:
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(f"rq:job:{job_id}")
+        hashes = [(job_id, _hash(h)) for job_id, h in zip(ids, pipe.execute(), strict=True)
+                  if h and (queues is None or _text(h, "origin") in queues)]
+        for record in self._locate(hashes):
+            if states is None or record.state in states:
+                yield record
+
+    def counts(self, queues: Collection[str] | None = None) -> dict[str, dict[JobState, int]]:
+        with self._errors("counting jobs"):
+            names = [q for q in self._queues() if queues is None or q in queues]
+            pipe = self.redis.pipeline(transaction=False)
+            for q in names:
+                pipe.llen(f"rq:queue:{q}")
+                pipe.zcard(f"rq:ready:{q}")
+                pipe.llen(f"rq:queue:{q}:intermediate")
+                pipe.zcard(f"rq:wip:{q}")
+                for reg in _REGISTRIES:
+                    pipe.zcard(f"rq:{reg}:{q}")
+                pipe.zcard(f"cutover:held:{q}")
+            raw = pipe.execute()
+        out: dict[str, dict[JobState, int]] = {}
+        width = 5 + len(_REGISTRIES)
+        for i, q in enumerate(names):
+            queued, ready, inter, wip, sched, deferred, failed, finished, canceled, held = \
+                raw[i * width:(i + 1) * width]
+            per = dict.fromkeys(JobState, 0)
+            per[JobState.QUEUED] = queued + ready
+            per[JobState.STARTED] = inter + wip
+            per[JobState.SCHEDULED] = sched
+            per[JobState.DEFERRED] = deferred
+            per[JobState.FAILED] = failed
+            per[JobState.FINISHED] = finished
+            per[JobState.CANCELED] = canceled
+            per[JobState.HELD] = held
+            out[q] = per
+        return out
+
+    # -- moving ----------------------------------------------------------------------------
+    def take(self, job_ids: Sequence[str], owner: str) -> TakeResult:
+        result = TakeResult()
+        if not job_ids:
+            return result
+        with self._errors("taking jobs"):
+            raw = self._script("take")(args=[owner, time.time(), *job_ids])
+            taken = []
+            for i in range(0, len(raw), 2):
+                job_id, outcome = raw[i].decode(), raw[i + 1].decode()
+                if outcome == "taken":
+                    taken.append(job_id)
+                else:
+                    result.refused[job_id] = outcome
+            for job_id in taken:
+                record = self.get(job_id)
+                if record is not None:
+                    result.taken.append(record)
+        return result
+
+    def give_back(self, job_ids: Sequence[str], owner: str) -> int:
+        if not job_ids:
+            return 0
+        with self._errors("giving jobs back"):
+            return int(self._script("give_back")(args=[owner, *job_ids]))
+
+    def remove(self, job_ids: Sequence[str]) -> int:
+        if not job_ids:
+            return 0
+        with self._errors("removing jobs"):
+            return int(self._script("remove")(args=list(job_ids)))
+
+    def pause(self, queues: Collection[str] | None = None) -> None:
+        with self._errors("pausing"):
+            self.redis.sadd("cutover:paused", *(queues or ["*"]))
+
+    def resume(self, queues: Collection[str] | None = None) -> None:
+        with self._errors("resuming"):
+            if queues is None:
+                self.redis.delete("cutover:paused")
+            else:
+                self.redis.srem("cutover:paused", *queues)
+
+    def paused(self) -> set[str]:
+        with self._errors("reading pauses"):
+            return {_s(m) for m in cast(set[bytes], self.redis.smembers("cutover:paused"))}
+
+    # -- working ---------------------------------------------------------------------------
+    def claim(self, queues: Sequence[str] | None, worker: str,
+              accept: Acceptor) -> JobRecord | None:
+        with self._errors("claiming a job"):
+            paused = self.paused()
+            if "*" in paused:
+                return None
+            names = [q for q in (queues or self._queues()) if q not in paused]
+            now = time.time()
+            for q in names:
+                ids = [_s(i) for i in cast(list[bytes],
+                                           self.redis.lrange(f"rq:queue:{q}", 0, 99))]
+                ids += [_s(i) for i in cast(list[bytes], self.redis.zrangebyscore(
+                    f"rq:scheduled:{q}", "-inf", now, start=0, num=100))]
+                for job_id in dict.fromkeys(ids):
+                    claimed = self._try_claim(job_id, worker, accept, now)
+                    if claimed is not None:
+                        return claimed
+        return None
+
+    def _try_claim(self, job_id: str, worker: str, accept: Acceptor,
+                   now: float) -> JobRecord | None:
+        h = _hash(self.redis.hgetall(f"rq:job:{job_id}"))
+        if not h:
+            return None
+        record = self._record(job_id, h)
+        if record.problem or accept(record) is not None:
+            return None
+        member = f"{job_id}:{uuid.uuid4().hex}"
+        claimed = self._script("claim")(args=[job_id, now, worker, member, _ts(utcnow()),
+                                              now + _WIP_TTL])
+        if not claimed:
+            return None
+        with self._lock:
+            self._members[job_id] = member
+        return record.replace(state=JobState.STARTED)
+
+    def _finish(self, job: JobRecord, placement: str, score: float,
+                fields: dict[str, Any]) -> None:
+        with self._lock:
+            member = self._members.pop(job.id, job.id)
+        flat: list[Any] = []
+        for key, value in fields.items():
+            flat += [key, value]
+        with self._errors(f"recording the outcome of job {job.id}"):
+            self._script("finish")(args=[job.id, member, placement, score, *flat])
+
+    def complete(self, job: JobRecord, worker: str, result: Any) -> None:
+        try:
+            stored = codec.dumps(result)
+        except CutoverError:
+            stored = codec.dumps(repr(result))
+        self._finish(job, "finished", time.time() + _DEFAULT_RESULT_TTL, {
+            "status": "finished", "ended_at": _ts(utcnow()), "cutover_result": stored,
+            "cutover_attempts": job.attempts + 1})
+
+    def fail(self, job: JobRecord, worker: str, error: str,
+             retry_at: dt.datetime | None) -> None:
+        fields: dict[str, Any] = {
+            "ended_at": _ts(utcnow()), "cutover_error": error,
+            "exc_info": zlib.compress(error.encode()), "cutover_attempts": job.attempts + 1,
+            "retries_left": max(job.max_attempts - job.attempts - 2, 0)}
+        if retry_at is None:
+            self._finish(job, "failed", time.time() + _DEFAULT_FAILURE_TTL,
+                         {**fields, "status": "failed"})
+        elif retry_at <= utcnow():
+            self._finish(job, "queue", 0, {**fields, "status": "queued"})
+        else:
+            self._finish(job, "scheduled", math.ceil(retry_at.timestamp()),
+                         {**fields, "status": "scheduled",
+                          "cutover_run_at": math.ceil(retry_at.timestamp())})
+
+    def heartbeat(self, worker: str) -> None:
+        with self._errors("sending a heartbeat"):
+            self.redis.set(f"cutover:worker:{worker}", time.time(), ex=_WIP_TTL)
+
+    def recover_stalled(self, older_than: float) -> list[str]:
+        recovered: list[str] = []
+        now = time.time()
+        with self._errors("recovering stalled jobs"):
+            for q in self._queues():
+                for raw in cast(list[bytes], self.redis.zrange(f"rq:wip:{q}", 0, -1)):
+                    member = _s(raw)
+                    job_id = member.split(":", 1)[0]
+                    owner_raw = self.redis.hget(f"rq:job:{job_id}", "cutover_worker")
+                    if not owner_raw:
+                        continue  # RQ's own workers: RQ's maintenance handles them
+                    owner = _s(owner_raw)
+                    beat = cast(bytes | None, self.redis.get(f"cutover:worker:{owner}"))
+                    if beat is not None and now - float(beat) < older_than:
+                        continue
+                    if self._script("recover")(args=[job_id, member, owner]):
+                        recovered.append(job_id)
+        return recovered
+
+    def close(self) -> None:
+        self.redis.close()

@@ -1,0 +1,86 @@
+"""Safe decoding of RQ job payloads.
+
+RQ stores ``zlib(serializer.dumps((func_name, instance, args, kwargs)))`` and does not record the
+serializer. We sniff it (pickle starts with ``0x80``, JSON with ``[``) and never run the
+unrestricted unpickler: :class:`RestrictedUnpickler` resolves only the globals of plain data
+(datetime, Decimal, UUID, set...). A payload that reaches for anything else (``os.system``,
+``builtins.eval``, an application class) raises :class:`QuarantinedJobError` with the global it
+wanted; nothing in it runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zlib
+from typing import Any
+
+from cutover import codec
+from cutover.errors import DecodeError, QuarantinedJobError
+
+#: (module, name) pairs a payload may load. Everything else is quarantined.
+ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset({
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"),
+    ("builtins", "complex"),
+    ("datetime", "datetime"), ("datetime", "date"), ("datetime", "time"),
+    ("datetime", "timedelta"), ("datetime", "timezone"),
+    ("decimal", "Decimal"),
+    ("uuid", "UUID"), ("uuid", "SafeUUID"),
+    ("_codecs", "encode"),  # protocol 2 pickles of bytes
+})
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that refuses every global outside :data:`ALLOWED_GLOBALS`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise QuarantinedJobError(f"payload needs the global {module}.{name}, which is not "
+                                      "allowed; quarantined, not run", needs=f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def decompress(raw: bytes) -> bytes:
+    """RQ compresses ``data``; like RQ, fall back to the raw bytes when it is not zlib."""
+    try:
+        return zlib.decompress(raw)
+    except zlib.error:
+        if raw[:1] in (b"\x80", b"["):
+            return raw
+        raise DecodeError("data is neither zlib-compressed nor a pickle/JSON payload") from None
+
+
+def loads(payload: bytes) -> Any:
+    """Decode a (decompressed) payload with the restricted unpickler or JSON."""
+    if payload[:1] == b"\x80":
+        try:
+            return RestrictedUnpickler(io.BytesIO(payload)).load()
+        except QuarantinedJobError:
+            raise
+        except Exception as exc:  # truncated or corrupt pickles raise many kinds
+            raise DecodeError(f"corrupt pickle payload: {type(exc).__name__}: {exc}") from exc
+    if payload[:1] == b"[":
+        try:
+            return codec.decode(json.loads(payload))
+        except (ValueError, DecodeError) as exc:
+            raise DecodeError(f"corrupt JSON payload: {exc}") from exc
+    raise DecodeError("payload is neither pickle nor JSON")
+
+
+def decode_data(raw: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """``(func_name, args, kwargs)`` of a job's ``data`` field."""
+    value = loads(decompress(raw))
+    if not isinstance(value, list | tuple) or len(value) != 4:
+        raise DecodeError("payload is not (func_name, instance, args, kwargs)")
+    func_name, instance, args, kwargs = value
+    if not isinstance(func_name, str) or not func_name:
+        raise DecodeError(f"payload has no function name (got {type(func_name).__name__})")
+    if instance is not None:
+        raise QuarantinedJobError(f"bound-method job on an instance of {type(instance).__name__} "
+                                  "cannot be carried")
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        raise DecodeError("payload args/kwargs have the wrong types")
+    if not all(isinstance(k, str) for k in kwargs):
+        raise DecodeError("payload kwargs have non-string names")
+    return func_name, tuple(args), dict(kwargs)

@@ -1,0 +1,45 @@
+-- Take waiting jobs out of every place an RQ worker or scheduler could start them, and hold
+-- them for an owner. Atomic per call: a job is either still runnable or held, never neither.
+-- ARGV: owner, now, id...   Returns a flat list: id, outcome ('taken' or the refusal reason).
+local owner, now = ARGV[1], ARGV[2]
+local out = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local h = 'rq:job:' .. id
+  local f = redis.call('HMGET', h, 'status', 'origin', 'cutover_held')
+  local status, origin, held = f[1], f[2], f[3]
+  local res, from, score = nil, nil, '0'
+  if not status or not origin then
+    res = 'missing'
+  elseif held then
+    if held == owner then res = 'taken' else res = 'held by ' .. held end
+  elseif status == 'queued' then
+    if redis.call('LREM', 'rq:queue:' .. origin, 0, id) > 0 then
+      from = 'queue'
+    elseif redis.call('LPOS', 'rq:queue:' .. origin .. ':intermediate', id) then
+      res = 'started'
+    else
+      from = 'orphan'
+    end
+  elseif status == 'scheduled' or status == 'deferred' then
+    local zkey = 'rq:' .. status .. ':' .. origin
+    local s = redis.call('ZSCORE', zkey, id)
+    if s then
+      redis.call('ZREM', zkey, id)
+      from, score = status, s
+    else
+      from = 'orphan'
+    end
+  else
+    res = status
+  end
+  if from then
+    redis.call('HSET', h, 'cutover_held', owner, 'cutover_held_from', from,
+               'cutover_held_score', score)
+    redis.call('ZADD', 'cutover:held:' .. origin, now, id)
+    res = 'taken'
+  end
+  out[#out + 1] = id
+  out[#out + 1] = res
+end
+return out

@@ -1,0 +1,136 @@
+"""The one interface every queue backend is put behind.
+
+It offers primitives, not policy: enqueue, snapshot, take (ownership away from the backend's
+workers), put (idempotent, keeping identity, schedule and retry state), give back, remove, counts,
+pause/resume, and the three calls a worker loop needs (claim, complete, fail). Dual-write, drain,
+verify, rollback and the worker loop itself live above this interface, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from cutover.record import JobRecord, JobState
+
+#: A worker's filter: given a claimable job, return None to run it or a reason to skip it (the
+#: backend then leaves that job where it is, untouched).
+Acceptor = Callable[[JobRecord], str | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a backend can keep. The core refuses or degrades explicitly where one is False."""
+
+    priority: bool = True
+    scheduling: bool = True
+    retries: bool = True
+    results: bool = True
+    dependencies: bool = False
+    job_key: bool = True
+    transactional_enqueue: bool = False
+
+
+@dataclasses.dataclass
+class TakeResult:
+    """What ``take`` did: the records now held by the owner, and the ids it could not take with
+    the reason (running, finished, missing, held by another owner...)."""
+
+    taken: list[JobRecord] = dataclasses.field(default_factory=list)
+    refused: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@runtime_checkable
+class QueueBackend(Protocol):
+    """A queue system behind the toolkit's one interface (synchronous, thread-safe)."""
+
+    name: str
+    capabilities: Capabilities
+
+    @property
+    def url(self) -> str:
+        """The backend's URL with any password redacted."""
+        ...
+
+    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
+        """Enqueue new jobs; return each job's cutover id.
+
+        A record whose ``job_key`` is held by a live job enqueues nothing and returns the live
+        job's id. A record whose id exists already enqueues nothing and returns that id.
+        """
+        ...
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """One job by cutover id, or None."""
+        ...
+
+    def snapshot(self, *, states: Collection[JobState] | None = None,
+                 queues: Collection[str] | None = None,
+                 batch_size: int = 1000) -> Iterator[JobRecord]:
+        """Stream every job (in constant memory), filtered by state and queue. Jobs that cannot
+        be decoded come back with ``problem`` set, never skipped."""
+        ...
+
+    def counts(self, queues: Collection[str] | None = None) -> dict[str, dict[JobState, int]]:
+        """Jobs per queue and state, without side effects on the backend."""
+        ...
+
+    def take(self, job_ids: Sequence[str], owner: str) -> TakeResult:
+        """Atomically move waiting jobs (queued, scheduled, deferred) out of reach of the backend's
+        workers and hold them for ``owner``. Idempotent: a job the owner holds already is
+        returned again."""
+        ...
+
+    def give_back(self, job_ids: Sequence[str], owner: str) -> int:
+        """Return jobs the owner holds to where they were; return how many moved."""
+        ...
+
+    def put(self, records: Sequence[JobRecord]) -> list[str]:
+        """Insert jobs as they are (id, state, schedule, attempts, retry budget, job key).
+        Idempotent: an id present with the same content is skipped; with different content it is
+        a :class:`~cutover.errors.JobConflictError`. Returns the ids that were inserted."""
+        ...
+
+    def remove(self, job_ids: Sequence[str]) -> int:
+        """Delete jobs wherever they are in this backend; return how many existed."""
+        ...
+
+    def pause(self, queues: Collection[str] | None = None) -> None:
+        """Stop this toolkit's producers and workers taking new work for these queues."""
+        ...
+
+    def resume(self, queues: Collection[str] | None = None) -> None:
+        """Undo :meth:`pause`."""
+        ...
+
+    def paused(self) -> set[str]:
+        """Queues paused (``"*"`` for all)."""
+        ...
+
+    def claim(self, queues: Sequence[str] | None, worker: str,
+              accept: Acceptor) -> JobRecord | None:
+        """Atomically claim the next runnable job (state becomes STARTED) or return None."""
+        ...
+
+    def complete(self, job: JobRecord, worker: str, result: Any) -> None:
+        """Mark a claimed job finished, keeping its result where the backend can."""
+        ...
+
+    def fail(self, job: JobRecord, worker: str, error: str,
+             retry_at: dt.datetime | None) -> None:
+        """Record a failed attempt: schedule the retry at ``retry_at`` or fail for good."""
+        ...
+
+    def recover_stalled(self, older_than: float) -> list[str]:
+        """Put jobs whose worker died (no heartbeat for ``older_than`` s) back to waiting."""
+        ...
+
+    def heartbeat(self, worker: str) -> None:
+        """Tell the backend the worker is alive."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,60 @@
+"""Logging under the ``cutover`` logger: to stderr, as text or JSON, with passwords redacted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from typing import Literal
+
+from cutover.urls import redact_text
+
+_FIELDS = ("job_id", "task", "backend", "event", "worker")
+
+
+class RedactingFilter(logging.Filter):
+    """Scrub URL passwords from every message, whatever code produced it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in _FIELDS:
+            if hasattr(record, name):
+                doc[name] = getattr(record, name)
+        if record.exc_info:
+            doc["exc"] = redact_text(self.formatException(record.exc_info))
+        return json.dumps(doc, default=str)
+
+
+def setup(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> None:
+    """Send the ``cutover`` logs to stderr."""
+    logger = logging.getLogger("cutover")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_cutover", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._cutover = True  # type: ignore[attr-defined]
+    handler.addFilter(RedactingFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False

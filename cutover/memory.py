@@ -1,0 +1,270 @@
+"""The in-memory backend: a first-class adapter, held to the same contract suite as the others.
+
+``memory://NAME`` opens a store shared by every backend object with that name in the process, so
+a producer and a worker in one test see the same jobs. ``memory://`` alone gives a private store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any
+
+from cutover.backend import Acceptor, Capabilities, TakeResult
+from cutover.errors import JobConflictError
+from cutover.record import JobRecord, JobState, utcnow
+
+_WAITING = (JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED)
+
+
+@dataclasses.dataclass
+class _Store:
+    lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
+    jobs: dict[str, JobRecord] = dataclasses.field(default_factory=dict)
+    order: dict[str, int] = dataclasses.field(default_factory=dict)
+    keys: dict[str, str] = dataclasses.field(default_factory=dict)
+    held: dict[str, tuple[str, JobState]] = dataclasses.field(default_factory=dict)
+    paused: set[str] = dataclasses.field(default_factory=set)
+    seq: itertools.count[int] = dataclasses.field(default_factory=itertools.count)
+
+
+_STORES: dict[str, _Store] = {}
+_STORES_LOCK = threading.Lock()
+
+
+class InMemoryBackend:
+    """Jobs in a dict, guarded by one lock. Supports every capability but dependencies."""
+
+    name = "memory"
+    capabilities = Capabilities(priority=True, scheduling=True, retries=True, results=True,
+                                dependencies=False, job_key=True)
+
+    def __init__(self, url: str = "memory://") -> None:
+        self._url = url
+        store_name = url.split("://", 1)[1] if "://" in url else ""
+        if store_name:
+            with _STORES_LOCK:
+                self._store = _STORES.setdefault(store_name, _Store())
+        else:
+            self._store = _Store()
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"InMemoryBackend({self._url!r})"
+
+    # -- producing -------------------------------------------------------------------------
+    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
+        out: list[str] = []
+        now = utcnow()
+        with self._store.lock:
+            for record in records:
+                if record.id in self._store.jobs:
+                    out.append(record.id)
+                    continue
+                live = self._live_key_holder(record.job_key)
+                if live is not None:
+                    out.append(live)
+                    continue
+                state = (JobState.SCHEDULED if record.run_at and record.run_at > now
+                         else JobState.QUEUED)
+                self._insert(record.replace(state=state, origin=record.origin or self.name,
+                                            created_at=record.created_at or now, updated_at=now))
+                out.append(record.id)
+        return out
+
+    def _live_key_holder(self, job_key: str | None) -> str | None:
+        if job_key is None:
+            return None
+        holder = self._store.keys.get(job_key)
+        if holder is not None and self._store.jobs[holder].state.live:
+            return holder
+        return None
+
+    def _insert(self, record: JobRecord) -> None:
+        self._store.jobs[record.id] = record
+        self._store.order[record.id] = next(self._store.seq)
+        if record.job_key is not None and record.state.live:
+            self._store.keys[record.job_key] = record.id
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._store.lock:
+            return self._store.jobs.get(job_id)
+
+    def snapshot(self, *, states: Collection[JobState] | None = None,
+                 queues: Collection[str] | None = None,
+                 batch_size: int = 1000) -> Iterator[JobRecord]:
+        with self._store.lock:
+            records = [r for r in self._store.jobs.values()
+                       if (states is None or r.state in states)
+                       and (queues is None or r.queue in queues)]
+        yield from records
+
+    def counts(self, queues: Collection[str] | None = None) -> dict[str, dict[JobState, int]]:
+        out: dict[str, dict[JobState, int]] = {}
+        with self._store.lock:
+            for r in self._store.jobs.values():
+                if queues is None or r.queue in queues:
+                    per = out.setdefault(r.queue, dict.fromkeys(JobState, 0))
+                    per[r.state] += 1
+        return out
+
+    # -- moving ----------------------------------------------------------------------------
+    def take(self, job_ids: Sequence[str], owner: str) -> TakeResult:
+        result = TakeResult()
+        with self._store.lock:
+            for job_id in job_ids:
+                record = self._store.jobs.get(job_id)
+                if record is None:
+                    result.refused[job_id] = "missing"
+                elif record.state is JobState.HELD:
+                    holder = self._store.held[job_id][0]
+                    if holder == owner:
+                        result.taken.append(record)
+                    else:
+                        result.refused[job_id] = f"held by {holder}"
+                elif record.state in _WAITING:
+                    self._store.held[job_id] = (owner, record.state)
+                    held = record.replace(state=JobState.HELD, updated_at=utcnow())
+                    self._store.jobs[job_id] = held
+                    result.taken.append(held)
+                else:
+                    result.refused[job_id] = record.state.value
+        return result
+
+    def give_back(self, job_ids: Sequence[str], owner: str) -> int:
+        moved = 0
+        with self._store.lock:
+            for job_id in job_ids:
+                held = self._store.held.get(job_id)
+                if held is None or held[0] != owner:
+                    continue
+                del self._store.held[job_id]
+                record = self._store.jobs[job_id]
+                self._store.jobs[job_id] = record.replace(state=held[1], updated_at=utcnow())
+                moved += 1
+        return moved
+
+    def put(self, records: Sequence[JobRecord]) -> list[str]:
+        inserted: list[str] = []
+        with self._store.lock:
+            for record in records:
+                existing = self._store.jobs.get(record.id)
+                if existing is not None:
+                    if existing.digest() != record.digest():
+                        raise JobConflictError(
+                            "a different job with this id exists already", job_id=record.id,
+                            fields=sorted(existing.differences(record)))
+                    continue
+                state = record.state
+                if state is JobState.HELD:
+                    state = JobState.SCHEDULED if record.run_at else JobState.QUEUED
+                if state is JobState.QUEUED and record.run_at and record.run_at > utcnow():
+                    state = JobState.SCHEDULED
+                self._insert(record.replace(state=state, updated_at=utcnow()))
+                inserted.append(record.id)
+        return inserted
+
+    def remove(self, job_ids: Sequence[str]) -> int:
+        removed = 0
+        with self._store.lock:
+            for job_id in job_ids:
+                record = self._store.jobs.pop(job_id, None)
+                if record is None:
+                    continue
+                removed += 1
+                self._store.order.pop(job_id, None)
+                self._store.held.pop(job_id, None)
+                if record.job_key and self._store.keys.get(record.job_key) == job_id:
+                    del self._store.keys[record.job_key]
+        return removed
+
+    def pause(self, queues: Collection[str] | None = None) -> None:
+        with self._store.lock:
+            self._store.paused.update(queues or {"*"})
+
+    def resume(self, queues: Collection[str] | None = None) -> None:
+        with self._store.lock:
+            if queues is None:
+                self._store.paused.clear()
+            else:
+                self._store.paused.difference_update(queues)
+
+    def paused(self) -> set[str]:
+        with self._store.lock:
+            return set(self._store.paused)
+
+    # -- working ---------------------------------------------------------------------------
+    def claim(self, queues: Sequence[str] | None, worker: str,
+              accept: Acceptor) -> JobRecord | None:
+        now = utcnow()
+        with self._store.lock:
+            paused = self._store.paused
+            if "*" in paused:
+                return None
+            candidates = [
+                r for r in self._store.jobs.values()
+                if (r.state is JobState.QUEUED
+                    or (r.state is JobState.SCHEDULED and r.run_at is not None
+                        and r.run_at <= now))
+                and (queues is None or r.queue in queues) and r.queue not in paused]
+            candidates.sort(key=lambda r: (-r.priority, self._store.order[r.id]))
+            for record in candidates:
+                if record.problem or accept(record) is not None:
+                    continue
+                started = record.replace(state=JobState.STARTED, updated_at=now)
+                self._store.jobs[record.id] = started
+                return started
+        return None
+
+    def complete(self, job: JobRecord, worker: str, result: Any) -> None:
+        self._finish(job, JobState.FINISHED, result=result, error=None)
+
+    def fail(self, job: JobRecord, worker: str, error: str,
+             retry_at: dt.datetime | None) -> None:
+        if retry_at is None:
+            self._finish(job, JobState.FAILED, result=None, error=error)
+            return
+        with self._store.lock:
+            current = self._store.jobs.get(job.id)
+            if current is None:
+                return
+            self._store.jobs[job.id] = current.replace(
+                state=JobState.SCHEDULED, run_at=retry_at, attempts=current.attempts + 1,
+                error=error, updated_at=utcnow())
+            self._store.order[job.id] = next(self._store.seq)
+
+    def _finish(self, job: JobRecord, state: JobState, *, result: Any, error: str | None) -> None:
+        with self._store.lock:
+            current = self._store.jobs.get(job.id)
+            if current is None:
+                return
+            self._store.jobs[job.id] = current.replace(
+                state=state, attempts=current.attempts + 1, result=result, error=error,
+                updated_at=utcnow())
+            if current.job_key and self._store.keys.get(current.job_key) == job.id:
+                del self._store.keys[current.job_key]
+
+    def recover_stalled(self, older_than: float) -> list[str]:
+        return []  # in-process: a worker cannot die without the store dying with it
+
+    def heartbeat(self, worker: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def flush(self) -> None:
+        """Forget every job (tests)."""
+        with self._store.lock:
+            self._store.jobs.clear()
+            self._store.order.clear()
+            self._store.keys.clear()
+            self._store.held.clear()
+            self._store.paused.clear()

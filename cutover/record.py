@@ -1,0 +1,152 @@
+"""The job record: the portable form of a job, what moves between backends."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from cutover import codec
+
+
+class JobState(enum.StrEnum):
+    """Where a job stands, in words every backend maps onto."""
+
+    QUEUED = "queued"        # runnable now
+    SCHEDULED = "scheduled"  # runnable at run_at (also a retry waiting for its backoff)
+    DEFERRED = "deferred"    # waiting on dependencies
+    STARTED = "started"      # a worker runs it
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    HELD = "held"            # taken by the toolkit: no worker can start it
+
+    @property
+    def live(self) -> bool:
+        """A live job still has to run (or is running): the job key is held by it."""
+        return self in _LIVE
+
+
+_LIVE = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED, JobState.STARTED,
+                   JobState.HELD})
+
+#: States the reference story reports: waiting / active / completed / failed (+ scheduled).
+SUMMARY_STATES: dict[str, tuple[JobState, ...]] = {
+    "waiting": (JobState.QUEUED,),
+    "scheduled": (JobState.SCHEDULED, JobState.DEFERRED, JobState.HELD),
+    "active": (JobState.STARTED,),
+    "completed": (JobState.FINISHED,),
+    "failed": (JobState.FAILED,),
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """An aware UTC datetime. A naive value is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def normalize_run_at(value: dt.datetime | None) -> dt.datetime | None:
+    """Run-at times are kept to the whole second (RQ's scheduled registry keeps no more)."""
+    if value is None:
+        return None
+    return as_utc(value).replace(microsecond=0)
+
+
+def new_job_id() -> str:
+    """A generated cutover id, valid as an RQ job id too."""
+    return uuid.uuid4().hex
+
+
+def exponential_intervals(base: float, retries: int, factor: float = 2.0) -> tuple[float, ...]:
+    """The wait before each retry: base, base*factor, base*factor**2, ..."""
+    return tuple(float(base * factor**i) for i in range(max(retries, 0)))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job in portable form.
+
+    ``max_attempts`` counts executions allowed in all (1 means no retry); ``attempts`` counts those
+    made. ``retry_intervals[k]`` is the wait in seconds after the (k+1)-th failure; the last one
+    repeats. ``location`` says where the backend keeps it (``rq:scheduled:default``, ``orphan``);
+    like the state and timestamps it is not part of the content. ``problem`` is set on a job read
+    from a backend that cannot be decoded or run (quarantined payload, malformed hash): such a
+    record is reported and never executed.
+    """
+
+    id: str
+    task: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0
+    run_at: dt.datetime | None = None
+    attempts: int = 0
+    max_attempts: int = 1
+    retry_intervals: tuple[float, ...] = ()
+    job_key: str | None = None
+    state: JobState = JobState.QUEUED
+    origin: str = ""
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    error: str | None = None
+    result: Any = None
+    native_id: str | None = None
+    problem: str | None = None
+    location: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_at", normalize_run_at(self.run_at))
+        object.__setattr__(self, "retry_intervals",
+                           tuple(float(i) for i in self.retry_intervals))
+        object.__setattr__(self, "args", tuple(self.args))
+
+    def replace(self, **changes: Any) -> JobRecord:
+        return dataclasses.replace(self, **changes)
+
+    def retry_delay(self, failed_attempts: int) -> float:
+        """Seconds to wait after the ``failed_attempts``-th failure before the next try."""
+        if not self.retry_intervals:
+            return 0.0
+        index = min(max(failed_attempts, 1) - 1, len(self.retry_intervals) - 1)
+        return self.retry_intervals[index]
+
+    @property
+    def retries_left(self) -> int:
+        return max(self.max_attempts - self.attempts - 1, 0)
+
+    def content(self) -> dict[str, Any]:
+        """The fields that define the job's content, the same wherever it lives."""
+        return {
+            "id": self.id,
+            "task": self.task,
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
+            "queue": self.queue,
+            "priority": self.priority,
+            "run_at": self.run_at.isoformat() if self.run_at else None,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "retry_intervals": list(self.retry_intervals),
+            "job_key": self.job_key,
+        }
+
+    def digest(self) -> str:
+        """A content digest, equal across backends for the same job."""
+        return hashlib.sha256(codec.canonical(self.content()).encode()).hexdigest()
+
+    def differences(self, other: JobRecord) -> dict[str, tuple[Any, Any]]:
+        """The content fields that differ, as ``{field: (mine, theirs)}``."""
+        mine, theirs = self.content(), other.content()
+        return {k: (mine[k], theirs[k]) for k in mine if codec.canonical(mine[k])
+                != codec.canonical(theirs[k])}

@@ -1,0 +1,65 @@
+"""The producer facade: ``router.enqueue(task, ...)`` sends a job where the current phase says."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable
+from typing import Any
+
+from cutover import adapters
+from cutover.backend import QueueBackend
+from cutover.errors import ConfigurationError
+from cutover.registry import TaskRegistry
+
+
+class Router:
+    """Enqueue through the toolkit.
+
+    Until a cut-over is started there is no control plane and the phase is ``off``: every job goes
+    to the source backend only, exactly as the application did before. The target URL is opened
+    lazily, when a phase needs it.
+    """
+
+    phase = "off"
+
+    def __init__(self, registry: TaskRegistry, source: str, target: str | None = None) -> None:
+        self.registry = registry
+        self.source_url = source
+        self.target_url = target
+        self._source: QueueBackend | None = None
+
+    @classmethod
+    def from_env(cls, registry: TaskRegistry) -> Router:
+        """Build from ``CUTOVER_SOURCE`` and ``CUTOVER_TARGET``."""
+        source = os.environ.get("CUTOVER_SOURCE")
+        if not source:
+            raise ConfigurationError("CUTOVER_SOURCE is not set (the URL of the backend the "
+                                     "application uses today)")
+        return cls(registry, source=source, target=os.environ.get("CUTOVER_TARGET") or None)
+
+    @property
+    def source(self) -> QueueBackend:
+        if self._source is None:
+            self._source = adapters.open_backend(self.source_url)
+        return self._source
+
+    def enqueue(self, task: str | Callable[..., Any], *args: Any, job_key: str | None = None,
+                queue: str | None = None, run_at: dt.datetime | None = None,
+                priority: int | None = None, **kwargs: Any) -> str:
+        """Enqueue one job; return its cutover id (the live job's id when ``job_key`` is held)."""
+        record = self.registry.make_record(task, args, kwargs, job_key=job_key, queue=queue,
+                                           run_at=run_at, priority=priority)
+        return self.source.enqueue([record])[0]
+
+    def close(self) -> None:
+        """Release connections."""
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

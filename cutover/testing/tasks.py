@@ -1,0 +1,68 @@
+"""Tasks the contract suite runs. Importable by path, so RQ payloads resolve them too."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+from cutover.registry import TaskRegistry
+
+registry = TaskRegistry()
+
+_lock = threading.Lock()
+_failures: Counter[str] = Counter()
+calls: list[tuple[str, dict[str, Any]]] = []
+
+
+def _record(name: str, kwargs: dict[str, Any]) -> None:
+    with _lock:
+        calls.append((name, kwargs))
+
+
+def reset() -> None:
+    with _lock:
+        _failures.clear()
+        calls.clear()
+
+
+@registry.task
+def add(a: int, b: int) -> int:
+    _record("add", {"a": a, "b": b})
+    return a + b
+
+
+@registry.task(aliases=("cutover.testing.tasks.old_echo",))
+def echo(**kwargs: Any) -> dict[str, Any]:
+    _record("echo", kwargs)
+    return kwargs
+
+
+@registry.task(max_attempts=3, backoff=0)
+def flaky(key: str, failures: int) -> str:
+    """Fails ``failures`` times for ``key``, then succeeds."""
+    _record("flaky", {"key": key, "failures": failures})
+    with _lock:
+        _failures[key] += 1
+        n = _failures[key]
+    if n <= failures:
+        raise RuntimeError(f"flaky failure {n} of {failures}")
+    return f"ok after {n}"
+
+
+@registry.task
+def boom(message: str = "boom") -> None:
+    _record("boom", {"message": message})
+    raise ValueError(message)
+
+
+@registry.task(max_attempts=3, backoff=30)
+def slow_retry() -> None:
+    _record("slow_retry", {})
+    raise RuntimeError("always fails")
+
+
+@registry.task(queue="other")
+def elsewhere(n: int) -> int:
+    _record("elsewhere", {"n": n})
+    return n
