@@ -16,7 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 from cutover.record import JobRecord, JobState
 
 #: A worker's filter: given a claimable job, return None to run it or a reason to skip it (the
-#: backend then leaves that job where it is, untouched).
+#: backend then leaves that job where it is, untouched). Backends call it for every candidate,
+#: those with a ``problem`` too (so the worker can report them), and never run a job that has one.
 Acceptor = Callable[[JobRecord], str | None]
 
 

@@ -3,8 +3,8 @@
 Plain JSON values pass through unchanged, so args written by plain Procrastinate code decode as
 they are. Other supported types are written as one-key objects ``{"$cutover": TYPE, "v": VALUE}``
 and come back as the same type with the same value: datetime (naive or aware), date, time,
-timedelta, Decimal, UUID, bytes, tuple, set, frozenset, non-finite floats and dicts whose keys are
-not strings. A dict that itself looks like a tag is escaped, so any dict round-trips.
+timedelta, Decimal, UUID, bytes, tuple, set, frozenset, non-finite floats, dicts whose keys are
+not strings, and strings that PostgreSQL's jsonb cannot store (NUL, lone surrogates). A dict that itself looks like a tag is escaped, so any dict round-trips.
 
 A value that cannot be carried raises :class:`~cutover.errors.UnsupportedValueError` naming its
 path (``kwargs['user'].address``) and type: it is reported, never silently dropped.
@@ -30,8 +30,14 @@ JSONValue = Any  # JSON-serialisable after encode()
 
 def encode(value: Any, path: str = "value") -> JSONValue:
     """Return a JSON-serialisable form of ``value`` that :func:`decode` turns back into it."""
-    if value is None or isinstance(value, bool | str):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        if _plain_text(value):
+            return value
+        # NUL and lone surrogates: valid Python, refused by PostgreSQL's jsonb.
+        raw = value.encode("utf-8", "surrogatepass")
+        return {TAG: "str", "v": base64.b64encode(raw).decode("ascii")}
     if isinstance(value, int):
         return value
     if isinstance(value, float):
@@ -64,7 +70,7 @@ def encode(value: Any, path: str = "value") -> JSONValue:
         if type(value) is not dict and not isinstance(value, dict):
             raise UnsupportedValueError(
                 f"{path}: mapping type {type(value).__qualname__} cannot be carried")
-        if all(isinstance(k, str) for k in value):
+        if all(isinstance(k, str) and _plain_text(k) for k in value):
             encoded = {k: encode(v, f"{path}[{k!r}]") for k, v in value.items()}
             if TAG in encoded:
                 return {TAG: "dict", "v": encoded}
@@ -74,6 +80,16 @@ def encode(value: Any, path: str = "value") -> JSONValue:
     raise UnsupportedValueError(
         f"{path}: a value of type {type(value).__module__}.{type(value).__qualname__} "
         "cannot be carried across backends")
+
+
+def _plain_text(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def decode(value: JSONValue) -> Any:
@@ -105,6 +121,8 @@ def _hashable(value: Any) -> Any:
 
 _DECODERS: dict[str, Any] = {
     "float": float,
+    "str": lambda raw: base64.b64decode(raw.encode("ascii"), validate=True).decode(
+        "utf-8", "surrogatepass"),
     "datetime": dt.datetime.fromisoformat,
     "date": dt.date.fromisoformat,
     "time": dt.time.fromisoformat,

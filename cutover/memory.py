@@ -216,7 +216,7 @@ class InMemoryBackend:
                 and (queues is None or r.queue in queues) and r.queue not in paused]
             candidates.sort(key=lambda r: (-r.priority, self._store.order[r.id]))
             for record in candidates:
-                if record.problem or accept(record) is not None:
+                if accept(record) is not None or record.problem:
                     continue
                 started = record.replace(state=JobState.STARTED, updated_at=now)
                 self._store.jobs[record.id] = started

@@ -17,7 +17,7 @@ from cutover import adapters
 from cutover.backend import QueueBackend
 from cutover.testing.servers import SERVERS, ServiceUnavailable
 
-pytest.register_assert_rewrite("cutover.testing.contract", "cutover.testing.parity")
+pytest.register_assert_rewrite("cutover.testing.contract")
 
 #: How to get a URL for each adapter this plugin knows how to serve.
 SERVED = ("memory", "rq", "procrastinate")

@@ -409,7 +409,7 @@ class ProcrastinateBackend:
             found = {int(r.native_id or 0): r for r in
                      self._select(conn, "j.id = ANY(%(ids)s::bigint[])", {"ids": ids})}
             for record in (found[i] for i in ids if i in found):
-                if record.problem or accept(record) is not None:
+                if accept(record) is not None or record.problem:
                     with self._lock:
                         self._skipped.add(int(record.native_id or 0))
                     continue

@@ -24,7 +24,7 @@ import uuid
 import zlib
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 import rq
@@ -112,7 +112,8 @@ class RQBackend:
                                      f"{self.serializer_name!r}", url=redact(url))
         self._serializer: Any = (rq.serializers.JSONSerializer if self.serializer_name == "json"
                                  else rq.serializers.DefaultSerializer)
-        self._raw_url = urlunsplit(parts._replace(query=urlencode(params)))
+        base = url.split("?", 1)[0]
+        self._raw_url = f"{base}?{urlencode(params)}" if params else base
         self._url = redact(url)
         self._secret = parts.password or ""
         try:
@@ -482,7 +483,7 @@ class RQBackend:
         if not h:
             return None
         record = self._record(job_id, h)
-        if record.problem or accept(record) is not None:
+        if accept(record) is not None or record.problem:
             return None
         member = f"{job_id}:{uuid.uuid4().hex}"
         claimed = self._script("claim")(args=[job_id, now, worker, member, _ts(utcnow()),

@@ -1,6 +1,10 @@
 -- name: schema_present
-SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS present,
-       to_regclass('cutover_jobs') IS NOT NULL AS adapter_present;
+-- Read pg_class through an MVCC snapshot (to_regclass may use a stale catalog snapshot right
+-- after the advisory lock was granted, and see no table that another session just committed).
+SELECT COALESCE(bool_or(c.relname = 'procrastinate_jobs'), false) AS present,
+       COALESCE(bool_or(c.relname = 'cutover_jobs'), false) AS adapter_present
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relname IN ('procrastinate_jobs', 'cutover_jobs');
 
 -- name: schema_lock
 SELECT pg_advisory_xact_lock(hashtext('cutover_procrastinate.schema'));

@@ -1,0 +1,190 @@
+"""The Procrastinate adapter against a real PostgreSQL and the real procrastinate library."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import procrastinate
+import psycopg
+import pytest
+
+from cutover.errors import BackendUnavailableError, ConfigurationError
+from cutover.record import JobRecord, JobState
+from cutover.testing import tasks
+from cutover.testing.tasks import registry
+from cutover.worker import Worker
+from cutover_procrastinate import ProcrastinateBackend
+
+pytestmark = pytest.mark.pg
+
+
+@pytest.fixture
+def backend(cutover_database_url: str) -> Iterator[ProcrastinateBackend]:
+    tasks.reset()
+    b = ProcrastinateBackend(cutover_database_url)
+    yield b
+    b.close()
+
+
+def burst(backend: ProcrastinateBackend) -> Worker:
+    worker = Worker(backend, registry, burst=True, poll_interval=0.05)
+    worker.run(install_signal_handlers=False)
+    return worker
+
+
+def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+def test_jobs_deferred_by_plain_procrastinate_are_read_and_run(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(
+        conninfo=cutover_database_url))
+    with app.open():
+        job_id = app.configure_task("cutover.testing.tasks.add", allow_unknown=True,
+                                    priority=2).defer(a=1, b=2)
+    record = backend.get(f"pg-{job_id}")
+    assert record is not None
+    assert record.task == "cutover.testing.tasks.add" and dict(record.kwargs) == {"a": 1, "b": 2}
+    assert record.priority == 2 and record.state is JobState.QUEUED
+    burst(backend)
+    assert tasks.calls == [("add", {"a": 1, "b": 2})]
+    done = backend.get(f"pg-{job_id}")
+    assert done is not None and done.state is JobState.FINISHED and done.result == 3
+
+
+def test_jobs_put_by_cutover_run_on_a_plain_procrastinate_worker(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    record = registry.make_record(tasks.add, (40, 2), job_key="k1", priority=7)
+    backend.put([record])
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(
+        conninfo=cutover_database_url))
+
+    @app.task(name="cutover.testing.tasks.add")
+    def add(a: int, b: int) -> int:
+        return tasks.add(a, b)
+
+    async def work() -> None:
+        async with app.open_async():
+            await app.run_worker_async(wait=False, install_signal_handlers=False,
+                                       listen_notify=False)
+
+    asyncio.run(work())
+    assert tasks.calls == [("add", {"a": 40, "b": 2})]
+    rows = sql(cutover_database_url, "SELECT status, queueing_lock, priority FROM "
+               "procrastinate_jobs")
+    assert rows == [("succeeded", "k1", 7)]
+
+
+def test_schema_is_applied_once_even_from_many_processes_at_once(
+        cutover_database_url: str) -> None:
+    sql(cutover_database_url, "CREATE SCHEMA fresh")
+    url = cutover_database_url + "?options=-csearch_path%3Dfresh"
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            ProcrastinateBackend(url, max_size=1).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    tables = sql(cutover_database_url, "SELECT table_name FROM information_schema.tables "
+                 "WHERE table_schema = 'fresh' ORDER BY 1")
+    assert ("procrastinate_jobs",) in tables and ("cutover_jobs",) in tables
+    again = ProcrastinateBackend(url)
+    assert again.features == {"retry_v2": True, "workers": True, "defer_jobs_v1": True}
+    again.close()
+
+
+def test_stalled_jobs_are_put_back_to_waiting(backend: ProcrastinateBackend,
+                                              cutover_database_url: str) -> None:
+    record = registry.make_record(tasks.add, (1, 1))
+    backend.enqueue([record])
+    assert backend.claim(None, "doomed", lambda r: None) is not None
+    assert backend.recover_stalled(60) == []
+    sql(cutover_database_url, "UPDATE procrastinate_workers SET last_heartbeat = now() - "
+        "interval '1 hour'")
+    assert backend.recover_stalled(60) == [record.id]
+    assert backend.get(record.id).state is JobState.QUEUED  # type: ignore[union-attr]
+    burst(backend)
+    assert tasks.calls == [("add", {"a": 1, "b": 1})]
+
+
+def test_held_jobs_are_not_fetched_by_procrastinate_workers(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    record = registry.make_record(tasks.add, (1, 1))
+    backend.enqueue([record])
+    backend.take([record.id], owner="mover")
+    app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(
+        conninfo=cutover_database_url))
+    with app.open():
+        jobs = list(app.job_manager.list_jobs())
+        assert len(jobs) == 1  # procrastinate's own tools still read a held job
+    rows = sql(cutover_database_url, "SELECT count(*) FROM procrastinate_fetch_job_v2("
+               "NULL, NULL) WHERE id IS NOT NULL")
+    assert rows == [(0,)]
+
+
+def test_undecodable_args_are_reported_and_left_in_place(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    sql(cutover_database_url, "INSERT INTO procrastinate_jobs (queue_name, task_name, args) "
+        "VALUES ('default', 'cutover.testing.tasks.add', '{\"a\": {\"$cutover\": \"bogus\"}}')")
+    [record] = list(backend.snapshot())
+    assert record.problem is not None and "bogus" in record.problem
+    worker = burst(backend)
+    assert record.id in worker.report.skipped
+    assert sql(cutover_database_url, "SELECT status, attempts FROM procrastinate_jobs") == [
+        ("todo", 0)]
+
+
+def test_unknown_task_from_plain_procrastinate_is_not_failed(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    sql(cutover_database_url, "INSERT INTO procrastinate_jobs (queue_name, task_name, args) "
+        "VALUES ('default', 'somebody.elses.task', '{}')")
+    worker = burst(backend)
+    assert len(worker.report.skipped) == 1
+    assert sql(cutover_database_url, "SELECT status FROM procrastinate_jobs") == [("todo",)]
+
+
+def test_unreachable_postgres_is_a_clear_error_without_the_password() -> None:
+    with pytest.raises(BackendUnavailableError) as err:
+        ProcrastinateBackend("postgresql://bob:topsecret@127.0.0.1:1/nope")
+    assert "topsecret" not in str(err.value)
+    assert "bob:***@127.0.0.1:1" in str(err.value)
+
+
+def test_malformed_url_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="invalid PostgreSQL URL"):
+        ProcrastinateBackend("postgresql://bob:topsecret@[::1/x")
+
+
+def test_connections_killed_mid_run_give_a_clear_error_then_recover(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    record = registry.make_record(tasks.add, (1, 1))
+    backend.enqueue([record])
+    sql(cutover_database_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    try:
+        backend.get(record.id)
+    except BackendUnavailableError as exc:
+        assert "unreachable" in str(exc)
+    found = backend.get(record.id)
+    assert found is not None and found.digest() == record.digest()
+
+
+def test_positional_only_args_survive_in_the_side_table(backend: ProcrastinateBackend) -> None:
+    record = JobRecord(id="varargs", task="x.y", args=(1, 2, 3), kwargs={"k": "v"})
+    backend.put([record])
+    back = backend.get("varargs")
+    assert back is not None and back.args == (1, 2, 3) and back.digest() == record.digest()

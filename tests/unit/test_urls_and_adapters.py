@@ -1,0 +1,72 @@
+import pytest
+
+from cutover import adapters
+from cutover.errors import ConfigurationError, UnknownAdapterError
+from cutover.urls import redact, redact_text
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+        ("postgresql://user:s3cret@db/app", "postgresql://user:***@db/app"),
+        ("postgresql://db/app?password=s3cret&x=1", "postgresql://db/app?password=***&x=1"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+    ],
+)
+def test_redact_hides_passwords(url: str, expected: str) -> None:
+    assert redact(url) == expected
+
+
+def test_redact_text_scrubs_urls_inside_messages() -> None:
+    text = "could not connect to postgresql://bob:hunter2@db:5432/x (hunter2)"
+    clean = redact_text(text, "hunter2")
+    assert "hunter2" not in clean and "bob:***@db" in clean
+
+
+@pytest.mark.parametrize(
+    ("url", "adapter"),
+    [
+        ("redis://localhost:6379/0", "rq"),
+        ("rediss://localhost:6379/0", "rq"),
+        ("unix:///tmp/redis.sock?db=2", "rq"),
+        ("postgresql://localhost/app", "procrastinate"),
+        ("postgres://localhost/app", "procrastinate"),
+        ("rq+redis://localhost:6379/0", "rq"),
+        ("procrastinate+postgresql://localhost/app", "procrastinate"),
+        ("memory://", "memory"),
+    ],
+)
+def test_url_scheme_picks_the_adapter(url: str, adapter: str) -> None:
+    assert adapters.split(url)[0] == adapter
+
+
+def test_every_adapter_is_installed_through_entry_points() -> None:
+    assert {"memory", "rq", "procrastinate"} <= set(adapters.available())
+
+
+def test_unknown_scheme_says_did_you_mean() -> None:
+    with pytest.raises(UnknownAdapterError, match=r"did you mean redis://\?"):
+        adapters.split("redsi://:pw@host/0")
+
+
+def test_unknown_adapter_name_says_did_you_mean() -> None:
+    with pytest.raises(UnknownAdapterError, match="did you mean 'procrastinate'"):
+        adapters.load("procrastinat")
+
+
+def test_not_a_url_is_a_configuration_error_without_the_password() -> None:
+    with pytest.raises(ConfigurationError) as err:
+        adapters.split("localhost:6379")
+    assert "expected e.g." in str(err.value)
+
+
+def test_core_imports_no_backend_library() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, cutover, cutover.cli, cutover.worker, cutover.memory; "
+            "bad = [m for m in ('redis', 'rq', 'procrastinate') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
