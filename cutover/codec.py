@@ -1,10 +1,11 @@
 """The tagged JSON codec that carries job arguments across backends.
 
 Plain JSON values pass through unchanged, so args written by plain Procrastinate code decode as
-they are. Other supported types are written as one-key objects ``{"$cutover": TYPE, "v": VALUE}``
+they are. Other supported types are written as tagged objects ``{"$cutover": TYPE, "v": VALUE}``
 and come back as the same type with the same value: datetime (naive or aware), date, time,
 timedelta, Decimal, UUID, bytes, tuple, set, frozenset, non-finite floats, dicts whose keys are
-not strings, and strings that PostgreSQL's jsonb cannot store (NUL, lone surrogates). A dict that itself looks like a tag is escaped, so any dict round-trips.
+not strings, and strings that PostgreSQL's jsonb cannot store (NUL, lone surrogates). A dict
+that itself looks like a tag is escaped, so any dict round-trips.
 
 A value that cannot be carried raises :class:`~cutover.errors.UnsupportedValueError` naming its
 path (``kwargs['user'].address``) and type: it is reported, never silently dropped.

@@ -147,7 +147,7 @@ class Worker:
             first = record.id not in self.report.skipped
             self.report.skipped[record.id] = reason
         if first:
-            log.error("skipped job %s on %s: %s; left in place, not run", record.id,
+            log.error("skipped job %s on %s: %s (left in place)", record.id,
                       self.backend.name, reason,
                       extra={"job_id": record.id, "task": record.task,
                              "backend": self.backend.name, "event": "quarantined"})

@@ -192,6 +192,7 @@ class BackendContract:
         assert done is not None and done.state is JobState.FINISHED
         assert done.attempts == 3 and worker.report.retried == 2
         assert done.result == "ok after 3"
+        assert done.error is None
 
     def test_retry_budget_exhausted_fails(self, cutover_backend: QueueBackend) -> None:
         record = make("flaky", key=uuid.uuid4().hex, failures=5)

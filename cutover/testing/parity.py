@@ -76,16 +76,22 @@ def run_once(backend: QueueBackend, registry: TaskRegistry, task: str | Callable
 
 
 def assert_parity(registry: TaskRegistry, task_name: str | Callable[..., Any], *args: Any,
-                  _backends: Sequence[str] | None = None, **kwargs: Any) -> dict[str, Outcome]:
+                  _backends: Sequence[str] | None = None,
+                  _setup: Callable[[], None] | None = None, **kwargs: Any) -> dict[str, Outcome]:
     """Run the task once on every installed backend (each with a burst worker) and fail with a
     readable diff when the outcomes differ: final state, return value, error, attempts taken,
     and the arguments each call received. Returns the outcomes by backend.
+
+    ``_backends`` limits the adapters compared; ``_setup`` runs before each backend's run (reset
+    the state your task keeps between calls). Retry backoff is set to zero so retries run at once.
     """
     from cutover.testing.plugin import SERVED, backend_for
 
     names = list(_backends) if _backends else [n for n in SERVED if n in adapters.available()]
     outcomes: dict[str, Outcome] = {}
     for name in names:
+        if _setup is not None:
+            _setup()
         with backend_for(name) as backend:
             outcomes[name] = run_once(backend, registry, task_name, args, kwargs)
     first_name = names[0]

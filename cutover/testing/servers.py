@@ -199,8 +199,8 @@ class RedisServer:
 
     def url_for(self, db: int) -> str:
         parts = urlsplit(self.url)
-        if parts.scheme == "unix":
-            return urlunsplit(parts._replace(query=f"db={db}"))
+        if parts.scheme == "unix":  # urlunsplit would drop the empty authority ("unix:/path")
+            return f"{self.url.split('?', 1)[0]}?db={db}"
         return urlunsplit(parts._replace(path=f"/{db}"))
 
     def fresh_database(self) -> str:

@@ -66,3 +66,13 @@ def slow_retry() -> None:
 def elsewhere(n: int) -> int:
     _record("elsewhere", {"n": n})
     return n
+
+
+@registry.task
+def sleepy(seconds: float) -> float:
+    """Sleeps, so tests can catch a job while it runs."""
+    import time
+
+    _record("sleepy", {"seconds": seconds})
+    time.sleep(seconds)
+    return seconds

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import redis
 import rq
+from cutover_rq import RQBackend
 
 from cutover.errors import BackendUnavailableError, ConfigurationError
 from cutover.record import JobRecord, JobState, utcnow
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
 from cutover.worker import Worker
-from cutover_rq import RQBackend
 
 pytestmark = pytest.mark.rq
 

@@ -74,7 +74,7 @@ def test_uncarriable_argument_is_reported_by_name() -> None:
 def test_unknown_task_suggests_close_names() -> None:
     registry = TaskRegistry()
     registry.register(send_email, name="app.tasks.send_email")
-    with pytest.raises(UnknownTaskError, match="did you mean 'app.tasks.send_email'"):
+    with pytest.raises(UnknownTaskError, match=r"did you mean 'app\.tasks\.send_email'"):
         registry.resolve("app.task.send_email")
     with pytest.raises(UnknownTaskError, match="did you mean"):
         registry.resolve("moved.module.send_email")

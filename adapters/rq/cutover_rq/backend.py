@@ -511,7 +511,7 @@ class RQBackend:
             stored = codec.dumps(repr(result))
         self._finish(job, "finished", time.time() + _DEFAULT_RESULT_TTL, {
             "status": "finished", "ended_at": _ts(utcnow()), "cutover_result": stored,
-            "cutover_attempts": job.attempts + 1})
+            "cutover_attempts": job.attempts + 1, "cutover_error": "", "exc_info": ""})
 
     def fail(self, job: JobRecord, worker: str, error: str,
              retry_at: dt.datetime | None) -> None:

@@ -1,0 +1,5 @@
+"""``python -m cutover`` is the ``cutover`` command."""
+
+from cutover.cli import main
+
+main()

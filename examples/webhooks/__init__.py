@@ -1,0 +1,1 @@
+"""The reference story: a Stripe webhook pipeline whose jobs move from RQ to Procrastinate."""

@@ -1,0 +1,123 @@
+"""The command line, in-process (CliRunner) and as a real process receiving signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from cutover_rq import RQBackend
+
+from cutover import InMemoryBackend
+from cutover.cli import cli
+from cutover.record import JobState
+from cutover.testing import tasks
+from cutover.testing.tasks import registry
+
+APP = "cutover.testing.tasks:registry"
+
+
+def test_help_explains_the_tool_and_the_worker() -> None:
+    runner = CliRunner()
+    top = runner.invoke(cli, ["--help"])
+    assert top.exit_code == 0
+    for word in ("--source", "CUTOVER_SOURCE", "--target", "--app", "--json", "Exit codes",
+                 "worker"):
+        assert word in top.output
+    worker = runner.invoke(cli, ["worker", "--help"])
+    assert worker.exit_code == 0
+    for word in ("--backend", "--queue", "--concurrency", "CUTOVER_WORKER_CONCURRENCY",
+                 "--burst", "SIGTERM"):
+        assert word in worker.output
+
+
+def test_burst_worker_runs_jobs_and_prints_json() -> None:
+    tasks.reset()
+    memory = InMemoryBackend("memory://cli-burst")
+    memory.flush()
+    memory.enqueue([registry.make_record(tasks.add, (1, 2)),
+                    registry.make_record(tasks.boom, ())])
+    result = CliRunner().invoke(cli, ["--app", APP, "--source", "memory://cli-burst", "--json",
+                                      "worker", "--backend", "memory", "--burst"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["succeeded"] == 1 and summary["failed"] == 1
+    assert tasks.calls[0] == ("add", {"a": 1, "b": 2})
+
+
+def test_environment_fallbacks_are_used() -> None:
+    memory = InMemoryBackend("memory://cli-env")
+    memory.flush()
+    memory.enqueue([registry.make_record(tasks.add, (1, 1))])
+    result = CliRunner().invoke(cli, ["worker", "--backend", "source", "--burst"],
+                                env={"CUTOVER_APP": APP, "CUTOVER_SOURCE": "memory://cli-env",
+                                     "CUTOVER_WORKER_CONCURRENCY": "2"})
+    assert result.exit_code == 0, result.output
+    assert "succeeded 1" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["worker", "--backend", "rq", "--burst"], "--app"),
+        (["--app", "nowhere.mod:reg", "--source", "memory://", "worker", "--backend", "memory"],
+         "cannot import"),
+        (["--app", "cutover.testing.tasks:add", "--source", "memory://", "worker", "--backend",
+          "memory"], "not a cutover.TaskRegistry"),
+        (["--app", APP, "--source", "redsi://:pw@h/0", "worker", "--backend", "source"],
+         "did you mean redis://"),
+        (["--app", APP, "--source", "memory://", "worker", "--backend", "rq"],
+         "neither --source nor --target is a rq URL"),
+    ],
+)
+def test_configuration_errors_exit_2_with_a_clear_message(args: list[str], needle: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert ":pw@" not in result.output
+
+
+def test_unreachable_backend_error_hides_the_password() -> None:
+    result = CliRunner().invoke(cli, ["--app", APP, "--source",
+                                      "redis://:hunter2@127.0.0.1:1/0", "worker", "--backend",
+                                      "rq", "--burst"])
+    assert result.exit_code == 2
+    assert "unreachable" in result.output and "hunter2" not in result.output
+
+
+@pytest.mark.rq
+def test_sigterm_finishes_the_running_job_then_exits(cutover_redis_url: str) -> None:
+    backend = RQBackend(cutover_redis_url)
+    record = registry.make_record(tasks.sleepy, (2.0,))
+    backend.enqueue([record])
+    env = {**os.environ, "CUTOVER_APP": APP, "CUTOVER_SOURCE": cutover_redis_url}
+    proc = subprocess.Popen([sys.executable, "-m", "cutover", "--log-format", "json", "worker",
+                             "--backend", "rq", "--poll-interval", "0.1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            current = backend.get(record.id)
+            if current is not None and current.state is JobState.STARTED:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the worker never started the job")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    done = backend.get(record.id)
+    assert done is not None and done.state is JobState.FINISHED
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    lifecycle = [e.get("event") for e in events if e.get("job_id") == record.id]
+    assert lifecycle == ["started", "succeeded"]
+    assert any("SIGTERM" in e["message"] for e in events)
+    backend.close()
