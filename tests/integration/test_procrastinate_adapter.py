@@ -84,7 +84,8 @@ def test_jobs_put_by_cutover_run_on_a_plain_procrastinate_worker(
 def test_schema_is_applied_once_even_from_many_processes_at_once(
         cutover_database_url: str) -> None:
     sql(cutover_database_url, "CREATE SCHEMA fresh")
-    url = cutover_database_url + "?options=-csearch_path%3Dfresh"
+    url = cutover_database_url + ("&" if "?" in cutover_database_url else "?") + \
+        "options=-csearch_path%3Dfresh"
     errors: list[BaseException] = []
 
     def open_one() -> None:
