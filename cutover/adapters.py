@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any, cast
@@ -15,6 +16,8 @@ from typing import Any, cast
 from cutover.backend import QueueBackend
 from cutover.errors import ConfigurationError, UnknownAdapterError
 from cutover.urls import redact
+
+log = logging.getLogger("cutover.adapters")
 
 GROUP = "cutover.adapters"
 
@@ -72,4 +75,6 @@ def split(url: str) -> tuple[str, str]:
 def open_backend(url: str, **options: Any) -> QueueBackend:
     """Open the backend a URL names."""
     name, inner = split(url)
-    return load(name)(inner, **options)
+    backend = load(name)(inner, **options)
+    log.info("opened %s backend at %s", name, backend.url)
+    return backend

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from cutover.backend import QueueBackend
+from cutover.errors import CutoverError
 from cutover.record import JobRecord
 from cutover.registry import TaskRegistry
 
@@ -67,6 +69,7 @@ class Worker:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._signals = 0
+        self._error: CutoverError | None = None
 
     # -- control ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -97,11 +100,7 @@ class Worker:
                  self.concurrency, ", burst" if self.burst else "")
         try:
             self.backend.heartbeat(self.name)
-            recovered = self.backend.recover_stalled(self.stalled_after)
-            if recovered:
-                log.warning("recovered %d stalled job(s): %s", len(recovered),
-                            ", ".join(recovered))
-                self.report.recovered.extend(recovered)
+            self._recover()
             beat = threading.Thread(target=self._beat, name=f"{self.name}-heartbeat", daemon=True)
             beat.start()
             threads = [threading.Thread(target=self._loop, name=f"{self.name}-{i}", daemon=True)
@@ -118,24 +117,47 @@ class Worker:
         log.info("worker %s stopped: %d succeeded, %d failed, %d retried, %d skipped",
                  self.name, self.report.succeeded, self.report.failed, self.report.retried,
                  len(self.report.skipped))
+        if self._error is not None:
+            raise self._error
         return self.report
 
+    def _recover(self) -> None:
+        recovered = self.backend.recover_stalled(self.stalled_after)
+        if recovered:
+            log.warning("recovered %d stalled job(s) of dead workers: %s", len(recovered),
+                        ", ".join(recovered))
+            with self._lock:
+                self.report.recovered.extend(recovered)
+
     def _beat(self) -> None:
+        """Heartbeat, and put back the jobs of workers that died, while the worker runs."""
+        last_recovery = time.monotonic()
         while not self._stop.wait(self.heartbeat_interval):
             try:
                 self.backend.heartbeat(self.name)
-            except Exception:
-                log.exception("heartbeat of worker %s failed", self.name)
+                if time.monotonic() - last_recovery >= self.stalled_after:
+                    last_recovery = time.monotonic()
+                    self._recover()
+            except CutoverError as exc:
+                log.error("heartbeat of worker %s failed: %s", self.name, exc)
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            job = self.backend.claim(self.queues, self.name, self._accept)
-            if job is None:
-                if self.burst:
-                    return
-                self._stop.wait(self.poll_interval)
-                continue
-            self._execute(job)
+        try:
+            while not self._stop.is_set():
+                job = self.backend.claim(self.queues, self.name, self._accept)
+                if job is None:
+                    if self.burst:
+                        return
+                    self._stop.wait(self.poll_interval)
+                    continue
+                self._execute(job)
+        except CutoverError as exc:
+            # The backend went away: stop every thread and report it; jobs that were running
+            # stay "started" and are recovered as stalled by the next worker.
+            log.error("worker %s stops: %s", self.name, exc)
+            with self._lock:
+                self._error = self._error or exc
+            self._stop.set()
 
     def _accept(self, record: JobRecord) -> str | None:
         reason = record.problem

