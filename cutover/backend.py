@@ -15,6 +15,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from cutover.record import JobRecord, JobState
 
+#: Called by take/put/remove with the backend's open transaction (a psycopg connection) just
+#: before it commits, or with None right after the operation where the backend has no such
+#: transaction: the ledger row of a job is written in the same transaction as the job.
+TxHook = Callable[[Any], None]
+
 #: A worker's filter: given a claimable job, return None to run it or a reason to skip it (the
 #: backend then leaves that job where it is, untouched). Backends call it for every candidate,
 #: those with a ``problem`` too (so the worker can report them), and never run a job that has one.
@@ -78,7 +83,15 @@ class QueueBackend(Protocol):
         """Jobs per queue and state, without side effects on the backend."""
         ...
 
-    def take(self, job_ids: Sequence[str], owner: str) -> TakeResult:
+    def batches(self, *, states: Collection[JobState] | None = None,
+                queues: Collection[str] | None = None,
+                batch_size: int = 1000) -> Iterator[list[JobRecord]]:
+        """The snapshot in batches. The consumer may take, put or remove the jobs of a batch
+        before asking for the next one: the backend keeps its place (a drain's read loop)."""
+        ...
+
+    def take(self, job_ids: Sequence[str], owner: str, *,
+             tx_hook: TxHook | None = None) -> TakeResult:
         """Atomically move waiting jobs (queued, scheduled, deferred) out of reach of the backend's
         workers and hold them for ``owner``. Idempotent: a job the owner holds already is
         returned again."""
@@ -88,13 +101,14 @@ class QueueBackend(Protocol):
         """Return jobs the owner holds to where they were; return how many moved."""
         ...
 
-    def put(self, records: Sequence[JobRecord]) -> list[str]:
+    def put(self, records: Sequence[JobRecord], *,
+            tx_hook: TxHook | None = None) -> list[str]:
         """Insert jobs as they are (id, state, schedule, attempts, retry budget, job key).
         Idempotent: an id present with the same content is skipped; with different content it is
         a :class:`~cutover.errors.JobConflictError`. Returns the ids that were inserted."""
         ...
 
-    def remove(self, job_ids: Sequence[str]) -> int:
+    def remove(self, job_ids: Sequence[str], *, tx_hook: TxHook | None = None) -> int:
         """Delete jobs wherever they are in this backend; return how many existed."""
         ...
 

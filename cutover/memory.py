@@ -13,7 +13,7 @@ import threading
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
-from cutover.backend import Acceptor, Capabilities, TakeResult
+from cutover.backend import Acceptor, Capabilities, TakeResult, TxHook
 from cutover.errors import JobConflictError
 from cutover.record import JobRecord, JobState, utcnow
 
@@ -106,6 +106,13 @@ class InMemoryBackend:
                        and (queues is None or r.queue in queues)]
         yield from records
 
+    def batches(self, *, states: Collection[JobState] | None = None,
+                queues: Collection[str] | None = None,
+                batch_size: int = 1000) -> Iterator[list[JobRecord]]:
+        records = list(self.snapshot(states=states, queues=queues))
+        for i in range(0, len(records), batch_size):
+            yield records[i:i + batch_size]
+
     def counts(self, queues: Collection[str] | None = None) -> dict[str, dict[JobState, int]]:
         out: dict[str, dict[JobState, int]] = {}
         with self._store.lock:
@@ -116,7 +123,8 @@ class InMemoryBackend:
         return out
 
     # -- moving ----------------------------------------------------------------------------
-    def take(self, job_ids: Sequence[str], owner: str) -> TakeResult:
+    def take(self, job_ids: Sequence[str], owner: str, *,
+             tx_hook: TxHook | None = None) -> TakeResult:
         result = TakeResult()
         with self._store.lock:
             for job_id in job_ids:
@@ -131,11 +139,14 @@ class InMemoryBackend:
                         result.refused[job_id] = f"held by {holder}"
                 elif record.state in _WAITING:
                     self._store.held[job_id] = (owner, record.state)
-                    held = record.replace(state=JobState.HELD, updated_at=utcnow())
+                    held = record.replace(state=JobState.HELD, updated_at=utcnow(),
+                                          holder=owner)
                     self._store.jobs[job_id] = held
                     result.taken.append(held)
                 else:
                     result.refused[job_id] = record.state.value
+            if tx_hook is not None:
+                tx_hook(None)
         return result
 
     def give_back(self, job_ids: Sequence[str], owner: str) -> int:
@@ -147,11 +158,13 @@ class InMemoryBackend:
                     continue
                 del self._store.held[job_id]
                 record = self._store.jobs[job_id]
-                self._store.jobs[job_id] = record.replace(state=held[1], updated_at=utcnow())
+                self._store.jobs[job_id] = record.replace(state=held[1], updated_at=utcnow(),
+                                                          holder=None)
                 moved += 1
         return moved
 
-    def put(self, records: Sequence[JobRecord]) -> list[str]:
+    def put(self, records: Sequence[JobRecord], *,
+            tx_hook: TxHook | None = None) -> list[str]:
         inserted: list[str] = []
         with self._store.lock:
             for record in records:
@@ -167,11 +180,13 @@ class InMemoryBackend:
                     state = JobState.SCHEDULED if record.run_at else JobState.QUEUED
                 if state is JobState.QUEUED and record.run_at and record.run_at > utcnow():
                     state = JobState.SCHEDULED
-                self._insert(record.replace(state=state, updated_at=utcnow()))
+                self._insert(record.replace(state=state, updated_at=utcnow(), holder=None))
                 inserted.append(record.id)
+            if tx_hook is not None:
+                tx_hook(None)
         return inserted
 
-    def remove(self, job_ids: Sequence[str]) -> int:
+    def remove(self, job_ids: Sequence[str], *, tx_hook: TxHook | None = None) -> int:
         removed = 0
         with self._store.lock:
             for job_id in job_ids:
@@ -183,6 +198,8 @@ class InMemoryBackend:
                 self._store.held.pop(job_id, None)
                 if record.job_key and self._store.keys.get(record.job_key) == job_id:
                     del self._store.keys[record.job_key]
+            if tx_hook is not None:
+                tx_hook(None)
         return removed
 
     def pause(self, queues: Collection[str] | None = None) -> None:

@@ -79,7 +79,9 @@ class JobRecord:
     ``max_attempts`` counts executions allowed in all (1 means no retry); ``attempts`` counts those
     made. ``retry_intervals[k]`` is the wait in seconds after the (k+1)-th failure; the last one
     repeats. ``location`` says where the backend keeps it (``rq:scheduled:default``, ``orphan``);
-    like the state and timestamps it is not part of the content. ``problem`` is set on a job read
+    like the state and timestamps it is not part of the content; nor are ``holder`` (who holds a
+    HELD job) and ``losses`` (what a move would drop: native features with no portable form, such
+    as an RQ result TTL or callback). ``problem`` is set on a job read
     from a backend that cannot be decoded or run (quarantined payload, malformed hash): such a
     record is reported and never executed.
     """
@@ -104,6 +106,8 @@ class JobRecord:
     native_id: str | None = None
     problem: str | None = None
     location: str | None = None
+    holder: str | None = None
+    losses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_at", normalize_run_at(self.run_at))

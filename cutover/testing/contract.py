@@ -240,6 +240,25 @@ class BackendContract:
         assert q1 == {r.id for r in records if r.queue == "q1"}
         assert list(cutover_backend.snapshot(states=[JobState.FAILED])) == []
 
+    def test_batches_keep_their_place_while_the_consumer_takes(
+            self, cutover_backend: QueueBackend) -> None:
+        later = utcnow() + dt.timedelta(hours=1)
+        records = [make("add", i, i, queue=f"q{i % 2}") for i in range(23)]
+        records += [make("add", i, 0, run_at=later) for i in range(7)]
+        cutover_backend.enqueue(records)
+        seen: list[str] = []
+        for batch in cutover_backend.batches(states=[JobState.QUEUED, JobState.SCHEDULED],
+                                             batch_size=4):
+            assert 0 < len(batch) <= 4
+            ids = [r.id for r in batch]
+            seen += ids
+            cutover_backend.take(ids[::2], owner="reader")  # take some, leave the rest
+        assert sorted(seen) == sorted(r.id for r in records)
+        assert total(cutover_backend.counts(), JobState.HELD) == len(
+            [i for i in seen if cutover_backend.get(i).state is JobState.HELD])  # type: ignore[union-attr]
+        held = [r for r in cutover_backend.snapshot(states=[JobState.HELD])]
+        assert {r.holder for r in held} == {"reader"}
+
     # -- take / give back / put / remove ---------------------------------------------------
     def test_taken_jobs_are_out_of_reach_of_workers(self, cutover_backend: QueueBackend) -> None:
         records = [make("add", 1, 1), make("add", 2, 2, run_at=utcnow() + dt.timedelta(hours=1))]

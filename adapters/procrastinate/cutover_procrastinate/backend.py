@@ -24,7 +24,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 from cutover import codec
-from cutover.backend import Acceptor, Capabilities, TakeResult
+from cutover.backend import Acceptor, Capabilities, TakeResult, TxHook
 from cutover.errors import (
     BackendError,
     BackendUnavailableError,
@@ -43,6 +43,13 @@ _PUT_STATUS = {
     JobState.QUEUED: "todo", JobState.SCHEDULED: "todo", JobState.HELD: "todo",
     JobState.DEFERRED: "todo", JobState.FINISHED: "succeeded", JobState.FAILED: "failed",
     JobState.CANCELED: "cancelled",
+}
+#: procrastinate statuses that can hold a job in each state (the state is then decided per row)
+_STATUSES: dict[JobState, tuple[str, ...]] = {
+    JobState.QUEUED: ("todo",), JobState.SCHEDULED: ("todo",), JobState.HELD: ("todo",),
+    JobState.DEFERRED: (), JobState.STARTED: ("doing", "aborting"),
+    JobState.FINISHED: ("succeeded",), JobState.FAILED: ("failed",),
+    JobState.CANCELED: ("cancelled", "aborted"),
 }
 _FAR = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)  # a held job's scheduled_at
 
@@ -135,7 +142,7 @@ class ProcrastinateBackend:
     def _record(self, row: tuple[Any, ...]) -> JobRecord:
         (job_id, queue, task, priority, key, args, status, scheduled_at, attempts, cutover_id,
          max_attempts, intervals, positional, origin, created_at, updated_at, held_by,
-         held_scheduled_at, error, result) = row
+         held_scheduled_at, error, result, lock) = row
         problem = None
         try:
             kwargs = codec.decode(args or {})
@@ -170,7 +177,8 @@ class ProcrastinateBackend:
             retry_intervals=tuple(intervals or ()), job_key=key, state=state,
             origin=origin or "procrastinate", created_at=created_at, updated_at=updated_at,
             error=error, result=decoded_result, native_id=str(job_id), problem=problem,
-            location=f"procrastinate_jobs:{job_id}")
+            location=f"procrastinate_jobs:{job_id}", holder=held_by,
+            losses=(f"procrastinate lock {lock!r}",) if lock else ())
 
     def _select(self, conn: psycopg.Connection[TupleRow], where: LiteralString,
                 params: dict[str, Any]) -> list[JobRecord]:
@@ -184,18 +192,22 @@ class ProcrastinateBackend:
                            else JobState.QUEUED, origin=r.origin or self.name) for r in records]
         return self._insert(fresh, mode="enqueue")[0]
 
-    def put(self, records: Sequence[JobRecord]) -> list[str]:
+    def put(self, records: Sequence[JobRecord], *,
+            tx_hook: TxHook | None = None) -> list[str]:
         for r in records:
             if r.state is JobState.STARTED:
                 raise JobError("a running job cannot be put; let it finish first", job_id=r.id)
             if r.problem:
                 raise JobError(f"cannot put a job with a problem: {r.problem}", job_id=r.id)
-        ids, inserted = self._insert(list(records), mode="put")
+        ids, inserted = self._insert(list(records), mode="put", tx_hook=tx_hook)
         return [i for i in ids if i in inserted]
 
-    def _insert(self, records: list[JobRecord], mode: str) -> tuple[list[str], set[str]]:
+    def _insert(self, records: list[JobRecord], mode: str,
+                tx_hook: TxHook | None = None) -> tuple[list[str], set[str]]:
         """Insert in one transaction; returns each record's resulting id and the ids inserted."""
         if not records:
+            if tx_hook is not None:
+                tx_hook(None)
             return [], set()
         out: dict[int, str] = {}
         with self._tx(f"{mode}ing jobs") as conn:
@@ -230,6 +242,8 @@ class ProcrastinateBackend:
                 todo.append(r)
             if todo:
                 self._write(conn, todo)
+            if tx_hook is not None:
+                tx_hook(conn)
         return [out[i] for i in range(len(records))], {r.id for r in todo}
 
     def _check_same(self, conn: psycopg.Connection[TupleRow], record: JobRecord) -> None:
@@ -294,8 +308,11 @@ class ProcrastinateBackend:
                  batch_size: int = 1000) -> Iterator[JobRecord]:
         query = sql.query("select_jobs") + (
             " WHERE (%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s::text[]))"
+            " AND (%(statuses)s::text[] IS NULL OR j.status::text = ANY(%(statuses)s::text[]))"
             " ORDER BY j.id")
-        params = {"queues": list(queues) if queues is not None else None}
+        statuses = None if states is None else sorted(
+            {status for state in states for status in _STATUSES[state]})
+        params = {"queues": list(queues) if queues is not None else None, "statuses": statuses}
         with self._errors("reading a snapshot"), self.pool.connection() as conn, \
                 conn.transaction(), conn.cursor(name="cutover_snapshot") as cur:
             cur.itersize = batch_size
@@ -304,6 +321,18 @@ class ProcrastinateBackend:
                 record = self._record(row)
                 if states is None or record.state in states:
                     yield record
+
+    def batches(self, *, states: Collection[JobState] | None = None,
+                queues: Collection[str] | None = None,
+                batch_size: int = 1000) -> Iterator[list[JobRecord]]:
+        batch: list[JobRecord] = []
+        for record in self.snapshot(states=states, queues=queues, batch_size=batch_size):
+            batch.append(record)
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def counts(self, queues: Collection[str] | None = None) -> dict[str, dict[JobState, int]]:
         out: dict[str, dict[JobState, int]] = {}
@@ -322,7 +351,8 @@ class ProcrastinateBackend:
                             {"ids": list(job_ids), "native": _native(job_ids)})
         return {r.id: int(r.native_id or 0) for r in rows}
 
-    def take(self, job_ids: Sequence[str], owner: str) -> TakeResult:
+    def take(self, job_ids: Sequence[str], owner: str, *,
+             tx_hook: TxHook | None = None) -> TakeResult:
         result = TakeResult()
         if not job_ids:
             return result
@@ -349,6 +379,8 @@ class ProcrastinateBackend:
                 conn.execute(sql.query("hold"), {"owner": owner, "ids": to_hold})
             ok = [n for j, n in resolved.items() if j not in result.refused]
             result.taken = self._select(conn, "j.id = ANY(%(ids)s::bigint[])", {"ids": ok})
+            if tx_hook is not None:
+                tx_hook(conn)
         return result
 
     def give_back(self, job_ids: Sequence[str], owner: str) -> int:
@@ -359,12 +391,13 @@ class ProcrastinateBackend:
             return len(conn.execute(sql.query("give_back"),
                                     {"owner": owner, "ids": natives}).fetchall())
 
-    def remove(self, job_ids: Sequence[str]) -> int:
-        if not job_ids:
-            return 0
+    def remove(self, job_ids: Sequence[str], *, tx_hook: TxHook | None = None) -> int:
         with self._tx("removing jobs") as conn:
-            natives = list(self._resolve(conn, job_ids).values())
-            return conn.execute(sql.query("delete_jobs"), {"ids": natives}).rowcount
+            natives = list(self._resolve(conn, job_ids).values()) if job_ids else []
+            removed = conn.execute(sql.query("delete_jobs"), {"ids": natives}).rowcount
+            if tx_hook is not None:
+                tx_hook(conn)
+            return removed
 
     def pause(self, queues: Collection[str] | None = None) -> None:
         with self._tx("pausing") as conn:

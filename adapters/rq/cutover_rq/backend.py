@@ -31,7 +31,7 @@ import rq
 from redis.commands.core import Script
 
 from cutover import codec
-from cutover.backend import Acceptor, Capabilities, TakeResult
+from cutover.backend import Acceptor, Capabilities, TakeResult, TxHook
 from cutover.errors import (
     BackendError,
     BackendUnavailableError,
@@ -59,6 +59,7 @@ _PLACEMENT = {
     JobState.DEFERRED: ("deferred", "deferred"), JobState.FAILED: ("failed", "failed"),
     JobState.FINISHED: ("finished", "finished"), JobState.CANCELED: ("canceled", "canceled"),
 }
+_WAITING_STATES = {JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED, JobState.HELD}
 _DEFAULT_RESULT_TTL = 500
 _DEFAULT_FAILURE_TTL = 31_536_000
 _WIP_TTL = 86_400
@@ -89,6 +90,35 @@ def _hash(raw: Any) -> dict[bytes, bytes]:
 def _text(h: dict[bytes, bytes], field: str) -> str | None:
     raw = h.get(field.encode())
     return raw.decode("utf-8", "replace") if raw else None
+
+
+_DEFAULT_TIMEOUT = b"180"
+
+
+def _losses(h: dict[bytes, bytes]) -> tuple[str, ...]:
+    """RQ-only features of a job that no other backend keeps."""
+    out = []
+    for field in ("result_ttl", "failure_ttl", "ttl"):
+        if h.get(field.encode()):
+            out.append(f"rq {field}={_s(h[field.encode()])}")
+    if h.get(b"timeout") not in (None, b"", _DEFAULT_TIMEOUT):
+        out.append(f"rq job timeout={_s(h[b'timeout'])}s")
+    for field in ("success_callback_name", "failure_callback_name", "stopped_callback_name"):
+        if h.get(field.encode()):
+            out.append(f"rq {field.replace('_name', '')} {_s(h[field.encode()])}")
+    if h.get(b"meta"):
+        out.append("rq meta")
+    if h.get(b"dependency_ids") or h.get(b"dependency_id"):
+        out.append("rq depends_on")
+    if h.get(b"enqueue_at_front") == b"1":
+        out.append("rq at_front")
+    if h.get(b"repeats_left"):
+        out.append("rq repeat")
+    if h.get(b"webhooks"):
+        out.append("rq webhooks")
+    if h.get(b"group_id"):
+        out.append(f"rq group {_s(h[b'group_id'])}")
+    return tuple(out)
 
 
 class RQBackend:
@@ -214,7 +244,8 @@ class RQBackend:
             job_key=_text(h, "cutover_job_key"), state=state, origin=_text(h, "cutover_origin")
             or "rq", created_at=_parse_ts(h.get(b"created_at")),
             updated_at=_parse_ts(h.get(b"ended_at")) or _parse_ts(h.get(b"started_at")),
-            error=error, result=result, native_id=job_id, problem=problem, location=location)
+            error=error, result=result, native_id=job_id, problem=problem, location=location,
+            holder=_text(h, "cutover_held"), losses=_losses(h))
 
     def _mapping(self, record: JobRecord, status: str) -> dict[str, Any]:
         """The job hash of ``record`` in RQ's own format (built by RQ's Job class)."""
@@ -289,7 +320,8 @@ class RQBackend:
                                        state)[1])
         return out
 
-    def put(self, records: Sequence[JobRecord]) -> list[str]:
+    def put(self, records: Sequence[JobRecord], *,
+            tx_hook: TxHook | None = None) -> list[str]:
         inserted: list[str] = []
         with self._errors("putting jobs"):
             for record in records:
@@ -299,7 +331,7 @@ class RQBackend:
                 if state is JobState.STARTED:
                     raise JobError("a running job cannot be put; let it finish first",
                                    job_id=record.id)
-                outcome, _ = self._write(record.replace(job_key=record.job_key), state)
+                outcome, _ = self._write(record, state)
                 if outcome == "created":
                     inserted.append(record.id)
                     continue
@@ -312,6 +344,8 @@ class RQBackend:
                     raise JobConflictError("a different job with this id exists already",
                                            job_id=record.id,
                                            fields=sorted(existing.differences(record)))
+        if tx_hook is not None:
+            tx_hook(None)
         return inserted
 
     # -- reading ---------------------------------------------------------------------------
@@ -380,6 +414,65 @@ class RQBackend:
             if states is None or record.state in states:
                 yield record
 
+    def batches(self, *, states: Collection[JobState] | None = None,
+                queues: Collection[str] | None = None,
+                batch_size: int = 1000) -> Iterator[list[JobRecord]]:
+        """Waiting jobs are read where RQ keeps them, in order (queue lists head first, then the
+        scheduled, deferred and held registries), so that taking a batch from the head of a list
+        is cheap; the place is re-anchored after each batch, so jobs the consumer took (or left)
+        are neither skipped nor read twice. Other states are read by a SCAN of the job hashes."""
+        wanted = set(states) if states is not None else set(JobState)
+        if not wanted <= _WAITING_STATES:
+            batch: list[JobRecord] = []
+            for record in self.snapshot(states=states, queues=queues, batch_size=batch_size):
+                batch.append(record)
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+            return
+        with self._errors("reading a snapshot"):
+            names = [q for q in self._queues() if queues is None or q in queues]
+        places: list[tuple[str, bool]] = []
+        for q in names:
+            if wanted & {JobState.QUEUED, JobState.SCHEDULED}:
+                places.append((f"rq:queue:{q}", True))
+            if wanted & {JobState.SCHEDULED, JobState.QUEUED}:
+                places.append((f"rq:scheduled:{q}", False))
+            if JobState.DEFERRED in wanted:
+                places.append((f"rq:deferred:{q}", False))
+            if JobState.HELD in wanted:
+                places.append((f"cutover:held:{q}", False))
+        for key, is_list in places:
+            start = 0
+            previous: list[str] = []
+            while True:
+                with self._errors("reading a snapshot"):
+                    if previous:
+                        # Re-anchor: jobs of the previous batch still at `start` stayed in place.
+                        again = self._range(key, is_list, start, start + len(previous) - 1)
+                        left = set(previous)
+                        kept = 0
+                        for job_id in again:
+                            if job_id not in left:
+                                break
+                            kept += 1
+                        start += kept
+                    ids = self._range(key, is_list, start, start + batch_size - 1)
+                    if not ids:
+                        break
+                    records = [r for r in self._snapshot_batch(ids, None, queues)
+                               if r.state in wanted]
+                previous = ids
+                if records:
+                    yield records
+
+    def _range(self, key: str, is_list: bool, start: int, end: int) -> list[str]:
+        raw = (self.redis.lrange(key, start, end) if is_list
+               else self.redis.zrange(key, start, end))
+        return [_s(i) for i in cast(list[bytes], raw)]
+
     def counts(self, queues: Collection[str] | None = None) -> dict[str, dict[JobState, int]]:
         with self._errors("counting jobs"):
             names = [q for q in self._queues() if queues is None or q in queues]
@@ -411,9 +504,12 @@ class RQBackend:
         return out
 
     # -- moving ----------------------------------------------------------------------------
-    def take(self, job_ids: Sequence[str], owner: str) -> TakeResult:
+    def take(self, job_ids: Sequence[str], owner: str, *,
+             tx_hook: TxHook | None = None) -> TakeResult:
         result = TakeResult()
         if not job_ids:
+            if tx_hook is not None:
+                tx_hook(None)
             return result
         with self._errors("taking jobs"):
             raw = self._script("take")(args=[owner, time.time(), *job_ids])
@@ -424,10 +520,10 @@ class RQBackend:
                     taken.append(job_id)
                 else:
                     result.refused[job_id] = outcome
-            for job_id in taken:
-                record = self.get(job_id)
-                if record is not None:
-                    result.taken.append(record)
+            if taken:
+                result.taken = list(self._snapshot_batch(taken, None, None))
+        if tx_hook is not None:
+            tx_hook(None)
         return result
 
     def give_back(self, job_ids: Sequence[str], owner: str) -> int:
@@ -436,11 +532,14 @@ class RQBackend:
         with self._errors("giving jobs back"):
             return int(self._script("give_back")(args=[owner, *job_ids]))
 
-    def remove(self, job_ids: Sequence[str]) -> int:
-        if not job_ids:
-            return 0
-        with self._errors("removing jobs"):
-            return int(self._script("remove")(args=list(job_ids)))
+    def remove(self, job_ids: Sequence[str], *, tx_hook: TxHook | None = None) -> int:
+        removed = 0
+        if job_ids:
+            with self._errors("removing jobs"):
+                removed = int(self._script("remove")(args=list(job_ids)))
+        if tx_hook is not None:
+            tx_hook(None)
+        return removed
 
     def pause(self, queues: Collection[str] | None = None) -> None:
         with self._errors("pausing"):

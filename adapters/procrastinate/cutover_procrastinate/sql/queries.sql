@@ -50,7 +50,8 @@ SELECT * FROM unnest(%(id)s::bigint[], %(cutover_id)s::text[], %(max_attempts)s:
 -- name: select_jobs
 SELECT j.id, j.queue_name, j.task_name, j.priority, j.queueing_lock, j.args, j.status::text,
        j.scheduled_at, j.attempts, c.cutover_id, c.max_attempts, c.retry_intervals, c.positional,
-       c.origin, c.created_at, c.updated_at, c.held_by, c.held_scheduled_at, c.error, c.result
+       c.origin, c.created_at, c.updated_at, c.held_by, c.held_scheduled_at, c.error, c.result,
+       j.lock
 FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
 
 -- name: resolve_ids

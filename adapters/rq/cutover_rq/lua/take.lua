@@ -14,7 +14,9 @@ for i = 3, #ARGV do
   elseif held then
     if held == owner then res = 'taken' else res = 'held by ' .. held end
   elseif status == 'queued' then
-    if redis.call('LREM', 'rq:queue:' .. origin, 0, id) > 0 then
+    -- Count 1: the search stops at the first match, so taking from the head of a long list is
+    -- cheap (a drain reads lists head first).
+    if redis.call('LREM', 'rq:queue:' .. origin, 1, id) > 0 then
       from = 'queue'
     elseif redis.call('LPOS', 'rq:queue:' .. origin .. ':intermediate', id) then
       res = 'started'
