@@ -13,6 +13,7 @@ import click
 
 from cutover import adapters, logs
 from cutover.backend import QueueBackend
+from cutover.control import ControlPlane, control_url
 from cutover.errors import ConfigurationError, CutoverError
 from cutover.registry import TaskRegistry
 from cutover.urls import redact, redact_text
@@ -25,6 +26,16 @@ class Context:
     target: str | None
     app: str | None
     json: bool
+    control: str | None = None
+
+    def need(self, *names: str) -> None:
+        for name in names:
+            if not getattr(self, name):
+                env = {"source": "CUTOVER_SOURCE", "target": "CUTOVER_TARGET"}[name]
+                raise ConfigurationError(f"this command needs --{name} URL (or {env})")
+
+    def control_plane(self) -> ControlPlane:
+        return ControlPlane(control_url(self.source, self.target, self.control))
 
     def registry(self) -> TaskRegistry:
         if not self.app:
@@ -90,6 +101,9 @@ def emit(ctx: Context, document: dict[str, Any], text: str) -> None:
               help="Backend the jobs go to, e.g. postgresql://localhost/app [env CUTOVER_TARGET].")
 @click.option("--app", envvar="CUTOVER_APP", metavar="MODULE:ATTR",
               help="The application's cutover.TaskRegistry [env CUTOVER_APP].")
+@click.option("--control", envvar="CUTOVER_CONTROL", metavar="URL",
+              help="PostgreSQL database of the control plane (ledger, phase) when neither side is "
+                   "PostgreSQL [env CUTOVER_CONTROL; default: the PostgreSQL side].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--log-level", envvar="CUTOVER_LOG_LEVEL", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -99,7 +113,7 @@ def emit(ctx: Context, document: dict[str, Any], text: str) -> None:
 @click.version_option(package_name="queue-cutover")
 @click.pass_context
 def cli(click_ctx: click.Context, source: str | None, target: str | None, app: str | None,
-        as_json: bool, log_level: str, log_format: str) -> None:
+        control: str | None, as_json: bool, log_level: str, log_format: str) -> None:
     """Move background jobs from RQ (Redis) to Procrastinate (PostgreSQL), and back, in stages,
     and prove that no job was lost or run twice.
 
@@ -110,7 +124,8 @@ def cli(click_ctx: click.Context, source: str | None, target: str | None, app: s
     configuration error; 3 a precondition refused the step.
     """
     logs.setup(log_level, "json" if log_format == "json" else "text")
-    click_ctx.obj = Context(source=source, target=target, app=app, json=as_json)
+    click_ctx.obj = Context(source=source, target=target, app=app, json=as_json,
+                            control=control)
 
 
 @cli.command()
@@ -156,6 +171,11 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
     emit(ctx, summary, f"succeeded {report.succeeded}, failed {report.failed}, retried "
          f"{report.retried}, skipped {len(report.skipped)}"
          + "".join(f"\n  skipped {k}: {v}" for k, v in report.skipped.items()))
+
+
+from cutover import commands  # noqa: E402  (registers the cut-over commands on `cli`)
+
+assert commands
 
 
 def main() -> None:

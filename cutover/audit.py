@@ -1,0 +1,127 @@
+"""Audit: what a drain would do with every job of the source, before anything moves."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from cutover import codec
+from cutover.backend import Capabilities, QueueBackend
+from cutover.record import JobRecord, JobState
+from cutover.registry import TaskRegistry
+
+
+class JobClass(enum.StrEnum):
+    """What happens to a job in a drain."""
+
+    MOVABLE = "movable"            # moves as it is
+    LOSSY = "lossy"                # moves, but a named native feature does not
+    IN_PLACE = "in_place"          # must finish where it is (running, waiting on dependencies)
+    QUARANTINED = "quarantined"    # unsafe or undecodable payload
+    UNKNOWN_TASK = "unknown_task"  # not in the registry
+    UNSUPPORTED = "unsupported"    # arguments the codec cannot carry
+    FAILED = "failed"              # moves only with --include-failed
+    HISTORY = "history"            # finished or canceled: never moved, not a problem
+
+    @property
+    def moves(self) -> bool:
+        return self in (JobClass.MOVABLE, JobClass.LOSSY)
+
+
+#: Classes that, left behind, make `cutover audit` and `cutover drain` exit 3.
+LEFT_BEHIND = frozenset({JobClass.IN_PLACE, JobClass.QUARANTINED, JobClass.UNKNOWN_TASK,
+                         JobClass.UNSUPPORTED, JobClass.FAILED})
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    job_class: JobClass
+    reason: str = ""
+    losses: tuple[str, ...] = ()
+
+
+def classify(record: JobRecord, registry: TaskRegistry, target: Capabilities, *,
+             include_failed: bool = False, owner: str | None = None) -> Verdict:
+    """The class of one job, with the reason a person needs."""
+    if record.problem:
+        return Verdict(JobClass.QUARANTINED, record.problem)
+    if record.state in (JobState.FINISHED, JobState.CANCELED):
+        return Verdict(JobClass.HISTORY, record.state.value)
+    if record.state is JobState.STARTED:
+        return Verdict(JobClass.IN_PLACE, "running")
+    if record.state is JobState.DEFERRED:
+        return Verdict(JobClass.IN_PLACE, "waiting on a dependency that is not done")
+    if record.state is JobState.HELD and owner is not None and record.holder != owner:
+        return Verdict(JobClass.IN_PLACE, f"held by {record.holder}")
+    if record.task not in registry:
+        return Verdict(JobClass.UNKNOWN_TASK, f"task {record.task!r} is not in the registry"
+                       + registry.suggestion(record.task))
+    problems = codec.check(list(record.args), "args") + codec.check(dict(record.kwargs),
+                                                                     "kwargs")
+    if problems:
+        return Verdict(JobClass.UNSUPPORTED, "; ".join(problems))
+    losses = list(record.losses)
+    if record.priority and not target.priority:
+        losses.append(f"priority {record.priority} (the target has no priority)")
+    if record.run_at and not target.scheduling:
+        losses.append("run-at (the target cannot schedule)")
+    if record.state is JobState.FAILED and not include_failed:
+        return Verdict(JobClass.FAILED, record.error or "failed", tuple(losses))
+    if losses:
+        return Verdict(JobClass.LOSSY, "; ".join(losses), tuple(losses))
+    return Verdict(JobClass.MOVABLE)
+
+
+@dataclasses.dataclass
+class AuditReport:
+    """Counts per queue, task and class; the ids and reasons of everything that does not simply
+    move (all of them: the JSON report is the full list)."""
+
+    by_class: Counter[str] = dataclasses.field(default_factory=Counter)
+    by_state: Counter[str] = dataclasses.field(default_factory=Counter)
+    by_queue: dict[str, Counter[str]] = dataclasses.field(default_factory=dict)
+    by_task: dict[str, Counter[str]] = dataclasses.field(default_factory=dict)
+    orphans: list[str] = dataclasses.field(default_factory=list)
+    details: dict[str, list[dict[str, str]]] = dataclasses.field(default_factory=dict)
+    total: int = 0
+
+    def add(self, record: JobRecord, verdict: Verdict) -> None:
+        cls = verdict.job_class.value
+        self.total += 1
+        self.by_class[cls] += 1
+        self.by_state[record.state.value] += 1
+        self.by_queue.setdefault(record.queue or "?", Counter())[cls] += 1
+        self.by_task.setdefault(record.task or "?", Counter())[cls] += 1
+        if record.location == "orphan":
+            self.orphans.append(record.id)
+        if verdict.job_class not in (JobClass.MOVABLE, JobClass.HISTORY):
+            self.details.setdefault(cls, []).append(
+                {"id": record.id, "task": record.task, "queue": record.queue,
+                 "reason": verdict.reason})
+
+    def left_behind(self, allow: Iterable[str] = ()) -> dict[str, int]:
+        allowed = set(allow)
+        return {c.value: self.by_class[c.value] for c in LEFT_BEHIND
+                if self.by_class[c.value] and c.value not in allowed}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "by_class": dict(self.by_class),
+                "by_state": dict(self.by_state),
+                "by_queue": {q: dict(c) for q, c in sorted(self.by_queue.items())},
+                "by_task": {t: dict(c) for t, c in sorted(self.by_task.items())},
+                "orphans": self.orphans, "jobs": self.details}
+
+
+def audit(source: QueueBackend, registry: TaskRegistry, target: Capabilities, *,
+          queues: list[str] | None = None, include_failed: bool = False,
+          batch_size: int = 1000) -> AuditReport:
+    """Read every job of the source (all states) and classify it. Changes nothing."""
+    report = AuditReport()
+    for batch in source.batches(queues=queues, batch_size=batch_size):
+        for raw in batch:
+            record = registry.normalize(raw)
+            report.add(record, classify(record, registry, target, include_failed=include_failed))
+    return report

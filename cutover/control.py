@@ -1,0 +1,268 @@
+"""The control plane: the phase, the ledger, failure records and drain runs, in PostgreSQL.
+
+It lives in the database of whichever side is PostgreSQL (or the one ``--control`` names), in
+the schema named by ``CUTOVER_SCHEMA`` (default ``cutover``). SQL is in ``sql/control.sql``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from importlib import resources
+from typing import Any, LiteralString, cast
+
+import psycopg
+from psycopg import sql
+
+from cutover import adapters, codec
+from cutover.errors import BackendError, BackendUnavailableError, ConfigurationError
+from cutover.record import JobRecord
+from cutover.urls import password_of, redact, redact_text
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+PG_SCHEMES = ("postgresql", "postgres")
+
+
+@functools.cache
+def _blocks() -> dict[str, str]:
+    text = resources.files("cutover").joinpath("sql", "control.sql").read_text("utf-8")
+    parts = _NAME.split(text)
+    return {n: b.strip().rstrip(";") for n, b in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def backend_key(url: str) -> str:
+    """How the ledger names a backend: adapter and redacted URL."""
+    name, inner = adapters.split(url)
+    return f"{name}+{redact(inner)}"
+
+
+def schema_name() -> str:
+    name = os.environ.get("CUTOVER_SCHEMA", "cutover")
+    if not _IDENT.match(name):
+        raise ConfigurationError(f"CUTOVER_SCHEMA={name!r} is not a valid schema name (lower "
+                                 "case letters, digits and _, not starting with a digit)")
+    return name
+
+
+def control_url(source: str | None, target: str | None, explicit: str | None = None) -> str:
+    """The PostgreSQL URL of the control plane: ``explicit``, else the PostgreSQL side."""
+    if explicit:
+        return explicit.split("+", 1)[1] if "+" in explicit.split("://", 1)[0] else explicit
+    for url in (target, source):
+        if url:
+            _, inner = adapters.split(url)
+            if inner.split("://", 1)[0].lower() in PG_SCHEMES:
+                return inner
+    raise ConfigurationError("no PostgreSQL side for the control plane: pass --control URL (or "
+                             "CUTOVER_CONTROL) naming a PostgreSQL database")
+
+
+class ControlPlane:
+    """The control schema in one PostgreSQL database."""
+
+    def __init__(self, url: str, schema: str | None = None) -> None:
+        self.url = url
+        self.schema = schema or schema_name()
+        if not _IDENT.match(self.schema):
+            raise ConfigurationError(f"schema {self.schema!r} is not a valid schema name")
+        self._redacted = redact(url)
+        self._secret = password_of(url)
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"ControlPlane({self._redacted!r}, schema={self.schema!r})"
+
+    # -- plumbing --------------------------------------------------------------------------
+    def query(self, name: str) -> sql.Composed:
+        text: Any = _blocks()[name]
+        return sql.SQL(cast(LiteralString, text)).format(schema=sql.Identifier(self.schema))
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._drop()
+            raise BackendUnavailableError(
+                f"control plane at {self._redacted} is unreachable while {doing}: "
+                f"{redact_text(str(exc), self._secret)}") from exc
+        except psycopg.Error as exc:
+            raise BackendError(f"control plane at {self._redacted} failed while {doing}: "
+                               f"{redact_text(str(exc), self._secret)}") from exc
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            with self._errors("connecting"):
+                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+        return self._conn
+
+    @contextlib.contextmanager
+    def tx(self, doing: str, conn: Any = None) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction: the given one (a backend's, to share its commit) or our own."""
+        if conn is not None:
+            with self._errors(doing):
+                yield conn
+            return
+        with self._errors(doing):
+            own = self.connection()
+            with own.transaction():
+                yield own
+
+    def close(self) -> None:
+        self._drop()
+
+    # -- schema ----------------------------------------------------------------------------
+    def init(self) -> bool:
+        """Create the control schema if absent (idempotent, safe from many processes at once).
+        Returns True when it was created now."""
+        with self.tx("creating the control schema") as conn:
+            existed = conn.execute(self.query("present"),
+                                   {"table": f"{self.schema}.ledger"}).fetchone()
+            conn.execute(self.query("lock"))
+            conn.execute(self.query("create"))
+        return not (existed and existed[0])
+
+    def initialized(self) -> bool:
+        with self.tx("reading the control schema") as conn:
+            row = conn.execute(self.query("present"),
+                               {"table": f"{self.schema}.ledger"}).fetchone()
+        return bool(row and row[0])
+
+    def require(self) -> None:
+        if not self.initialized():
+            raise ConfigurationError(f"the control schema {self.schema!r} does not exist at "
+                                     f"{self._redacted}: run `cutover init` first")
+
+    # -- phase -----------------------------------------------------------------------------
+    def phase(self) -> dict[str, Any]:
+        with self.tx("reading the phase") as conn:
+            row = conn.execute(self.query("phase")).fetchone()
+        if row is None:
+            return {"phase": "off", "epoch": 0}
+        return {"phase": row[0], "epoch": row[1], "changed_at": row[2], "changed_by": row[3],
+                "reason": row[4]}
+
+    # -- ledger ----------------------------------------------------------------------------
+    def record(self, records: Sequence[JobRecord], *, state: str, source: str, target: str,
+               run_id: str, conn: Any = None) -> None:
+        """Write (or move) the ledger rows of ``records``."""
+        if not records:
+            return
+        cols: dict[str, list[Any]] = {k: [] for k in (
+            "id", "task", "queue", "digest", "content", "state", "source", "target",
+            "source_id", "target_id", "origin", "run_id")}
+        for r in records:
+            content = codec.canonical(r.content())
+            cols["id"].append(r.id)
+            cols["task"].append(r.task)
+            cols["queue"].append(r.queue)
+            cols["digest"].append(hashlib.sha256(content.encode()).hexdigest())
+            cols["content"].append(content)
+            cols["state"].append(state)
+            cols["source"].append(source)
+            cols["target"].append(target)
+            cols["source_id"].append(r.native_id)
+            cols["target_id"].append(None)
+            cols["origin"].append(r.origin)
+            cols["run_id"].append(run_id)
+        with self.tx("writing the ledger", conn) as c:
+            c.execute(self.query("ledger_upsert"), cols)
+
+    def mark(self, ids: Sequence[str], *, state: str, source: str, target: str,
+             conn: Any = None) -> None:
+        if not ids:
+            return
+        with self.tx("updating the ledger", conn) as c:
+            c.execute(self.query("ledger_mark"), {"ids": list(ids), "state": state,
+                                                  "source": source, "target": target})
+
+    def unfinished(self, source: str, target: str) -> list[tuple[str, str, str]]:
+        """Ledger rows of moves from source to target that did not finish: (id, state, digest)."""
+        with self.tx("reading the ledger") as conn:
+            rows = conn.execute(self.query("ledger_unfinished"),
+                                {"source": source, "target": target}).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def summary(self) -> list[dict[str, Any]]:
+        with self.tx("reading the ledger") as conn:
+            rows = conn.execute(self.query("ledger_summary")).fetchall()
+        return [{"source": r[0], "target": r[1], "state": r[2], "jobs": r[3]} for r in rows]
+
+    def failures_summary(self) -> dict[str, int]:
+        with self.tx("reading failures") as conn:
+            return {r[0]: r[1] for r in conn.execute(self.query("failures_summary")).fetchall()}
+
+    def fail(self, run_id: str, items: Iterable[tuple[str, str, str, str]]) -> None:
+        """Record failures: (cutover id, backend, class, reason)."""
+        rows = list(items)
+        if not rows:
+            return
+        with self.tx("recording failures") as conn:
+            conn.execute(self.query("failure_add"), {
+                "run_id": run_id, "id": [r[0] for r in rows], "backend": [r[1] for r in rows],
+                "class": [r[2] for r in rows], "reason": [r[3] for r in rows]})
+
+    # -- runs ------------------------------------------------------------------------------
+    def lock_pair(self, source: str, target: str) -> bool:
+        """Take the session lock that lets one drain at a time run between two backends."""
+        with self._errors("locking the drain"):
+            row = self.connection().execute(self.query("pair_lock"),
+                                             {"source": source, "target": target}).fetchone()
+        return bool(row and row[0])
+
+    def unlock_pair(self, source: str, target: str) -> None:
+        with contextlib.suppress(BackendUnavailableError), self._errors("unlocking"):
+            self.connection().execute(self.query("pair_unlock"),
+                                      {"source": source, "target": target})
+
+    def start_run(self, run_id: str, kind: str, source: str, target: str,
+                  options: dict[str, Any]) -> None:
+        with self.tx("recording the run") as conn:
+            conn.execute(self.query("abandon_runs"), {"source": source, "target": target})
+            conn.execute(self.query("run_start"), {
+                "run_id": run_id, "kind": kind, "source": source, "target": target,
+                "options": json.dumps(options, default=str)})
+
+    def finish_run(self, run_id: str, state: str, moved: int, left: int) -> None:
+        with self.tx("recording the run") as conn:
+            conn.execute(self.query("run_finish"), {"run_id": run_id, "state": state,
+                                                    "moved": moved, "left": left})
+
+    def switch(self, run_id: str) -> str:
+        with self.tx("reading the drain switch") as conn:
+            row = conn.execute(self.query("run_switch"), {"run_id": run_id}).fetchone()
+        return str(row[0]) if row else "run"
+
+    def set_switch(self, source: str, target: str, value: str) -> list[str]:
+        """Flip the switch of the running drain between source and target; returns its run id."""
+        with self.tx("flipping the drain switch") as conn:
+            rows = conn.execute(self.query("set_switch"), {"source": source, "target": target,
+                                                           "switch": value}).fetchall()
+        return [r[0] for r in rows]
+
+    # -- verification tables -----------------------------------------------------------------
+    def copy_snapshot(self, conn: psycopg.Connection[Any], side: str,
+                      records: Iterable[JobRecord]) -> int:
+        """COPY a backend's snapshot into the transaction's temporary table."""
+        n = 0
+        with conn.cursor().copy("COPY cutover_snap (side, id, queue, state, digest, attempts) "
+                                "FROM STDIN") as copy:
+            for r in records:
+                copy.write_row((side, r.id, r.queue, r.state.value,
+                                r.digest() if not r.problem else "problem:" + r.id, r.attempts))
+                n += 1
+        return n
+
+

@@ -1,0 +1,349 @@
+"""Drain: move every movable job from a source backend to a target, with proof in the ledger.
+
+Each batch goes through three steps, each one idempotent:
+
+1. take: the jobs are moved out of reach of the source's workers and held (so none of them can
+   start while it moves); the ledger gets an intent row ``moving``;
+2. put: the jobs are written to the target, and their ledger rows become ``moved`` — in the same
+   transaction when the target is PostgreSQL;
+3. release: the held copies are removed from the source; ledger rows become ``released`` — in
+   the same transaction when the source is PostgreSQL.
+
+Killed anywhere, the next run first finishes what the ledger and the source's held jobs say was
+under way, then goes on. Running jobs are never moved. Jobs that cannot move are left in place
+and reported with their class and reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cutover import faults
+from cutover.audit import JobClass, classify
+from cutover.backend import QueueBackend
+from cutover.control import ControlPlane, backend_key
+from cutover.errors import JobConflictError, PreconditionError
+from cutover.record import JobRecord, JobState, utcnow
+from cutover.registry import TaskRegistry
+
+log = logging.getLogger("cutover.drain")
+
+WAITING = (JobState.QUEUED, JobState.SCHEDULED, JobState.HELD)
+
+
+@dataclasses.dataclass
+class DrainOptions:
+    queues: list[str] | None = None
+    batch_size: int = 1000
+    rate: float | None = None
+    include_failed: bool = False
+    wait_running: float = 0.0
+    dry_run: bool = False
+
+
+@dataclasses.dataclass
+class DrainReport:
+    moved: int = 0
+    recovered: int = 0
+    left: dict[str, list[dict[str, str]]] = dataclasses.field(default_factory=dict)
+    running: list[str] = dataclasses.field(default_factory=list)
+    planned: dict[str, int] = dataclasses.field(default_factory=dict)
+    lost: list[str] = dataclasses.field(default_factory=list)
+    stopped: bool = False
+    seconds: float = 0.0
+    run_id: str = ""
+
+    @property
+    def left_count(self) -> int:
+        return sum(len(v) for v in self.left.values()) + len(self.running)
+
+    @property
+    def rate(self) -> float:
+        return self.moved / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "moved": self.moved, "recovered": self.recovered,
+                "left": self.left, "running": self.running, "planned": self.planned,
+                "lost": self.lost, "stopped": self.stopped, "seconds": round(self.seconds, 3),
+                "jobs_per_second": round(self.rate, 1)}
+
+
+Progress = Callable[[int, int], None]
+
+
+class Drain:
+    """One drain from ``source`` to ``target``."""
+
+    def __init__(self, source: QueueBackend, source_url: str, target: QueueBackend,
+                 target_url: str, control: ControlPlane, registry: TaskRegistry,
+                 options: DrainOptions, progress: Progress | None = None) -> None:
+        self.source, self.target = source, target
+        self.source_key, self.target_key = backend_key(source_url), backend_key(target_url)
+        self.control = control
+        self.registry = registry
+        self.options = options
+        self.progress = progress or (lambda done, total: None)
+        self.owner = f"cutover-drain:{self.target_key}"
+        self.run_id = f"drain-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        self.report = DrainReport(run_id=self.run_id)
+        self._done = 0
+        self._total = 0
+        self._left_ids: set[str] = set()
+        # The ledger shares a backend's transaction only when it lives in that backend's database.
+        self._shared_source = _same_database(source_url, control.url)
+        self._shared_target = _same_database(target_url, control.url)
+
+    # -- planning --------------------------------------------------------------------------
+    def _states(self) -> list[JobState]:
+        states = list(WAITING)
+        if self.options.include_failed:
+            states.append(JobState.FAILED)
+        return states
+
+    def _verdict(self, record: JobRecord) -> tuple[JobRecord, JobClass, str]:
+        normal = self.registry.normalize(record)
+        verdict = classify(normal, self.registry, self.target.capabilities,
+                           include_failed=self.options.include_failed, owner=self.owner)
+        return normal, verdict.job_class, verdict.reason
+
+    def plan(self) -> dict[str, int]:
+        """What a run would do (changes nothing)."""
+        planned: dict[str, int] = {}
+        for batch in self.source.batches(states=self._states(), queues=self.options.queues,
+                                         batch_size=self.options.batch_size):
+            for record in batch:
+                cls = self._verdict(record)[1].value
+                planned[cls] = planned.get(cls, 0) + 1
+        running = sum(per[JobState.STARTED] for per in self.source.counts(
+            self.options.queues).values())
+        if running:
+            planned["running"] = running
+        return planned
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self) -> DrainReport:
+        started = time.monotonic()
+        if self.options.dry_run:
+            self.report.planned = self.plan()
+            return self.report
+        if not self.control.lock_pair(self.source_key, self.target_key):
+            raise PreconditionError("another drain between these two backends is running",
+                                    source=self.source_key, target=self.target_key)
+        state = "failed"
+        try:
+            self.control.start_run(self.run_id, "drain", self.source_key, self.target_key,
+                                   dataclasses.asdict(self.options))
+            self._total = sum(per[s] for per in self.source.counts(self.options.queues).values()
+                              for s in self._states())
+            self._recover()
+            self._pass()
+            self._wait_for_running()
+            state = "stopped" if self.report.stopped else "finished"
+        finally:
+            self.report.seconds = time.monotonic() - started
+            try:
+                self.control.finish_run(self.run_id, state, self.report.moved,
+                                        self.report.left_count)
+            finally:
+                self.control.unlock_pair(self.source_key, self.target_key)
+        return self.report
+
+    def _recover(self) -> None:
+        """Finish the moves an interrupted run left half done (the ledger says so)."""
+        unfinished = self.control.unfinished(self.source_key, self.target_key)
+        if not unfinished:
+            return
+        log.warning("finishing %d move(s) an earlier drain left under way", len(unfinished))
+        moving = [i for i, state, _ in unfinished if state == "moving"]
+        moved = [i for i, state, _ in unfinished if state == "moved"]
+        for chunk in _chunks(moving, self.options.batch_size):
+            held = {r.id: r for r in self.source.take(chunk, self.owner).taken}
+            gone = [i for i in chunk if i not in held]
+            if held:
+                self._put(list(held.values()), recovered=True)
+                self._release(list(held))
+            for job_id in gone:
+                # Not held on the source: either the put happened (a failed job, or the release
+                # committed while the ledger write did not), or the job is still on the source in
+                # a state a drain does not take.
+                on_source = self.source.get(job_id)
+                if self.target.get(job_id) is not None:
+                    moved.append(job_id)
+                elif on_source is not None:
+                    self.report.left.setdefault(JobClass.IN_PLACE.value, []).append(
+                        {"id": job_id, "task": on_source.task, "queue": on_source.queue,
+                         "reason": f"was moving; now {on_source.state.value} on the source"})
+                else:
+                    self.report.lost.append(job_id)
+                    log.error("job %s: the ledger says it was moving, but neither backend has "
+                              "it", job_id)
+        for chunk in _chunks(moved, self.options.batch_size):
+            self._release(chunk)
+            self.report.recovered += len(chunk)
+
+    def _pass(self) -> None:
+        while True:
+            moved_before = self.report.moved
+            for batch in self.source.batches(states=self._states(), queues=self.options.queues,
+                                             batch_size=self.options.batch_size):
+                if self._switch() == "stop":
+                    self.report.stopped = True
+                    return
+                t0 = time.monotonic()
+                self._batch(batch)
+                self._throttle(len(batch), time.monotonic() - t0)
+            # A second pass only when the first moved something: catches jobs that became
+            # waiting meanwhile (retries, jobs producers added) without looping forever.
+            if self.report.moved == moved_before:
+                return
+
+    def _batch(self, batch: Sequence[JobRecord]) -> None:
+        movable: list[JobRecord] = []
+        failed: list[JobRecord] = []
+        for raw in batch:
+            record, cls, reason = self._verdict(raw)
+            if cls.moves or (cls is JobClass.FAILED and self.options.include_failed):
+                (failed if record.state is JobState.FAILED else movable).append(record)
+            elif record.id not in self._left_ids:
+                self._left_ids.add(record.id)
+                self.report.left.setdefault(cls.value, []).append(
+                    {"id": record.id, "task": record.task, "queue": record.queue,
+                     "reason": reason})
+        if movable:
+            self._move(movable)
+        if failed:
+            self._move_failed(failed)
+        self._done += len(batch)
+        self.progress(self.report.moved, max(self._total, self._done))
+
+    def _move(self, records: list[JobRecord]) -> None:
+        by_id = {r.id: r for r in records}
+        taken = self.source.take(list(by_id), self.owner)
+        faults.point("after_take")
+        ready = [by_id[r.id] for r in taken.taken if r.id in by_id]
+        if not ready:
+            return
+        self.control.record(ready, state="moving", source=self.source_key,
+                            target=self.target_key, run_id=self.run_id)
+        faults.point("after_intent")
+        moved = self._put(ready)
+        faults.point("after_put")
+        self._release([r.id for r in moved])
+        faults.point("after_release")
+
+    def _move_failed(self, records: list[JobRecord]) -> None:
+        self.control.record(records, state="moving", source=self.source_key,
+                            target=self.target_key, run_id=self.run_id)
+        moved = self._put(records)
+        self._release([r.id for r in moved])
+
+    def _put(self, records: list[JobRecord], recovered: bool = False) -> list[JobRecord]:
+        """Put on the target; mark the ledger rows moved (in the target's transaction when it
+        shares the control plane's database). Returns the records now on the target."""
+        now = utcnow()
+        ready = [self.registry.normalize(r).replace(
+            state=(JobState.FAILED if r.state is JobState.FAILED else
+                   JobState.SCHEDULED if r.run_at and r.run_at > now else JobState.QUEUED),
+            holder=None) for r in records]
+
+        def mark(conn: Any) -> None:
+            self.control.mark([r.id for r in ready], state="moved", source=self.source_key,
+                              target=self.target_key, conn=conn)
+
+        try:
+            # In the target's own transaction when it shares the control plane's database;
+            # otherwise only once the put has committed (never "moved" before it is).
+            self.target.put(ready, tx_hook=mark if self._shared_target else None)
+        except JobConflictError:
+            return self._put_one_by_one(ready)
+        if not self._shared_target:
+            mark(None)
+        if not recovered:
+            self.report.moved += len(ready)
+        else:
+            self.report.recovered += len(ready)
+        return ready
+
+    def _put_one_by_one(self, records: list[JobRecord]) -> list[JobRecord]:
+        """A batch hit an id the target already has: sort ours (an earlier, interrupted run put
+        it, and a worker may have run it since) from a real collision (left in place)."""
+        done: list[JobRecord] = []
+        for record in records:
+            try:
+                self.target.put([record])
+            except JobConflictError as exc:
+                existing = self.target.get(record.id)
+                if existing is not None and existing.task == record.task and \
+                        existing.origin == record.origin and existing.state not in WAITING:
+                    done.append(record)  # ours, and it ran on the target since
+                    continue
+                self.source.give_back([record.id], self.owner)
+                self.report.left.setdefault("id_conflict", []).append(
+                    {"id": record.id, "task": record.task, "queue": record.queue,
+                     "reason": str(exc)})
+                self.control.fail(self.run_id, [(record.id, self.target_key, "id_conflict",
+                                                 str(exc))])
+                continue
+            done.append(record)
+        self.control.mark([r.id for r in done], state="moved", source=self.source_key,
+                          target=self.target_key)
+        self.report.moved += len(done)
+        return done
+
+    def _release(self, ids: list[str]) -> None:
+        if not ids:
+            return
+
+        def mark(conn: Any) -> None:
+            self.control.mark(ids, state="released", source=self.source_key,
+                              target=self.target_key, conn=conn)
+
+        self.source.remove(ids, tx_hook=mark if self._shared_source else None)
+        if not self._shared_source:
+            mark(None)
+
+    def _switch(self) -> str:
+        """The operator's switch: run, pause (wait here) or stop."""
+        value = self.control.switch(self.run_id)
+        if value == "pause":
+            log.warning("drain %s paused by the operator (cutover drain --signal resume)",
+                        self.run_id)
+            while value == "pause":
+                time.sleep(0.5)
+                value = self.control.switch(self.run_id)
+            log.warning("drain %s: %s", self.run_id, "resumed" if value == "run" else "stopping")
+        return value
+
+    def _throttle(self, n: int, took: float) -> None:
+        if self.options.rate:
+            wait = n / self.options.rate - took
+            if wait > 0:
+                time.sleep(wait)
+
+    def _wait_for_running(self) -> None:
+        deadline = time.monotonic() + self.options.wait_running
+        while True:
+            running = [r.id for r in self.source.snapshot(states=[JobState.STARTED],
+                                                          queues=self.options.queues)]
+            if not running or time.monotonic() >= deadline or self.report.stopped:
+                self.report.running = running
+                return
+            log.info("waiting for %d running job(s) on the source", len(running))
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+            self._pass()
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _same_database(backend_url: str, control_url: str) -> bool:
+    from cutover import adapters
+
+    inner = adapters.split(backend_url)[1]
+    return inner.split("?", 1)[0] == control_url.split("?", 1)[0]

@@ -1,0 +1,193 @@
+-- The control plane, in the PostgreSQL database of whichever side is PostgreSQL, in the schema
+-- named by CUTOVER_SCHEMA (default "cutover"). {schema} is filled in as a quoted identifier.
+
+-- name: lock
+SELECT pg_advisory_xact_lock(hashtext('cutover.control.init'));
+
+-- name: create
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.schema_version (
+    version integer NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS {schema}.phase (
+    id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    phase text NOT NULL DEFAULT 'off',
+    epoch bigint NOT NULL DEFAULT 0,
+    changed_at timestamptz,
+    changed_by text,
+    reason text
+);
+INSERT INTO {schema}.phase (id) VALUES (1) ON CONFLICT DO NOTHING;
+-- One row per job the toolkit moved or accepted: where it lives now and what it contains.
+CREATE TABLE IF NOT EXISTS {schema}.ledger (
+    cutover_id text PRIMARY KEY,
+    task text NOT NULL,
+    queue text NOT NULL,
+    digest text NOT NULL,
+    content text,
+    state text NOT NULL CHECK (state IN ('moving', 'moved', 'released', 'accepted')),
+    source text NOT NULL,
+    target text NOT NULL,
+    source_id text,
+    target_id text,
+    origin text,
+    run_id text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS ledger_pair_state_idx ON {schema}.ledger (source, target, state);
+CREATE TABLE IF NOT EXISTS {schema}.failures (
+    id bigserial PRIMARY KEY,
+    run_id text,
+    cutover_id text NOT NULL,
+    backend text NOT NULL,
+    class text NOT NULL,
+    reason text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS failures_job_idx ON {schema}.failures (cutover_id);
+CREATE TABLE IF NOT EXISTS {schema}.runs (
+    run_id text PRIMARY KEY,
+    kind text NOT NULL,
+    source text NOT NULL,
+    target text NOT NULL,
+    state text NOT NULL DEFAULT 'running',
+    switch text NOT NULL DEFAULT 'run' CHECK (switch IN ('run', 'pause', 'stop')),
+    options jsonb,
+    moved bigint NOT NULL DEFAULT 0,
+    left_behind bigint NOT NULL DEFAULT 0,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+INSERT INTO {schema}.schema_version (version)
+SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM {schema}.schema_version);
+
+-- name: present
+SELECT to_regclass(%(table)s) IS NOT NULL;
+
+-- name: phase
+SELECT phase, epoch, changed_at, changed_by, reason FROM {schema}.phase WHERE id = 1;
+
+-- name: ledger_upsert
+INSERT INTO {schema}.ledger AS l (cutover_id, task, queue, digest, content, state, source,
+                                  target, source_id, target_id, origin, run_id)
+SELECT * FROM unnest(%(id)s::text[], %(task)s::text[], %(queue)s::text[], %(digest)s::text[],
+                     %(content)s::text[], %(state)s::text[], %(source)s::text[],
+                     %(target)s::text[], %(source_id)s::text[], %(target_id)s::text[],
+                     %(origin)s::text[], %(run_id)s::text[])
+ON CONFLICT (cutover_id) DO UPDATE
+    SET task = EXCLUDED.task, queue = EXCLUDED.queue, digest = EXCLUDED.digest,
+        content = EXCLUDED.content,
+        state = EXCLUDED.state, source = EXCLUDED.source, target = EXCLUDED.target,
+        source_id = EXCLUDED.source_id, target_id = COALESCE(EXCLUDED.target_id, l.target_id),
+        run_id = EXCLUDED.run_id, updated_at = now();
+
+-- name: ledger_mark
+UPDATE {schema}.ledger SET state = %(state)s, updated_at = now()
+WHERE cutover_id = ANY(%(ids)s::text[]) AND source = %(source)s AND target = %(target)s;
+
+-- name: ledger_unfinished
+SELECT cutover_id, state, digest FROM {schema}.ledger
+WHERE source = %(source)s AND target = %(target)s AND state IN ('moving', 'moved')
+ORDER BY cutover_id;
+
+-- name: ledger_summary
+SELECT source, target, state, count(*) FROM {schema}.ledger GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+
+-- name: failure_add
+INSERT INTO {schema}.failures (run_id, cutover_id, backend, class, reason)
+SELECT %(run_id)s, * FROM unnest(%(id)s::text[], %(backend)s::text[], %(class)s::text[],
+                                 %(reason)s::text[]);
+
+-- name: failures_summary
+SELECT class, count(*) FROM {schema}.failures GROUP BY 1 ORDER BY 1;
+
+-- name: run_start
+INSERT INTO {schema}.runs (run_id, kind, source, target, options)
+VALUES (%(run_id)s, %(kind)s, %(source)s, %(target)s, %(options)s);
+
+-- name: run_finish
+UPDATE {schema}.runs SET state = %(state)s, moved = %(moved)s, left_behind = %(left)s,
+                         finished_at = now()
+WHERE run_id = %(run_id)s;
+
+-- name: run_switch
+SELECT switch FROM {schema}.runs WHERE run_id = %(run_id)s;
+
+-- name: set_switch
+UPDATE {schema}.runs SET switch = %(switch)s
+WHERE source = %(source)s AND target = %(target)s AND state = 'running'
+RETURNING run_id;
+
+-- name: pair_lock
+SELECT pg_try_advisory_lock(hashtext('cutover.drain:' || %(source)s || '->' || %(target)s));
+
+-- name: pair_unlock
+SELECT pg_advisory_unlock(hashtext('cutover.drain:' || %(source)s || '->' || %(target)s));
+
+-- name: abandon_runs
+UPDATE {schema}.runs SET state = 'interrupted', finished_at = now()
+WHERE source = %(source)s AND target = %(target)s AND state = 'running';
+
+-- name: verify_tables
+CREATE TEMPORARY TABLE cutover_snap (
+    side char(1) NOT NULL,
+    id text NOT NULL,
+    queue text NOT NULL,
+    state text NOT NULL,
+    digest text NOT NULL,
+    attempts integer NOT NULL
+) ON COMMIT DROP;
+
+-- name: verify_index
+CREATE INDEX ON cutover_snap (id, side);
+ANALYZE cutover_snap;
+
+-- name: verify_fingerprints
+-- Per queue: count and sum of digest prefixes of the ledger's settled jobs, and of the copies
+-- the target holds of those jobs. Equal fingerprints: nothing to compare id by id.
+WITH l AS (
+    SELECT queue, count(*) AS n,
+           sum(('x' || substr(digest, 1, 15))::bit(60)::bigint::numeric) AS s
+    FROM {schema}.ledger
+    WHERE source = %(source)s AND target = %(target)s AND state = 'released'
+    GROUP BY queue
+), t AS (
+    SELECT l2.queue, count(*) AS n,
+           sum(('x' || substr(s.digest, 1, 15))::bit(60)::bigint::numeric) AS s
+    FROM {schema}.ledger l2 JOIN cutover_snap s ON s.id = l2.cutover_id AND s.side = 't'
+    WHERE l2.source = %(source)s AND l2.target = %(target)s AND l2.state = 'released'
+    GROUP BY l2.queue
+)
+SELECT COALESCE(l.queue, t.queue), COALESCE(l.n, 0), COALESCE(l.s, 0), COALESCE(t.n, 0),
+       COALESCE(t.s, 0)
+FROM l FULL JOIN t ON l.queue = t.queue;
+
+-- name: verify_settled
+-- Jobs of the queues whose fingerprints differ: lost, executed-and-changed, or mismatched.
+SELECT l.cutover_id, l.queue, l.digest, ts.state, ts.digest, ss.state, l.content, ts.attempts
+FROM {schema}.ledger l
+LEFT JOIN cutover_snap ts ON ts.id = l.cutover_id AND ts.side = 't'
+LEFT JOIN cutover_snap ss ON ss.id = l.cutover_id AND ss.side = 's'
+WHERE l.source = %(source)s AND l.target = %(target)s AND l.state = 'released'
+  AND l.queue = ANY(%(queues)s::text[])
+  AND (ts.id IS NULL OR ts.digest <> l.digest OR ss.id IS NOT NULL);
+
+-- name: verify_unsettled
+SELECT l.cutover_id, l.state, ts.state, ss.state
+FROM {schema}.ledger l
+LEFT JOIN cutover_snap ts ON ts.id = l.cutover_id AND ts.side = 't'
+LEFT JOIN cutover_snap ss ON ss.id = l.cutover_id AND ss.side = 's'
+WHERE l.source = %(source)s AND l.target = %(target)s AND l.state IN ('moving', 'moved');
+
+-- name: verify_both
+-- The same id in both backends, outside the ledger's in-flight moves.
+SELECT s.id, s.state, t.state
+FROM cutover_snap s JOIN cutover_snap t ON t.id = s.id AND t.side = 't'
+LEFT JOIN {schema}.ledger l ON l.cutover_id = s.id AND l.source = %(source)s
+     AND l.target = %(target)s AND l.state IN ('moving', 'moved')
+WHERE s.side = 's' AND l.cutover_id IS NULL;
+
+-- name: verify_count
+SELECT side, count(*) FROM cutover_snap GROUP BY side;
