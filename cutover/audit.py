@@ -8,7 +8,6 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from cutover import codec
 from cutover.backend import Capabilities, QueueBackend
 from cutover.record import JobRecord, JobState
 from cutover.registry import TaskRegistry
@@ -59,8 +58,7 @@ def classify(record: JobRecord, registry: TaskRegistry, target: Capabilities, *,
     if record.task not in registry:
         return Verdict(JobClass.UNKNOWN_TASK, f"task {record.task!r} is not in the registry"
                        + registry.suggestion(record.task))
-    problems = codec.check(list(record.args), "args") + codec.check(dict(record.kwargs),
-                                                                     "kwargs")
+    problems = record.carry_problems()
     if problems:
         return Verdict(JobClass.UNSUPPORTED, "; ".join(problems))
     losses = list(record.losses)

@@ -46,6 +46,11 @@ class TakeResult:
 
     taken: list[JobRecord] = dataclasses.field(default_factory=list)
     refused: dict[str, str] = dataclasses.field(default_factory=dict)
+    taken_ids: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.taken and not self.taken_ids:
+            self.taken_ids = [r.id for r in self.taken]
 
 
 @runtime_checkable
@@ -90,11 +95,12 @@ class QueueBackend(Protocol):
         before asking for the next one: the backend keeps its place (a drain's read loop)."""
         ...
 
-    def take(self, job_ids: Sequence[str], owner: str, *,
-             tx_hook: TxHook | None = None) -> TakeResult:
+    def take(self, job_ids: Sequence[str], owner: str, *, tx_hook: TxHook | None = None,
+             fetch: bool = True) -> TakeResult:
         """Atomically move waiting jobs (queued, scheduled, deferred) out of reach of the backend's
         workers and hold them for ``owner``. Idempotent: a job the owner holds already is
-        returned again."""
+        returned again. ``taken_ids`` is always filled; ``taken`` (the records) may be left
+        empty when ``fetch`` is False and reading them back would cost a round trip."""
         ...
 
     def give_back(self, job_ids: Sequence[str], owner: str) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import re
@@ -19,8 +18,13 @@ from typing import Any, LiteralString, cast
 import psycopg
 from psycopg import sql
 
-from cutover import adapters, codec
-from cutover.errors import BackendError, BackendUnavailableError, ConfigurationError
+from cutover import adapters
+from cutover.errors import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    UnsupportedValueError,
+)
 from cutover.record import JobRecord
 from cutover.urls import password_of, redact, redact_text
 
@@ -160,32 +164,21 @@ class ControlPlane:
         """Write (or move) the ledger rows of ``records``."""
         if not records:
             return
-        cols: dict[str, list[Any]] = {k: [] for k in (
-            "id", "task", "queue", "digest", "content", "state", "source", "target",
-            "source_id", "target_id", "origin", "run_id")}
-        for r in records:
-            content = codec.canonical(r.content())
-            cols["id"].append(r.id)
-            cols["task"].append(r.task)
-            cols["queue"].append(r.queue)
-            cols["digest"].append(hashlib.sha256(content.encode()).hexdigest())
-            cols["content"].append(content)
-            cols["state"].append(state)
-            cols["source"].append(source)
-            cols["target"].append(target)
-            cols["source_id"].append(r.native_id)
-            cols["target_id"].append(None)
-            cols["origin"].append(r.origin)
-            cols["run_id"].append(run_id)
+        rows = [(r.id, r.task, r.queue, r.digest(), r.content_json(), state, source, target,
+                 r.native_id, r.origin, run_id) for r in records]
         with self.tx("writing the ledger", conn) as c:
-            c.execute(self.query("ledger_upsert"), cols)
+            c.execute(self.query("ledger_stage"))
+            with c.cursor() as cur, cur.copy(self.query("ledger_copy")) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            c.execute(self.query("ledger_upsert"))
 
     def mark(self, ids: Sequence[str], *, state: str, source: str, target: str,
              conn: Any = None) -> None:
         if not ids:
             return
         with self.tx("updating the ledger", conn) as c:
-            c.execute(self.query("ledger_mark"), {"ids": list(ids), "state": state,
+            c.execute(self.query("ledger_mark"), {"ids": "\n".join(ids), "state": state,
                                                   "source": source, "target": target})
 
     def unfinished(self, source: str, target: str) -> list[tuple[str, str, str]]:
@@ -260,9 +253,18 @@ class ControlPlane:
         with conn.cursor().copy("COPY cutover_snap (side, id, queue, state, digest, attempts) "
                                 "FROM STDIN") as copy:
             for r in records:
-                copy.write_row((side, r.id, r.queue, r.state.value,
-                                r.digest() if not r.problem else "problem:" + r.id, r.attempts))
+                try:
+                    digest = r.digest() if not r.problem else f"problem:{r.id}"
+                except UnsupportedValueError:
+                    digest = f"unsupported:{r.id}"
+                copy.write_row((side, r.id, r.queue, r.state.value, digest, r.attempts))
                 n += 1
         return n
+
+    def states(self, ids: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        """Ledger rows of these jobs: id -> (state, source, target)."""
+        with self.tx("reading the ledger") as conn:
+            rows = conn.execute(self.query("ledger_states"), {"ids": "\n".join(ids)}).fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 

@@ -162,7 +162,7 @@ class Drain:
         moving = [i for i, state, _ in unfinished if state == "moving"]
         moved = [i for i, state, _ in unfinished if state == "moved"]
         for chunk in _chunks(moving, self.options.batch_size):
-            held = {r.id: r for r in self.source.take(chunk, self.owner).taken}
+            held = {r.id: r for r in self.source.take(chunk, self.owner).taken}  # with records
             gone = [i for i in chunk if i not in held]
             if held:
                 self._put(list(held.values()), recovered=True)
@@ -223,22 +223,25 @@ class Drain:
 
     def _move(self, records: list[JobRecord]) -> None:
         by_id = {r.id: r for r in records}
-        taken = self.source.take(list(by_id), self.owner)
+        taken = self.source.take(list(by_id), self.owner, fetch=False)
         faults.point("after_take")
-        ready = [by_id[r.id] for r in taken.taken if r.id in by_id]
+        ready = [by_id[i] for i in taken.taken_ids if i in by_id]
         if not ready:
             return
-        self.control.record(ready, state="moving", source=self.source_key,
-                            target=self.target_key, run_id=self.run_id)
-        faults.point("after_intent")
+        if not self._shared_target:
+            # The put cannot share the ledger's transaction: say first what is about to move.
+            self.control.record(ready, state="moving", source=self.source_key,
+                                target=self.target_key, run_id=self.run_id)
+            faults.point("after_intent")
         moved = self._put(ready)
         faults.point("after_put")
         self._release([r.id for r in moved])
         faults.point("after_release")
 
     def _move_failed(self, records: list[JobRecord]) -> None:
-        self.control.record(records, state="moving", source=self.source_key,
-                            target=self.target_key, run_id=self.run_id)
+        if not self._shared_target:
+            self.control.record(records, state="moving", source=self.source_key,
+                                target=self.target_key, run_id=self.run_id)
         moved = self._put(records)
         self._release([r.id for r in moved])
 
@@ -252,8 +255,12 @@ class Drain:
             holder=None) for r in records]
 
         def mark(conn: Any) -> None:
-            self.control.mark([r.id for r in ready], state="moved", source=self.source_key,
-                              target=self.target_key, conn=conn)
+            if conn is not None:  # the target's own transaction: the rows commit with the jobs
+                self.control.record(ready, state="moved", source=self.source_key,
+                                    target=self.target_key, run_id=self.run_id, conn=conn)
+            else:
+                self.control.mark([r.id for r in ready], state="moved", source=self.source_key,
+                                  target=self.target_key)
 
         try:
             # In the target's own transaction when it shares the control plane's database;
@@ -273,14 +280,14 @@ class Drain:
         """A batch hit an id the target already has: sort ours (an earlier, interrupted run put
         it, and a worker may have run it since) from a real collision (left in place)."""
         done: list[JobRecord] = []
+        ours = {i for i, (_, src, tgt) in self.control.states([r.id for r in records]).items()
+                if src == self.source_key and tgt == self.target_key}
         for record in records:
             try:
                 self.target.put([record])
             except JobConflictError as exc:
-                existing = self.target.get(record.id)
-                if existing is not None and existing.task == record.task and \
-                        existing.origin == record.origin and existing.state not in WAITING:
-                    done.append(record)  # ours, and it ran on the target since
+                if record.id in ours and self.target.get(record.id) is not None:
+                    done.append(record)  # an earlier run put it; a worker may have run it since
                     continue
                 self.source.give_back([record.id], self.owner)
                 self.report.left.setdefault("id_conflict", []).append(
@@ -290,8 +297,8 @@ class Drain:
                                                  str(exc))])
                 continue
             done.append(record)
-        self.control.mark([r.id for r in done], state="moved", source=self.source_key,
-                          target=self.target_key)
+        self.control.record(done, state="moved", source=self.source_key, target=self.target_key,
+                            run_id=self.run_id)
         self.report.moved += len(done)
         return done
 

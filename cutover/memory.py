@@ -123,8 +123,8 @@ class InMemoryBackend:
         return out
 
     # -- moving ----------------------------------------------------------------------------
-    def take(self, job_ids: Sequence[str], owner: str, *,
-             tx_hook: TxHook | None = None) -> TakeResult:
+    def take(self, job_ids: Sequence[str], owner: str, *, tx_hook: TxHook | None = None,
+             fetch: bool = True) -> TakeResult:
         result = TakeResult()
         with self._store.lock:
             for job_id in job_ids:
@@ -147,6 +147,7 @@ class InMemoryBackend:
                     result.refused[job_id] = record.state.value
             if tx_hook is not None:
                 tx_hook(None)
+        result.taken_ids = [r.id for r in result.taken]
         return result
 
     def give_back(self, job_ids: Sequence[str], owner: str) -> int:

@@ -6,11 +6,13 @@ import dataclasses
 import datetime as dt
 import enum
 import hashlib
+import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from cutover import codec
+from cutover.errors import UnsupportedValueError
 
 
 class JobState(enum.StrEnum):
@@ -108,8 +110,11 @@ class JobRecord:
     location: str | None = None
     holder: str | None = None
     losses: tuple[str, ...] = ()
+    # Encodings computed once per record (not a field: replace() starts a fresh one).
+    _memo: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_memo", {})
         object.__setattr__(self, "run_at", normalize_run_at(self.run_at))
         object.__setattr__(self, "retry_intervals",
                            tuple(float(i) for i in self.retry_intervals))
@@ -145,9 +150,42 @@ class JobRecord:
             "job_key": self.job_key,
         }
 
+    def encoded_kwargs(self) -> Any:
+        """``kwargs`` in the tagged codec (computed once); raises UnsupportedValueError."""
+        if "kwargs" not in self._memo:
+            self._memo["kwargs"] = codec.encode(dict(self.kwargs), "kwargs")
+        return self._memo["kwargs"]
+
+    def encoded_args(self) -> Any:
+        if "args" not in self._memo:
+            self._memo["args"] = codec.encode(list(self.args), "args")
+        return self._memo["args"]
+
+    def carry_problems(self) -> list[str]:
+        """What stops the arguments from crossing backends (empty when nothing)."""
+        try:
+            self.encoded_args()
+            self.encoded_kwargs()
+        except UnsupportedValueError as exc:
+            return [exc.message]
+        return []
+
+    def content_json(self) -> str:
+        """The canonical JSON of :meth:`content` (computed once)."""
+        if "content" not in self._memo:
+            doc = codec.encode({k: v for k, v in self.content().items()
+                                if k not in ("args", "kwargs")})
+            doc["args"] = self.encoded_args()
+            doc["kwargs"] = self.encoded_kwargs()
+            self._memo["content"] = json.dumps(doc, sort_keys=True, separators=(",", ":"),
+                                               ensure_ascii=False)
+        return str(self._memo["content"])
+
     def digest(self) -> str:
         """A content digest, equal across backends for the same job."""
-        return hashlib.sha256(codec.canonical(self.content()).encode()).hexdigest()
+        if "digest" not in self._memo:
+            self._memo["digest"] = hashlib.sha256(self.content_json().encode()).hexdigest()
+        return str(self._memo["digest"])
 
     def differences(self, other: JobRecord) -> dict[str, tuple[Any, Any]]:
         """The content fields that differ, as ``{field: (mine, theirs)}``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
@@ -16,6 +17,11 @@ from cutover.record import JobRecord, exponential_intervals, new_job_id, utcnow
 F = TypeVar("F", bound=Callable[..., Any])
 
 Backoff = float | int | Sequence[float]
+
+
+@functools.lru_cache(maxsize=4096)
+def _signature(func: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(func)
 
 
 def default_task_name(func: Callable[..., Any]) -> str:
@@ -36,7 +42,7 @@ class Task:
 
     @property
     def signature(self) -> inspect.Signature:
-        return inspect.signature(self.func)
+        return _signature(self.func)
 
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]
              ) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -172,6 +178,8 @@ class TaskRegistry:
         same job read from any backend has the same digest. Unknown tasks are left as they are."""
         task = self.get(record.task)
         if task is None or record.problem:
+            return record
+        if not record.args and task.name == record.task:
             return record
         try:
             args, kwargs = task.bind(record.args, record.kwargs)

@@ -69,23 +69,37 @@ SELECT to_regclass(%(table)s) IS NOT NULL;
 -- name: phase
 SELECT phase, epoch, changed_at, changed_by, reason FROM {schema}.phase WHERE id = 1;
 
+-- name: ledger_stage
+CREATE TEMPORARY TABLE IF NOT EXISTS cutover_ledger_in (
+    cutover_id text, task text, queue text, digest text, content text, state text,
+    source text, target text, source_id text, origin text, run_id text
+);
+TRUNCATE cutover_ledger_in;
+
+-- name: ledger_copy
+COPY cutover_ledger_in (cutover_id, task, queue, digest, content, state, source, target,
+                        source_id, origin, run_id) FROM STDIN;
+
 -- name: ledger_upsert
 INSERT INTO {schema}.ledger AS l (cutover_id, task, queue, digest, content, state, source,
-                                  target, source_id, target_id, origin, run_id)
-SELECT * FROM unnest(%(id)s::text[], %(task)s::text[], %(queue)s::text[], %(digest)s::text[],
-                     %(content)s::text[], %(state)s::text[], %(source)s::text[],
-                     %(target)s::text[], %(source_id)s::text[], %(target_id)s::text[],
-                     %(origin)s::text[], %(run_id)s::text[])
+                                  target, source_id, origin, run_id)
+SELECT cutover_id, task, queue, digest, content, state, source, target, source_id, origin,
+       run_id
+FROM cutover_ledger_in
 ON CONFLICT (cutover_id) DO UPDATE
     SET task = EXCLUDED.task, queue = EXCLUDED.queue, digest = EXCLUDED.digest,
-        content = EXCLUDED.content,
-        state = EXCLUDED.state, source = EXCLUDED.source, target = EXCLUDED.target,
-        source_id = EXCLUDED.source_id, target_id = COALESCE(EXCLUDED.target_id, l.target_id),
-        run_id = EXCLUDED.run_id, updated_at = now();
+        content = EXCLUDED.content, state = EXCLUDED.state, source = EXCLUDED.source,
+        target = EXCLUDED.target, source_id = EXCLUDED.source_id, run_id = EXCLUDED.run_id,
+        updated_at = now();
 
 -- name: ledger_mark
 UPDATE {schema}.ledger SET state = %(state)s, updated_at = now()
-WHERE cutover_id = ANY(%(ids)s::text[]) AND source = %(source)s AND target = %(target)s;
+WHERE cutover_id = ANY(string_to_array(%(ids)s, E'\n')) AND source = %(source)s
+  AND target = %(target)s;
+
+-- name: ledger_states
+SELECT cutover_id, state, source, target FROM {schema}.ledger
+WHERE cutover_id = ANY(string_to_array(%(ids)s, E'\n'));
 
 -- name: ledger_unfinished
 SELECT cutover_id, state, digest FROM {schema}.ledger

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import re
 import threading
 from collections.abc import Collection, Iterator, Sequence
@@ -52,6 +53,18 @@ _STATUSES: dict[JobState, tuple[str, ...]] = {
     JobState.CANCELED: ("cancelled", "aborted"),
 }
 _FAR = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)  # a held job's scheduled_at
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _lines(job_ids: Sequence[str]) -> str:
+    """Ids as one newline-separated text (cheap to send; see queries.sql)."""
+    for job_id in job_ids:
+        if "\n" in job_id:
+            raise JobError("a job id cannot contain a newline", job_id=repr(job_id))
+    return "\n".join(job_ids)
 
 
 def _native(job_ids: Sequence[str]) -> list[int]:
@@ -219,7 +232,8 @@ class ProcrastinateBackend:
                     sql.query("live_key_holders"), {"keys": keys}).fetchall()}
             ids = [r.id for r in records]
             existing = {row[0] for row in conn.execute(
-                sql.query("existing_ids"), {"ids": ids, "native": _native(ids)}).fetchall()}
+                sql.query("existing_ids"), {"ids": _lines(ids), "native": _native(ids)}
+            ).fetchall()}
             todo: list[JobRecord] = []
             seen: set[str] = set()
             for i, r in enumerate(records):
@@ -256,44 +270,38 @@ class ProcrastinateBackend:
                                    fields=sorted(found[0].differences(record)))
 
     def _write(self, conn: psycopg.Connection[TupleRow], records: list[JobRecord]) -> None:
+        """COPY the jobs into procrastinate_jobs (ids taken from its sequence first) and their
+        side rows into cutover_jobs. COPY fires the same triggers (events, NOTIFY) as defer."""
         native_ids = [int(r[0]) for r in conn.execute(sql.query("next_ids"),
                                                        {"n": len(records)}).fetchall()]
-        cols: dict[str, list[Any]] = {k: [] for k in (
-            "id", "queue", "task", "priority", "key", "args", "run_at", "attempts", "status")}
-        meta: dict[str, list[Any]] = {k: [] for k in (
-            "id", "cutover_id", "max_attempts", "intervals", "positional", "origin",
-            "created_at", "error", "result")}
+        jobs: list[tuple[Any, ...]] = []
+        meta: list[tuple[Any, ...]] = []
+        now = utcnow()
         for native, r in zip(native_ids, records, strict=True):
             status = _PUT_STATUS.get(r.state)
             if status is None:
                 raise JobError(f"a {r.state.value} job cannot be written to procrastinate",
                                job_id=r.id)
             try:
-                args = codec.encode(dict(r.kwargs), "kwargs")
-                positional = codec.encode(list(r.args), "args") if r.args else None
-                result = codec.encode(r.result, "result") if r.result is not None else None
+                args = _json(r.encoded_kwargs())
+                positional = _json(r.encoded_args()) if r.args else None
+                result = _json(codec.encode(r.result, "result")) if r.result is not None \
+                    else None
             except CutoverError as exc:
                 raise JobError(str(exc), job_id=r.id) from exc
-            cols["id"].append(native)
-            cols["queue"].append(r.queue)
-            cols["task"].append(r.task)
-            cols["priority"].append(r.priority)
-            cols["key"].append(r.job_key if status == "todo" else None)
-            cols["args"].append(Jsonb(args))
-            cols["run_at"].append(r.run_at)
-            cols["attempts"].append(r.attempts)
-            cols["status"].append(status)
-            meta["id"].append(native)
-            meta["cutover_id"].append(r.id)
-            meta["max_attempts"].append(r.max_attempts)
-            meta["intervals"].append(Jsonb(list(r.retry_intervals)))
-            meta["positional"].append(Jsonb(positional) if positional is not None else None)
-            meta["origin"].append(r.origin or self.name)
-            meta["created_at"].append(r.created_at or utcnow())
-            meta["error"].append(r.error)
-            meta["result"].append(Jsonb(result) if result is not None else None)
-        conn.execute(sql.query("insert_jobs"), cols)
-        conn.execute(sql.query("insert_meta"), meta)
+            jobs.append((native, r.queue, r.task, r.priority,
+                         r.job_key if status == "todo" else None, args, r.run_at, r.attempts,
+                         status))
+            meta.append((native, r.id, r.max_attempts, _json(list(r.retry_intervals)),
+                         positional, r.origin or self.name, r.created_at or now, r.error,
+                         result))
+        with conn.cursor() as cur:
+            with cur.copy(sql.query("copy_jobs")) as copy:
+                for row in jobs:
+                    copy.write_row(row)
+            with cur.copy(sql.query("copy_meta")) as copy:
+                for row in meta:
+                    copy.write_row(row)
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
@@ -351,8 +359,8 @@ class ProcrastinateBackend:
                             {"ids": list(job_ids), "native": _native(job_ids)})
         return {r.id: int(r.native_id or 0) for r in rows}
 
-    def take(self, job_ids: Sequence[str], owner: str, *,
-             tx_hook: TxHook | None = None) -> TakeResult:
+    def take(self, job_ids: Sequence[str], owner: str, *, tx_hook: TxHook | None = None,
+             fetch: bool = True) -> TakeResult:
         result = TakeResult()
         if not job_ids:
             return result
@@ -379,6 +387,7 @@ class ProcrastinateBackend:
                 conn.execute(sql.query("hold"), {"owner": owner, "ids": to_hold})
             ok = [n for j, n in resolved.items() if j not in result.refused]
             result.taken = self._select(conn, "j.id = ANY(%(ids)s::bigint[])", {"ids": ok})
+            result.taken_ids = [r.id for r in result.taken]
             if tx_hook is not None:
                 tx_hook(conn)
         return result

@@ -451,7 +451,7 @@ class RQBackend:
                 with self._errors("reading a snapshot"):
                     if previous:
                         # Re-anchor: jobs of the previous batch still at `start` stayed in place.
-                        again = self._range(key, is_list, start, start + len(previous) - 1)
+                        again, _ = self._range(key, is_list, start, start + len(previous) - 1)
                         left = set(previous)
                         kept = 0
                         for job_id in again:
@@ -459,19 +459,36 @@ class RQBackend:
                                 break
                             kept += 1
                         start += kept
-                    ids = self._range(key, is_list, start, start + batch_size - 1)
+                    ids, scores = self._range(key, is_list, start, start + batch_size - 1)
                     if not ids:
                         break
-                    records = [r for r in self._snapshot_batch(ids, None, queues)
-                               if r.state in wanted]
+                    records = [r for r in self._at(key, ids, scores) if r.state in wanted]
                 previous = ids
                 if records:
                     yield records
 
-    def _range(self, key: str, is_list: bool, start: int, end: int) -> list[str]:
-        raw = (self.redis.lrange(key, start, end) if is_list
-               else self.redis.zrange(key, start, end))
-        return [_s(i) for i in cast(list[bytes], raw)]
+    def _range(self, key: str, is_list: bool, start: int, end: int
+               ) -> tuple[list[str], list[float | None]]:
+        if is_list:
+            ids = [_s(i) for i in cast(list[bytes], self.redis.lrange(key, start, end))]
+            return ids, [None] * len(ids)
+        pairs = cast(list[tuple[bytes, float]],
+                     self.redis.zrange(key, start, end, withscores=True))
+        return [_s(i) for i, _ in pairs], [float(sc) for _, sc in pairs]
+
+    def _at(self, key: str, ids: list[str], scores: list[float | None]) -> list[JobRecord]:
+        """Records of jobs read from one known place (no need to look for them)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(f"rq:job:{job_id}")
+        out = []
+        scheduled = key.startswith("rq:scheduled:")
+        for job_id, h, score in zip(ids, pipe.execute(), scores, strict=True):
+            if not h:
+                continue  # an id whose hash is gone: RQ skips those too
+            record = self._record(job_id, _hash(h), score if scheduled else None, key)
+            out.append(record)
+        return out
 
     def counts(self, queues: Collection[str] | None = None) -> dict[str, dict[JobState, int]]:
         with self._errors("counting jobs"):
@@ -504,8 +521,8 @@ class RQBackend:
         return out
 
     # -- moving ----------------------------------------------------------------------------
-    def take(self, job_ids: Sequence[str], owner: str, *,
-             tx_hook: TxHook | None = None) -> TakeResult:
+    def take(self, job_ids: Sequence[str], owner: str, *, tx_hook: TxHook | None = None,
+             fetch: bool = True) -> TakeResult:
         result = TakeResult()
         if not job_ids:
             if tx_hook is not None:
@@ -520,7 +537,8 @@ class RQBackend:
                     taken.append(job_id)
                 else:
                     result.refused[job_id] = outcome
-            if taken:
+            result.taken_ids = taken
+            if taken and fetch:
                 result.taken = list(self._snapshot_batch(taken, None, None))
         if tx_hook is not None:
             tx_hook(None)

@@ -24,7 +24,9 @@ FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
 WHERE j.queueing_lock = ANY(%(keys)s::text[]) AND j.status IN ('todo', 'doing');
 
 -- name: existing_ids
-SELECT c.cutover_id FROM cutover_jobs c WHERE c.cutover_id = ANY(%(ids)s::text[])
+-- Ids travel as one newline-separated text: a text[] parameter is escaped element by element.
+SELECT c.cutover_id FROM cutover_jobs c
+WHERE c.cutover_id = ANY(string_to_array(%(ids)s, E'\n'))
 UNION
 SELECT 'pg-' || j.id FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
 WHERE c.job_id IS NULL AND j.id = ANY(%(native)s::bigint[]);
@@ -32,20 +34,13 @@ WHERE c.job_id IS NULL AND j.id = ANY(%(native)s::bigint[]);
 -- name: next_ids
 SELECT nextval(pg_get_serial_sequence('procrastinate_jobs', 'id')) FROM generate_series(1, %(n)s);
 
--- name: insert_jobs
-INSERT INTO procrastinate_jobs (id, queue_name, task_name, priority, queueing_lock, args,
-                                scheduled_at, attempts, status)
-SELECT * FROM unnest(%(id)s::bigint[], %(queue)s::varchar[], %(task)s::varchar[],
-                     %(priority)s::int[], %(key)s::text[], %(args)s::jsonb[],
-                     %(run_at)s::timestamptz[], %(attempts)s::int[],
-                     %(status)s::procrastinate_job_status[]);
+-- name: copy_jobs
+COPY procrastinate_jobs (id, queue_name, task_name, priority, queueing_lock, args, scheduled_at,
+                         attempts, status) FROM STDIN;
 
--- name: insert_meta
-INSERT INTO cutover_jobs (job_id, cutover_id, max_attempts, retry_intervals, positional, origin,
-                          created_at, error, result)
-SELECT * FROM unnest(%(id)s::bigint[], %(cutover_id)s::text[], %(max_attempts)s::int[],
-                     %(intervals)s::jsonb[], %(positional)s::jsonb[], %(origin)s::text[],
-                     %(created_at)s::timestamptz[], %(error)s::text[], %(result)s::jsonb[]);
+-- name: copy_meta
+COPY cutover_jobs (job_id, cutover_id, max_attempts, retry_intervals, positional, origin,
+                   created_at, error, result) FROM STDIN;
 
 -- name: select_jobs
 SELECT j.id, j.queue_name, j.task_name, j.priority, j.queueing_lock, j.args, j.status::text,
