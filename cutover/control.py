@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any, LiteralString, cast
@@ -77,7 +78,7 @@ class ControlPlane:
             raise ConfigurationError(f"schema {self.schema!r} is not a valid schema name")
         self._redacted = redact(url)
         self._secret = password_of(url)
-        self._conn: psycopg.Connection[Any] | None = None
+        self._local = threading.local()  # one connection per thread (a drain has two)
 
     def __repr__(self) -> str:
         return f"ControlPlane({self._redacted!r}, schema={self.schema!r})"
@@ -101,16 +102,19 @@ class ControlPlane:
                                f"{redact_text(str(exc), self._secret)}") from exc
 
     def _drop(self) -> None:
-        if self._conn is not None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
             with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+                conn.close()
+            self._local.conn = None
 
     def connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
             with self._errors("connecting"):
-                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-        return self._conn
+                conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            self._local.conn = conn
+        return conn
 
     @contextlib.contextmanager
     def tx(self, doing: str, conn: Any = None) -> Iterator[psycopg.Connection[Any]]:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -94,6 +96,8 @@ class Drain:
         self._done = 0
         self._total = 0
         self._left_ids: set[str] = set()
+        self._inflight: set[str] = set()  # handed to the mover, not finished yet
+        self._inflight_lock = threading.Lock()
         # The ledger shares a backend's transaction only when it lives in that backend's database.
         self._shared_source = _same_database(source_url, control.url)
         self._shared_target = _same_database(target_url, control.url)
@@ -189,22 +193,28 @@ class Drain:
     def _pass(self) -> None:
         while True:
             moved_before = self.report.moved
-            for batch in self.source.batches(states=self._states(), queues=self.options.queues,
-                                             batch_size=self.options.batch_size):
-                if self._switch() == "stop":
-                    self.report.stopped = True
-                    return
-                t0 = time.monotonic()
-                self._batch(batch)
-                self._throttle(len(batch), time.monotonic() - t0)
+            with _Mover(self) as mover:
+                for batch in self.source.batches(states=self._states(),
+                                                 queues=self.options.queues,
+                                                 batch_size=self.options.batch_size):
+                    if self._switch() == "stop":
+                        self.report.stopped = True
+                        return
+                    t0 = time.monotonic()
+                    mover.submit(self._prepare(batch), len(batch))
+                    self._throttle(len(batch), time.monotonic() - t0)
             # A second pass only when the first moved something: catches jobs that became
             # waiting meanwhile (retries, jobs producers added) without looping forever.
             if self.report.moved == moved_before:
                 return
 
-    def _batch(self, batch: Sequence[JobRecord]) -> None:
+    def _prepare(self, batch: Sequence[JobRecord]) -> tuple[list[JobRecord], list[JobRecord]]:
+        """Classify a batch and take its movable jobs (the reading side of the pipeline: the
+        take happens before the next batch is read, so the source keeps its place)."""
         movable: list[JobRecord] = []
         failed: list[JobRecord] = []
+        with self._inflight_lock:
+            batch = [r for r in batch if r.id not in self._inflight]
         for raw in batch:
             record, cls, reason = self._verdict(raw)
             if cls.moves or (cls is JobClass.FAILED and self.options.include_failed):
@@ -214,20 +224,33 @@ class Drain:
                 self.report.left.setdefault(cls.value, []).append(
                     {"id": record.id, "task": record.task, "queue": record.queue,
                      "reason": reason})
+        ready: list[JobRecord] = []
         if movable:
-            self._move(movable)
-        if failed:
-            self._move_failed(failed)
-        self._done += len(batch)
+            by_id = {r.id: r for r in movable}
+            taken = self.source.take(list(by_id), self.owner, fetch=False)
+            faults.point("after_take")
+            ready = [by_id[i] for i in taken.taken_ids if i in by_id]
+        with self._inflight_lock:
+            self._inflight.update(r.id for r in ready)
+            self._inflight.update(r.id for r in failed)
+        return ready, failed
+
+    def _finish_batch(self, work: tuple[list[JobRecord], list[JobRecord]], size: int) -> None:
+        """The writing side: put on the target with the ledger rows, then release."""
+        ready, failed = work
+        try:
+            if ready:
+                self._move(ready)
+            if failed:
+                self._move_failed(failed)
+        finally:
+            with self._inflight_lock:
+                self._inflight.difference_update(r.id for r in ready)
+                self._inflight.difference_update(r.id for r in failed)
+        self._done += size
         self.progress(self.report.moved, max(self._total, self._done))
 
-    def _move(self, records: list[JobRecord]) -> None:
-        by_id = {r.id: r for r in records}
-        taken = self.source.take(list(by_id), self.owner, fetch=False)
-        faults.point("after_take")
-        ready = [by_id[i] for i in taken.taken_ids if i in by_id]
-        if not ready:
-            return
+    def _move(self, ready: list[JobRecord]) -> None:
         if not self._shared_target:
             # The put cannot share the ledger's transaction: say first what is about to move.
             self.control.record(ready, state="moving", source=self.source_key,
@@ -343,6 +366,48 @@ class Drain:
             log.info("waiting for %d running job(s) on the source", len(running))
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
             self._pass()
+
+
+class _Mover:
+    """A thread that puts and releases taken batches while the next batch is read and taken:
+    the target's and the source's round trips overlap. At most two batches wait; an error on
+    either side stops both, and every batch handed over is finished (or left held, for the next
+    run to finish) before the error is raised."""
+
+    def __init__(self, drain: Drain) -> None:
+        self.drain = drain
+        self.queue: queue.Queue[tuple[tuple[list[JobRecord], list[JobRecord]], int] | None] = \
+            queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="cutover-drain-mover",
+                                       daemon=True)
+
+    def __enter__(self) -> _Mover:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain the queue; held jobs are finished by the next run
+            try:
+                self.drain._finish_batch(*item)
+            except BaseException as exc:
+                self.error = exc
+
+    def submit(self, work: tuple[list[JobRecord], list[JobRecord]], size: int) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((work, size))
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and exc is None:
+            raise self.error
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

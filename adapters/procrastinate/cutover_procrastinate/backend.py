@@ -59,6 +59,13 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+_BY_IDS: LiteralString = (
+    "j.id IN (SELECT job_id FROM cutover_jobs WHERE cutover_id = ANY(string_to_array("
+    "%(ids)s, E'\\n')) UNION ALL SELECT p.id FROM procrastinate_jobs p WHERE p.id = "
+    "ANY(%(native)s::bigint[]) AND NOT EXISTS (SELECT 1 FROM cutover_jobs x WHERE x.job_id = "
+    "p.id))")
+
+
 def _lines(job_ids: Sequence[str]) -> str:
     """Ids as one newline-separated text (cheap to send; see queries.sql)."""
     for job_id in job_ids:
@@ -260,10 +267,15 @@ class ProcrastinateBackend:
                 tx_hook(conn)
         return [out[i] for i in range(len(records))], {r.id for r in todo}
 
+    def _by_ids(self, conn: psycopg.Connection[TupleRow],
+                 job_ids: Sequence[str]) -> list[JobRecord]:
+        """Jobs by cutover id: a row of cutover_jobs, or ``pg-N`` for a plain job. (Written as
+        an IN over a UNION so that both halves use an index; an OR would scan the table.)"""
+        return self._select(conn, _BY_IDS, {"ids": _lines(job_ids),
+                                            "native": _native(job_ids)})
+
     def _check_same(self, conn: psycopg.Connection[TupleRow], record: JobRecord) -> None:
-        found = self._select(conn, "c.cutover_id = %(id)s OR (c.job_id IS NULL AND j.id = "
-                             "%(native)s)", {"id": record.id,
-                                             "native": (_native([record.id]) or [-1])[0]})
+        found = self._by_ids(conn, [record.id])
         if found and found[0].digest() != record.digest():
             raise JobConflictError("a different job with this id exists already",
                                    job_id=record.id,
@@ -306,9 +318,7 @@ class ProcrastinateBackend:
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
         with self._tx(f"reading job {job_id}") as conn:
-            found = self._select(conn, "c.cutover_id = %(id)s OR (c.job_id IS NULL AND j.id = "
-                                 "%(native)s)", {"id": job_id,
-                                                 "native": (_native([job_id]) or [-1])[0]})
+            found = self._by_ids(conn, [job_id])
         return found[0] if found else None
 
     def snapshot(self, *, states: Collection[JobState] | None = None,
@@ -354,9 +364,7 @@ class ProcrastinateBackend:
     # -- moving ----------------------------------------------------------------------------
     def _resolve(self, conn: psycopg.Connection[TupleRow],
                  job_ids: Sequence[str]) -> dict[str, int]:
-        rows = self._select(conn, "c.cutover_id = ANY(%(ids)s::text[]) OR (c.job_id IS NULL AND "
-                            "j.id = ANY(%(native)s::bigint[]))",
-                            {"ids": list(job_ids), "native": _native(job_ids)})
+        rows = self._by_ids(conn, job_ids)
         return {r.id: int(r.native_id or 0) for r in rows}
 
     def take(self, job_ids: Sequence[str], owner: str, *, tx_hook: TxHook | None = None,

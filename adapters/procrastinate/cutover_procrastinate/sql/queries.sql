@@ -49,11 +49,6 @@ SELECT j.id, j.queue_name, j.task_name, j.priority, j.queueing_lock, j.args, j.s
        j.lock
 FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
 
--- name: resolve_ids
-SELECT j.id FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
-WHERE c.cutover_id = ANY(%(ids)s::text[])
-   OR (c.job_id IS NULL AND j.id = ANY(%(native)s::bigint[]));
-
 -- name: counts
 SELECT j.queue_name,
        CASE
