@@ -104,10 +104,9 @@ class Drain:
 
     # -- planning --------------------------------------------------------------------------
     def _states(self) -> list[JobState]:
-        states = list(WAITING)
-        if self.options.include_failed:
-            states.append(JobState.FAILED)
-        return states
+        """What a drain reads: waiting jobs to move, and deferred and failed ones to move or to
+        report as left in place."""
+        return [*WAITING, JobState.DEFERRED, JobState.FAILED]
 
     def _verdict(self, record: JobRecord) -> tuple[JobRecord, JobClass, str]:
         normal = self.registry.normalize(record)
@@ -143,7 +142,7 @@ class Drain:
             self.control.start_run(self.run_id, "drain", self.source_key, self.target_key,
                                    dataclasses.asdict(self.options))
             self._total = sum(per[s] for per in self.source.counts(self.options.queues).values()
-                              for s in self._states())
+                              for s in WAITING)
             self._recover()
             self._pass()
             self._wait_for_running()

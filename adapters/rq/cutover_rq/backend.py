@@ -59,7 +59,8 @@ _PLACEMENT = {
     JobState.DEFERRED: ("deferred", "deferred"), JobState.FAILED: ("failed", "failed"),
     JobState.FINISHED: ("finished", "finished"), JobState.CANCELED: ("canceled", "canceled"),
 }
-_WAITING_STATES = {JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED, JobState.HELD}
+_WAITING_STATES = {JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED, JobState.HELD,
+                   JobState.FAILED}
 _DEFAULT_RESULT_TTL = 500
 _DEFAULT_FAILURE_TTL = 31_536_000
 _WIP_TTL = 86_400
@@ -417,8 +418,8 @@ class RQBackend:
     def batches(self, *, states: Collection[JobState] | None = None,
                 queues: Collection[str] | None = None,
                 batch_size: int = 1000) -> Iterator[list[JobRecord]]:
-        """Waiting jobs are read where RQ keeps them, in order (queue lists head first, then the
-        scheduled, deferred and held registries), so that taking a batch from the head of a list
+        """Waiting (and failed) jobs are read where RQ keeps them, in order (queue lists head
+        first, then the scheduled, deferred, held and failed registries), so that taking a batch from the head of a list
         is cheap; the place is re-anchored after each batch, so jobs the consumer took (or left)
         are neither skipped nor read twice. Other states are read by a SCAN of the job hashes."""
         wanted = set(states) if states is not None else set(JobState)
@@ -444,6 +445,8 @@ class RQBackend:
                 places.append((f"rq:deferred:{q}", False))
             if JobState.HELD in wanted:
                 places.append((f"cutover:held:{q}", False))
+            if JobState.FAILED in wanted:
+                places.append((f"rq:failed:{q}", False))
         for key, is_list in places:
             start = 0
             previous: list[str] = []
