@@ -8,7 +8,6 @@ import pickle
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -29,10 +28,10 @@ pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
 
 @pytest.fixture
-def urls(cutover_redis_url: str, cutover_database_url: str) -> Iterator[tuple[str, str]]:
+def urls(cutover_redis_url: str, cutover_database_url: str) -> tuple[str, str]:
     tasks.reset()
     assert invoke(cutover_redis_url, cutover_database_url, "init", "--yes").exit_code == 0
-    yield cutover_redis_url, cutover_database_url
+    return cutover_redis_url, cutover_database_url
 
 
 def backlog(rq_url: str) -> dict[str, object]:
