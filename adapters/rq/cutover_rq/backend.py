@@ -419,10 +419,10 @@ class RQBackend:
                 queues: Collection[str] | None = None,
                 batch_size: int = 1000) -> Iterator[list[JobRecord]]:
         """Waiting (and failed) jobs are read where RQ keeps them, in order (queue lists head
-        first, then the scheduled, deferred, held and failed registries), so that taking a batch from the head of a list
-        is cheap; the place is re-anchored after each batch, so jobs the consumer took (or left)
-        are neither skipped nor read twice. Other states are read by a SCAN of the job hashes.
-        """
+        first, then the scheduled, deferred, held and failed registries), so that taking a batch
+        from the head of a list is cheap; the place is re-anchored after each batch, so jobs the
+        consumer took (or left) are neither skipped nor read twice. Other states are read by a
+        SCAN of the job hashes."""
         wanted = set(states) if states is not None else set(JobState)
         if not wanted <= _WAITING_STATES:
             batch: list[JobRecord] = []
