@@ -101,7 +101,10 @@ class ProcrastinateBackend:
                                      f"{redact_text(str(exc), self._secret)}") from exc
         self.pool: psycopg_pool.ConnectionPool[psycopg.Connection[TupleRow]] = \
             psycopg_pool.ConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
-                                        kwargs={"connect_timeout": 5}, name="cutover")
+                                        kwargs={"connect_timeout": 5}, name="cutover",
+                                        # a connection the server dropped (restart, admin
+                                        # kill) is replaced, not handed out
+                                        check=psycopg_pool.ConnectionPool.check_connection)
         with self._errors("connecting"):
             self.pool.open(wait=True, timeout=10)
         self._workers: dict[str, int] = {}
