@@ -271,10 +271,15 @@ class Drain:
         """Put on the target; mark the ledger rows moved (in the target's transaction when it
         shares the control plane's database). Returns the records now on the target."""
         now = utcnow()
-        ready = [self.registry.normalize(r).replace(
-            state=(JobState.FAILED if r.state is JobState.FAILED else
-                   JobState.SCHEDULED if r.run_at and r.run_at > now else JobState.QUEUED),
-            holder=None) for r in records]
+        ready = []
+        for raw in records:
+            record = self.registry.normalize(raw)
+            state = (JobState.FAILED if record.state is JobState.FAILED else
+                     JobState.SCHEDULED if record.run_at and record.run_at > now
+                     else JobState.QUEUED)
+            if record.state is not state or record.holder is not None:
+                record = record.replace(state=state, holder=None)  # a fresh memo: only if needed
+            ready.append(record)
 
         def mark(conn: Any) -> None:
             if conn is not None:  # the target's own transaction: the rows commit with the jobs

@@ -93,13 +93,16 @@ ON CONFLICT (cutover_id) DO UPDATE
         updated_at = now();
 
 -- name: ledger_mark
-UPDATE {schema}.ledger SET state = %(state)s, updated_at = now()
-WHERE cutover_id = ANY(string_to_array(%(ids)s, E'\n')) AND source = %(source)s
-  AND target = %(target)s;
+-- A join on unnest, not "= ANY(array)": the planner cannot see the array's size and may scan
+-- the whole ledger, testing each row against every id (quadratic over a drain).
+UPDATE {schema}.ledger l SET state = %(state)s, updated_at = now()
+FROM unnest(string_to_array(%(ids)s, E'\n')) AS u(id)
+WHERE l.cutover_id = u.id AND l.source = %(source)s AND l.target = %(target)s;
 
 -- name: ledger_states
-SELECT cutover_id, state, source, target FROM {schema}.ledger
-WHERE cutover_id = ANY(string_to_array(%(ids)s, E'\n'));
+SELECT l.cutover_id, l.state, l.source, l.target
+FROM unnest(string_to_array(%(ids)s, E'\n')) AS u(id)
+JOIN {schema}.ledger l ON l.cutover_id = u.id;
 
 -- name: ledger_unfinished
 SELECT cutover_id, state, digest FROM {schema}.ledger

@@ -60,10 +60,10 @@ def _json(value: Any) -> str:
 
 
 _BY_IDS: LiteralString = (
-    "j.id IN (SELECT job_id FROM cutover_jobs WHERE cutover_id = ANY(string_to_array("
-    "%(ids)s, E'\\n')) UNION ALL SELECT p.id FROM procrastinate_jobs p WHERE p.id = "
-    "ANY(%(native)s::bigint[]) AND NOT EXISTS (SELECT 1 FROM cutover_jobs x WHERE x.job_id = "
-    "p.id))")
+    "j.id IN (SELECT c.job_id FROM unnest(string_to_array(%(ids)s, E'\\n')) AS u(id) "
+    "JOIN cutover_jobs c ON c.cutover_id = u.id UNION ALL SELECT p.id FROM procrastinate_jobs p "
+    "WHERE p.id = ANY(%(native)s::bigint[]) AND NOT EXISTS (SELECT 1 FROM cutover_jobs x "
+    "WHERE x.job_id = p.id))")
 
 
 def _lines(job_ids: Sequence[str]) -> str:

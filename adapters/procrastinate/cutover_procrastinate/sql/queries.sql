@@ -25,8 +25,9 @@ WHERE j.queueing_lock = ANY(%(keys)s::text[]) AND j.status IN ('todo', 'doing');
 
 -- name: existing_ids
 -- Ids travel as one newline-separated text: a text[] parameter is escaped element by element.
-SELECT c.cutover_id FROM cutover_jobs c
-WHERE c.cutover_id = ANY(string_to_array(%(ids)s, E'\n'))
+SELECT c.cutover_id
+FROM unnest(string_to_array(%(ids)s, E'\n')) AS u(id)
+JOIN cutover_jobs c ON c.cutover_id = u.id
 UNION
 SELECT 'pg-' || j.id FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
 WHERE c.job_id IS NULL AND j.id = ANY(%(native)s::bigint[]);
