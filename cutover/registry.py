@@ -24,6 +24,17 @@ def _signature(func: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(func)
 
 
+@functools.lru_cache(maxsize=4096)
+def _simple_parameters(func: Callable[..., Any]) -> tuple[tuple[str, ...], frozenset[str]] | None:
+    """For a signature of plain parameters only (no *args, **kwargs, positional- or
+    keyword-only): their names and the required ones, so binding is a zip. Else None."""
+    params = _signature(func).parameters.values()
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+        return None
+    return (tuple(p.name for p in params),
+            frozenset(p.name for p in params if p.default is inspect.Parameter.empty))
+
+
 def default_task_name(func: Callable[..., Any]) -> str:
     """``module.qualname``: the name RQ already stores for a function."""
     return f"{func.__module__}.{func.__qualname__}"
@@ -50,6 +61,14 @@ class Task:
 
         Positional args that only a ``*args`` parameter can take stay positional.
         """
+        fast = _simple_parameters(self.func)
+        if fast is not None and len(args) <= len(fast[0]):
+            names, required = fast
+            bound = dict(zip(names, args, strict=False))
+            if not bound.keys() & kwargs.keys() and kwargs.keys() <= set(names):
+                bound.update(kwargs)
+                if required <= bound.keys():
+                    return (), bound
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:

@@ -71,10 +71,11 @@ def _ts(value: dt.datetime) -> str:
 
 
 def _parse_ts(raw: bytes | None) -> dt.datetime | None:
+    """RQ's ``%Y-%m-%dT%H:%M:%S.%fZ`` (fromisoformat is several times faster than strptime)."""
     if not raw:
         return None
     try:
-        return dt.datetime.strptime(raw.decode(), _TS).replace(tzinfo=dt.UTC)
+        return dt.datetime.fromisoformat(raw.decode().removesuffix("Z")).replace(tzinfo=dt.UTC)
     except ValueError:
         return None
 
