@@ -64,11 +64,11 @@ class Task:
         fast = _simple_parameters(self.func)
         if fast is not None and len(args) <= len(fast[0]):
             names, required = fast
-            bound = dict(zip(names, args, strict=False))
-            if not bound.keys() & kwargs.keys() and kwargs.keys() <= set(names):
-                bound.update(kwargs)
-                if required <= bound.keys():
-                    return (), bound
+            quick = dict(zip(names, args, strict=False))
+            if not quick.keys() & kwargs.keys() and kwargs.keys() <= set(names):
+                quick.update(kwargs)
+                if required <= quick.keys():
+                    return (), quick
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
