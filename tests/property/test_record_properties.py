@@ -1,0 +1,47 @@
+import datetime as dt
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cutover import TaskRegistry, codec
+from cutover.record import JobRecord
+from tests.property.test_codec_properties import values
+
+
+@settings(max_examples=200)
+@given(kwargs=st.dictionaries(st.text(), values, max_size=4),
+       args=st.lists(values, max_size=3),
+       key=st.none() | st.text(),
+       run_at=st.none() | st.datetimes(timezones=st.just(dt.UTC)),
+       intervals=st.lists(st.floats(min_value=0, max_value=1e6), max_size=3))
+def test_cached_content_json_is_the_canonical_content(kwargs: dict[str, Any], args: list[Any],
+                                                      key: str | None, run_at: dt.datetime | None,
+                                                      intervals: list[float]) -> None:
+    record = JobRecord(id="x", task="t", args=tuple(args), kwargs=kwargs, job_key=key,
+                       run_at=run_at, retry_intervals=tuple(intervals))
+    assert record.content_json() == codec.canonical(record.content())
+    assert record.replace(queue="other").digest() != record.digest()
+
+
+def plain(a: int, b: str = "x", c: float = 1.0) -> None:
+    return None
+
+
+@given(args=st.lists(st.integers(), max_size=4), kwargs=st.dictionaries(
+    st.sampled_from(["a", "b", "c", "d"]), st.integers(), max_size=3))
+def test_fast_binding_agrees_with_inspect(args: list[int], kwargs: dict[str, int]) -> None:
+    import inspect
+
+    import pytest
+
+    from cutover.errors import UnsupportedValueError
+
+    task = TaskRegistry().register(plain)
+    try:
+        expected = inspect.signature(plain).bind(*args, **kwargs).arguments
+    except TypeError:
+        with pytest.raises(UnsupportedValueError):
+            task.bind(args, kwargs)
+        return
+    assert task.bind(args, kwargs) == ((), dict(expected))
