@@ -147,6 +147,7 @@ def main() -> None:
                                 str(opts.batch_size)], capture_output=True, text=True,
                                check=True, env={**os.environ, "CUTOVER_LOG_LEVEL": "WARNING"})
         run = json.loads(child.stdout.strip().splitlines()[-1])
+        pg.drop_database(target)
         results.update(run)
         results["drain_jobs_s"] = run["moved"] / run["drain_s"]
         results["verify_jobs_s"] = run["verified"] / run["verify_s"]
