@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from cutover.record import JobRecord, JobState
@@ -24,6 +24,18 @@ TxHook = Callable[[Any], None]
 #: backend then leaves that job where it is, untouched). Backends call it for every candidate,
 #: those with a ``problem`` too (so the worker can report them), and never run a job that has one.
 Acceptor = Callable[[JobRecord], str | None]
+
+
+def chunked(records: Iterable[JobRecord], size: int) -> Iterator[list[JobRecord]]:
+    """Group a stream of records into lists of ``size`` (the last may be shorter)."""
+    batch: list[JobRecord] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 @dataclasses.dataclass(frozen=True)

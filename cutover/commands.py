@@ -202,20 +202,14 @@ def audit_cmd(ctx: Context, queues: tuple[str, ...], allow: tuple[str, ...],
 def _print_audit(doc: dict[str, Any]) -> None:
     out = Console()
     out.print(f"audit of {doc['source']}: {doc['total']} jobs")
-    table = Table(title="jobs by queue and class")
-    table.add_column("queue")
-    for cls in CLASSES:
-        table.add_column(cls, justify="right")
-    for queue, per in doc["by_queue"].items():
-        table.add_row(queue, *(str(per.get(c, 0)) for c in CLASSES))
-    out.print(table)
-    tasks = Table(title="jobs by task and class")
-    tasks.add_column("task")
-    for cls in CLASSES:
-        tasks.add_column(cls, justify="right")
-    for task, per in doc["by_task"].items():
-        tasks.add_row(task, *(str(per.get(c, 0)) for c in CLASSES))
-    out.print(tasks)
+    for label in ("queue", "task"):
+        table = Table(title=f"jobs by {label} and class")
+        table.add_column(label)
+        for cls in CLASSES:
+            table.add_column(cls, justify="right")
+        for name, per in doc[f"by_{label}"].items():
+            table.add_row(name, *(str(per.get(c, 0)) for c in CLASSES))
+        out.print(table)
     if doc["orphans"]:
         out.print(f"orphans (status queued, in no list): {len(doc['orphans'])}: "
                   + ", ".join(doc["orphans"][:10]))

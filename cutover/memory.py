@@ -13,7 +13,7 @@ import threading
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
-from cutover.backend import Acceptor, Capabilities, TakeResult, TxHook
+from cutover.backend import Acceptor, Capabilities, TakeResult, TxHook, chunked
 from cutover.errors import JobConflictError
 from cutover.record import JobRecord, JobState, utcnow
 
@@ -109,9 +109,7 @@ class InMemoryBackend:
     def batches(self, *, states: Collection[JobState] | None = None,
                 queues: Collection[str] | None = None,
                 batch_size: int = 1000) -> Iterator[list[JobRecord]]:
-        records = list(self.snapshot(states=states, queues=queues))
-        for i in range(0, len(records), batch_size):
-            yield records[i:i + batch_size]
+        yield from chunked(self.snapshot(states=states, queues=queues), batch_size)
 
     def counts(self, queues: Collection[str] | None = None) -> dict[str, dict[JobState, int]]:
         out: dict[str, dict[JobState, int]] = {}

@@ -25,7 +25,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 from cutover import codec
-from cutover.backend import Acceptor, Capabilities, TakeResult, TxHook
+from cutover.backend import Acceptor, Capabilities, TakeResult, TxHook, chunked
 from cutover.errors import (
     BackendError,
     BackendUnavailableError,
@@ -346,14 +346,8 @@ class ProcrastinateBackend:
     def batches(self, *, states: Collection[JobState] | None = None,
                 queues: Collection[str] | None = None,
                 batch_size: int = 1000) -> Iterator[list[JobRecord]]:
-        batch: list[JobRecord] = []
-        for record in self.snapshot(states=states, queues=queues, batch_size=batch_size):
-            batch.append(record)
-            if len(batch) >= batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        yield from chunked(self.snapshot(states=states, queues=queues, batch_size=batch_size),
+                           batch_size)
 
     def counts(self, queues: Collection[str] | None = None) -> dict[str, dict[JobState, int]]:
         out: dict[str, dict[JobState, int]] = {}

@@ -31,7 +31,7 @@ import rq
 from redis.commands.core import Script
 
 from cutover import codec
-from cutover.backend import Acceptor, Capabilities, TakeResult, TxHook
+from cutover.backend import Acceptor, Capabilities, TakeResult, TxHook, chunked
 from cutover.errors import (
     BackendError,
     BackendUnavailableError,
@@ -426,14 +426,8 @@ class RQBackend:
         SCAN of the job hashes."""
         wanted = set(states) if states is not None else set(JobState)
         if not wanted <= _WAITING_STATES:
-            batch: list[JobRecord] = []
-            for record in self.snapshot(states=states, queues=queues, batch_size=batch_size):
-                batch.append(record)
-                if len(batch) >= batch_size:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
+            yield from chunked(self.snapshot(states=states, queues=queues,
+                                             batch_size=batch_size), batch_size)
             return
         with self._errors("reading a snapshot"):
             names = [q for q in self._queues() if queues is None or q in queues]
