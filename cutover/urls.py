@@ -15,7 +15,7 @@ def redact(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return _redact_text(url)
-    if parts.password is None:
+    if not parts.password:  # none, or empty: nothing to hide
         return _PARAM.sub(r"\1=***", url)
     host = parts.hostname or ""
     if ":" in host:

