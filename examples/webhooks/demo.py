@@ -22,9 +22,9 @@ from rich.table import Table
 
 from cutover import Router, adapters
 from cutover.audit import audit
+from cutover.backend import QueueBackend
 from cutover.control import ControlPlane
 from cutover.drain import Drain, DrainOptions
-from cutover.backend import QueueBackend
 from cutover.record import JobState
 from cutover.testing.servers import PostgresServer, RedisServer
 from cutover.verify import verify
