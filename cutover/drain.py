@@ -238,10 +238,9 @@ class Drain:
         """The writing side: put on the target with the ledger rows, then release."""
         ready, failed = work
         try:
-            if ready:
-                self._move(ready)
-            if failed:
-                self._move_failed(failed)
+            if ready or failed:
+                # Failed jobs are not taken (no worker starts them), otherwise the same path.
+                self._move(ready + failed)
         finally:
             with self._inflight_lock:
                 self._inflight.difference_update(r.id for r in ready)
@@ -259,13 +258,6 @@ class Drain:
         faults.point("after_put")
         self._release([r.id for r in moved])
         faults.point("after_release")
-
-    def _move_failed(self, records: list[JobRecord]) -> None:
-        if not self._shared_target:
-            self.control.record(records, state="moving", source=self.source_key,
-                                target=self.target_key, run_id=self.run_id)
-        moved = self._put(records)
-        self._release([r.id for r in moved])
 
     def _put(self, records: list[JobRecord], recovered: bool = False) -> list[JobRecord]:
         """Put on the target; mark the ledger rows moved (in the target's transaction when it
