@@ -29,18 +29,42 @@ TAG = "$cutover"
 JSONValue = Any  # JSON-serialisable after encode()
 
 
-def encode(value: Any, path: str = "value") -> JSONValue:
+# Where a value sits inside the top-level one: the name of the top, or (parent, step). Spelled
+# out only for an error message; building the text for every value would cost more than the
+# encoding.
+Path = str | tuple[Any, Any]
+
+
+def encode(value: Any, path: Path = "value") -> JSONValue:
     """Return a JSON-serialisable form of ``value`` that :func:`decode` turns back into it."""
-    if value is None or isinstance(value, bool):
+    kind = type(value)  # exact types first: they are nearly all of what jobs carry
+    if kind is str:
+        return value if _plain_text(value) else _odd_text(value)
+    if value is None or kind is int or kind is bool:
+        return value
+    if kind is list:
+        return [encode(item, (path, i)) for i, item in enumerate(value)]
+    if kind is dict:
+        return _encode_dict(value, path)
+    return _encode_other(value, path)
+
+
+def _encode_dict(value: dict[Any, Any], path: Path) -> JSONValue:
+    for k in value:
+        if type(k) is not str or not _plain_text(k):
+            pairs = [[encode(k, (path, ".key")), encode(v, (path, k))] for k, v in value.items()]
+            return {TAG: "items", "v": pairs}
+    encoded = {k: encode(v, (path, k)) for k, v in value.items()}
+    if TAG in encoded:
+        return {TAG: "dict", "v": encoded}
+    return encoded
+
+
+def _encode_other(value: Any, path: Path) -> JSONValue:
+    if isinstance(value, int):  # bool and int subclasses (enums): JSON writes them as numbers
         return value
     if isinstance(value, str):
-        if _plain_text(value):
-            return value
-        # NUL and lone surrogates: valid Python, refused by PostgreSQL's jsonb.
-        raw = value.encode("utf-8", "surrogatepass")
-        return {TAG: "str", "v": base64.b64encode(raw).decode("ascii")}
-    if isinstance(value, int):
-        return value
+        return value if _plain_text(value) else _odd_text(value)
     if isinstance(value, float):
         if math.isfinite(value):
             return value
@@ -60,32 +84,47 @@ def encode(value: Any, path: str = "value") -> JSONValue:
     if isinstance(value, bytes | bytearray):
         return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, list):
-        return [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [encode(item, (path, i)) for i, item in enumerate(value)]
     if isinstance(value, tuple):
-        return {TAG: "tuple", "v": [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]}
+        return {TAG: "tuple", "v": [encode(item, (path, i)) for i, item in enumerate(value)]}
     if isinstance(value, set | frozenset):
-        items = [encode(item, f"{path}{{}}") for item in value]
+        items = [encode(item, (path, "{}")) for item in value]
         items.sort(key=_canonical)
         return {TAG: "frozenset" if isinstance(value, frozenset) else "set", "v": items}
     if isinstance(value, Mapping):
-        if type(value) is not dict and not isinstance(value, dict):
+        if not isinstance(value, dict):
             raise UnsupportedValueError(
-                f"{path}: mapping type {type(value).__qualname__} cannot be carried")
-        if all(isinstance(k, str) and _plain_text(k) for k in value):
-            encoded = {k: encode(v, f"{path}[{k!r}]") for k, v in value.items()}
-            if TAG in encoded:
-                return {TAG: "dict", "v": encoded}
-            return encoded
-        pairs = [[encode(k, f"{path}.key"), encode(v, f"{path}[{k!r}]")] for k, v in value.items()]
-        return {TAG: "items", "v": pairs}
+                f"{_spell(path)}: mapping type {type(value).__qualname__} cannot be carried")
+        return _encode_dict(value, path)
     raise UnsupportedValueError(
-        f"{path}: a value of type {type(value).__module__}.{type(value).__qualname__} "
-        "cannot be carried across backends")
+        f"{_spell(path)}: a value of type {type(value).__module__}."
+        f"{type(value).__qualname__} cannot be carried across backends")
+
+
+def _odd_text(text: str) -> JSONValue:
+    # NUL and lone surrogates: valid Python, refused by PostgreSQL's jsonb.
+    raw = text.encode("utf-8", "surrogatepass")
+    return {TAG: "str", "v": base64.b64encode(raw).decode("ascii")}
+
+
+def _spell(path: Path) -> str:
+    """``kwargs['user'][2].key`` from a path."""
+    steps: list[Any] = []
+    while isinstance(path, tuple):
+        path, step = path
+        steps.append(step)
+    out = [path]
+    for step in reversed(steps):
+        out.append(step if step in (".key", "{}") else f"[{step!r}]" if isinstance(step, str)
+                   else f"[{step}]")
+    return "".join(out)
 
 
 def _plain_text(text: str) -> bool:
     if "\x00" in text:
         return False
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -161,7 +200,7 @@ def canonical(value: Any) -> str:
     return dumps(value)
 
 
-def check(value: Any, path: str = "value") -> list[str]:
+def check(value: Any, path: Path = "value") -> list[str]:
     """Return the problems that stop ``value`` from being carried, one per offending path."""
     try:
         encode(value, path)

@@ -192,7 +192,7 @@ class Drain:
     def _pass(self) -> None:
         while True:
             moved_before = self.report.moved
-            with _Mover(self) as mover:
+            with _Pipeline([("put", self._put_stage), ("release", self._release_stage)]) as pipe:
                 for batch in self.source.batches(states=self._states(),
                                                  queues=self.options.queues,
                                                  batch_size=self.options.batch_size):
@@ -200,7 +200,8 @@ class Drain:
                         self.report.stopped = True
                         return
                     t0 = time.monotonic()
-                    mover.submit(self._prepare(batch), len(batch))
+                    ready, failed = self._prepare(batch)
+                    pipe.submit(_Batch(ready, failed, len(batch)))
                     self._throttle(len(batch), time.monotonic() - t0)
             # A second pass only when the first moved something: catches jobs that became
             # waiting meanwhile (retries, jobs producers added) without looping forever.
@@ -234,30 +235,32 @@ class Drain:
             self._inflight.update(r.id for r in failed)
         return ready, failed
 
-    def _finish_batch(self, work: tuple[list[JobRecord], list[JobRecord]], size: int) -> None:
-        """The writing side: put on the target with the ledger rows, then release."""
-        ready, failed = work
+    def _put_stage(self, batch: _Batch) -> _Batch:
+        """The writing side, first stage: put on the target with the ledger rows."""
+        work = batch.ready + batch.failed  # failed jobs are not taken (no worker starts them)
+        if work:
+            if not self._shared_target:
+                # The put cannot share the ledger's transaction: say first what is about to move.
+                self.control.record(work, state="moving", source=self.source_key,
+                                    target=self.target_key, run_id=self.run_id)
+                faults.point("after_intent")
+            batch.moved = [r.id for r in self._put(work)]
+            faults.point("after_put")
+        return batch
+
+    def _release_stage(self, batch: _Batch) -> None:
+        """Second stage: remove what was put from the source, then let the reader see those
+        ids again (a job given back meanwhile is read by the next pass)."""
         try:
-            if ready or failed:
-                # Failed jobs are not taken (no worker starts them), otherwise the same path.
-                self._move(ready + failed)
+            self._release(batch.moved)
+            if batch.moved:
+                faults.point("after_release")
         finally:
             with self._inflight_lock:
-                self._inflight.difference_update(r.id for r in ready)
-                self._inflight.difference_update(r.id for r in failed)
-        self._done += size
+                self._inflight.difference_update(r.id for r in batch.ready)
+                self._inflight.difference_update(r.id for r in batch.failed)
+        self._done += batch.size
         self.progress(self.report.moved, max(self._total, self._done))
-
-    def _move(self, ready: list[JobRecord]) -> None:
-        if not self._shared_target:
-            # The put cannot share the ledger's transaction: say first what is about to move.
-            self.control.record(ready, state="moving", source=self.source_key,
-                                target=self.target_key, run_id=self.run_id)
-            faults.point("after_intent")
-        moved = self._put(ready)
-        faults.point("after_put")
-        self._release([r.id for r in moved])
-        faults.point("after_release")
 
     def _put(self, records: list[JobRecord], recovered: bool = False) -> list[JobRecord]:
         """Put on the target; mark the ledger rows moved (in the target's transaction when it
@@ -364,44 +367,65 @@ class Drain:
             self._pass()
 
 
-class _Mover:
-    """A thread that puts and releases taken batches while the next batch is read and taken:
-    the target's and the source's round trips overlap. At most two batches wait; an error on
-    either side stops both, and every batch handed over is finished (or left held, for the next
-    run to finish) before the error is raised."""
+_END = object()  # the end of a pipeline's input
 
-    def __init__(self, drain: Drain) -> None:
-        self.drain = drain
-        self.queue: queue.Queue[tuple[tuple[list[JobRecord], list[JobRecord]], int] | None] = \
-            queue.Queue(maxsize=2)
+
+@dataclasses.dataclass
+class _Batch:
+    ready: list[JobRecord]  # taken on the source
+    failed: list[JobRecord]  # failed jobs moving with --include-failed (not taken)
+    size: int  # jobs read, for progress
+    moved: list[str] = dataclasses.field(default_factory=list)  # now on the target
+
+
+class _Pipeline:
+    """Ordered stages, a thread each, joined by short queues: while the reader takes the next
+    batch, the put stage writes the one before to the target and the release stage removes the
+    one before that from the source. Each stage handles batches in the order they came, so the
+    target receives them in the source's order. An error in any stage stops the pipeline: every
+    stage still drains its queue without working on it (jobs taken and not put stay held, and
+    jobs put and not released stay in the ledger as moved: the next run finishes both), then the
+    first error is raised."""
+
+    def __init__(self, stages: list[tuple[str, Callable[[Any], Any]]], depth: int = 2) -> None:
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="cutover-drain-mover",
-                                       daemon=True)
+        self.queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=depth) for _ in stages]
+        self.threads = [threading.Thread(target=self._run, args=(i, fn), daemon=True,
+                                         name=f"cutover-drain-{name}")
+                        for i, (name, fn) in enumerate(stages)]
 
-    def __enter__(self) -> _Mover:
-        self.thread.start()
+    def __enter__(self) -> _Pipeline:
+        for thread in self.threads:
+            thread.start()
         return self
 
-    def _run(self) -> None:
+    def _run(self, index: int, fn: Callable[[Any], Any]) -> None:
+        downstream = self.queues[index + 1] if index + 1 < len(self.queues) else None
         while True:
-            item = self.queue.get()
-            if item is None:
+            item = self.queues[index].get()
+            if item is _END:
+                if downstream is not None:
+                    downstream.put(_END)
                 return
             if self.error is not None:
-                continue  # drain the queue; held jobs are finished by the next run
+                continue
             try:
-                self.drain._finish_batch(*item)
+                out = fn(item)
             except BaseException as exc:
-                self.error = exc
+                self.error = self.error or exc
+                continue
+            if downstream is not None:
+                downstream.put(out)
 
-    def submit(self, work: tuple[list[JobRecord], list[JobRecord]], size: int) -> None:
+    def submit(self, item: Any) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put((work, size))
+        self.queues[0].put(item)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.queue.put(None)
-        self.thread.join()
+        self.queues[0].put(_END)
+        for thread in self.threads:
+            thread.join()
         if self.error is not None and exc is None:
             raise self.error
 

@@ -74,6 +74,11 @@ def exponential_intervals(base: float, retries: int, factor: float = 2.0) -> tup
     return tuple(float(base * factor**i) for i in range(max(retries, 0)))
 
 
+# The fields of JobRecord.content(): what the digest covers.
+CONTENT_FIELDS = frozenset({"id", "task", "args", "kwargs", "queue", "priority", "run_at",
+                            "attempts", "max_attempts", "retry_intervals", "job_key"})
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobRecord:
     """A job in portable form.
@@ -110,7 +115,8 @@ class JobRecord:
     location: str | None = None
     holder: str | None = None
     losses: tuple[str, ...] = ()
-    # Encodings computed once per record (not a field: replace() starts a fresh one).
+    # Encodings computed once per record (not a field; replace() keeps them unless the content
+    # changes).
     _memo: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -121,7 +127,12 @@ class JobRecord:
         object.__setattr__(self, "args", tuple(self.args))
 
     def replace(self, **changes: Any) -> JobRecord:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``. The encodings computed so far carry over when no content
+        field changes (a new state, holder or timestamp leaves the content as it was)."""
+        copy = dataclasses.replace(self, **changes)
+        if self._memo and CONTENT_FIELDS.isdisjoint(changes):
+            copy._memo.update(self._memo)
+        return copy
 
     def retry_delay(self, failed_attempts: int) -> float:
         """Seconds to wait after the ``failed_attempts``-th failure before the next try."""

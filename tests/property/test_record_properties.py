@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cutover import TaskRegistry, codec
-from cutover.record import JobRecord
+from cutover.record import CONTENT_FIELDS, JobRecord, JobState
 from tests.property.test_codec_properties import values
 
 
@@ -22,6 +22,18 @@ def test_cached_content_json_is_the_canonical_content(kwargs: dict[str, Any], ar
                        run_at=run_at, retry_intervals=tuple(intervals))
     assert record.content_json() == codec.canonical(record.content())
     assert record.replace(queue="other").digest() != record.digest()
+    # A copy in another state keeps the computed encodings; one with other content does not.
+    moved = record.replace(state=JobState.HELD, holder="h", location="l")
+    assert moved.digest() == record.digest()
+    assert moved.replace(attempts=3).content_json() == codec.canonical(
+        moved.replace(attempts=3).content())
+    assert moved.replace(args=(*args, 1)).digest() != record.digest()
+
+
+def test_content_fields_are_the_content() -> None:
+    # replace() carries the memo over when none of these change: they must be what content()
+    # (and so the digest) covers.
+    assert set(JobRecord(id="x", task="t").content()) == CONTENT_FIELDS
 
 
 def plain(a: int, b: str = "x", c: float = 1.0) -> None:

@@ -1,6 +1,8 @@
 import datetime as dt
 import decimal
+import enum
 import math
+import types
 import uuid
 from typing import Any
 
@@ -59,6 +61,28 @@ def test_uncarriable_value_is_named_by_path() -> None:
     assert "Custom" in str(err.value)
     assert codec.check({"ok": 1}) == []
     assert len(codec.check(object())) == 1
+
+
+@pytest.mark.parametrize(("value", "where"), [
+    ((1, [2, {"k": {3: object()}}]), "args[1][1]['k'][3]"),
+    ({5: 1, object(): 2}, "args.key"),
+    ({frozenset({object()})}, "args{}{}"),
+    ([types.MappingProxyType({})], "args[0]: mapping type mappingproxy"),
+])
+def test_paths_of_nested_uncarriable_values(value: object, where: str) -> None:
+    with pytest.raises(UnsupportedValueError) as err:
+        codec.encode(value, "args")
+    assert where in str(err.value)
+
+
+def test_subclasses_of_plain_types_encode_as_their_values() -> None:
+    class Level(enum.IntEnum):
+        HIGH = 2
+
+    class Colour(enum.StrEnum):
+        RED = "red"
+
+    assert codec.canonical([Level.HIGH, Colour.RED, True]) == '[2,"red",true]'
 
 
 def test_canonical_text_ignores_set_and_key_order() -> None:
