@@ -382,13 +382,15 @@ class _Pipeline:
     """Ordered stages, a thread each, joined by short queues: while the reader takes the next
     batch, the put stage writes the one before to the target and the release stage removes the
     one before that from the source. Each stage handles batches in the order they came, so the
-    target receives them in the source's order. An error in any stage stops the pipeline: every
-    stage still drains its queue without working on it (jobs taken and not put stay held, and
-    jobs put and not released stay in the ledger as moved: the next run finishes both), then the
-    first error is raised."""
+    target receives them in the source's order. An error in a stage stops that stage and the
+    ones before it (no more reading, no more puts), while the stages after it finish the batches
+    they were handed (a batch that was put is still released). Jobs taken and not put stay held,
+    jobs put and not released stay in the ledger as moved: the next run finishes both. The
+    first error is raised once every thread has ended."""
 
     def __init__(self, stages: list[tuple[str, Callable[[Any], Any]]], depth: int = 2) -> None:
         self.error: BaseException | None = None
+        self.failed = [False] * len(stages)
         self.queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=depth) for _ in stages]
         self.threads = [threading.Thread(target=self._run, args=(i, fn), daemon=True,
                                          name=f"cutover-drain-{name}")
@@ -407,12 +409,13 @@ class _Pipeline:
                 if downstream is not None:
                     downstream.put(_END)
                 return
-            if self.error is not None:
-                continue
+            if any(self.failed[index:]):
+                continue  # this stage or one after it failed: do no more work here
             try:
                 out = fn(item)
             except BaseException as exc:
                 self.error = self.error or exc
+                self.failed[index] = True
                 continue
             if downstream is not None:
                 downstream.put(out)

@@ -128,10 +128,25 @@ class JobRecord:
 
     def replace(self, **changes: Any) -> JobRecord:
         """A copy with ``changes``. The encodings computed so far carry over when no content
-        field changes (a new state, holder or timestamp leaves the content as it was)."""
-        copy = dataclasses.replace(self, **changes)
-        if self._memo and CONTENT_FIELDS.isdisjoint(changes):
-            copy._memo.update(self._memo)
+        field changes (a new state, holder or timestamp leaves the content as it was).
+
+        (Faster than ``dataclasses.replace``, which runs ``__init__`` and normalizes every
+        field again: here only the changed fields are normalized.)"""
+        unknown = changes.keys() - _FIELD_NAMES
+        if unknown:
+            raise TypeError(f"JobRecord has no field {sorted(unknown)[0]!r}")
+        copy = object.__new__(JobRecord)
+        put = object.__setattr__
+        for name in _FIELD_NAMES:
+            value = changes[name] if name in changes else getattr(self, name)
+            put(copy, name, value)
+        if "run_at" in changes:
+            put(copy, "run_at", normalize_run_at(copy.run_at))
+        if "retry_intervals" in changes:
+            put(copy, "retry_intervals", tuple(float(i) for i in copy.retry_intervals))
+        if "args" in changes:
+            put(copy, "args", tuple(copy.args))
+        put(copy, "_memo", dict(self._memo) if CONTENT_FIELDS.isdisjoint(changes) else {})
         return copy
 
     def retry_delay(self, failed_attempts: int) -> float:
@@ -203,3 +218,6 @@ class JobRecord:
         mine, theirs = self.content(), other.content()
         return {k: (mine[k], theirs[k]) for k in mine if codec.canonical(mine[k])
                 != codec.canonical(theirs[k])}
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(JobRecord))
