@@ -6,9 +6,11 @@ str, Decimal, datetime):
 - read limit: pipelined HGETALL of every job + zlib + pickle.loads (no cutover code);
 - write limit: COPY of the same rows into procrastinate_jobs (triggers on, as in production);
 - naive mover: read one job, procrastinate `defer` it, one by one (on a sample);
-- cutover drain (in a child process, to measure its peak memory), then cutover verify.
+- cutover drain (in a child process, to measure its peak memory), then cutover verify; once
+  per ``--workers`` count, each on the same backlog built anew.
 
-Usage: python -m benchmarks.drain_bench [--jobs N] [--naive-sample N] [--json PATH]
+Usage: python -m benchmarks.drain_bench [--jobs N] [--naive-sample N] [--workers 1,2]
+                                        [--json PATH]
 Servers: CUTOVER_TEST_DATABASE_URL / CUTOVER_TEST_REDIS_URL, else embedded ones.
 """
 
@@ -42,11 +44,12 @@ from cutover.control import ControlPlane
 from cutover.drain import Drain, DrainOptions
 from cutover.verify import verify
 from examples.webhooks.app import registry
-src_url, tgt_url, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+src_url, tgt_url, batch, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 src, tgt = adapters.open_backend(src_url), adapters.open_backend(tgt_url)
 control = ControlPlane(tgt_url); control.init()
 t = time.perf_counter()
-report = Drain(src, src_url, tgt, tgt_url, control, registry, DrainOptions(batch_size=batch)).run()
+report = Drain(src, src_url, tgt, tgt_url, control, registry,
+               DrainOptions(batch_size=batch, workers=workers)).run()
 drain_s = time.perf_counter() - t
 def hwm():
     # VmHWM of this process's own address space. (ru_maxrss would start at the parent's RSS:
@@ -135,6 +138,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--naive-sample", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--workers", type=lambda text: [int(w) for w in text.split(",")],
+                        default=[1, 2], help="drain worker processes, one drain each "
+                        "(comma-separated; default 1,2)")
     parser.add_argument("--json", default=None)
     opts = parser.parse_args()
     rs, pg = RedisServer(databases=1), PostgresServer()
@@ -147,19 +153,27 @@ def main() -> None:
         results["read_limit_jobs_s"] = read_limit(rq_url, ids)
         results["copy_limit_rows_s"] = copy_limit(pg, len(ids))
         results["naive_jobs_s"] = naive_mover(rq_url, pg, ids[:opts.naive_sample])
-        target = pg.create_database()
-        child = subprocess.run([sys.executable, "-c", CHILD, rq_url, target,
-                                str(opts.batch_size)], capture_output=True, text=True,
-                               check=True, env={**os.environ, "CUTOVER_LOG_LEVEL": "WARNING"})
-        run = json.loads(child.stdout.strip().splitlines()[-1])
-        pg.drop_database(target)
-        results.update(run)
-        results["drain_jobs_s"] = run["moved"] / run["drain_s"]
-        results["verify_jobs_s"] = run["verified"] / run["verify_s"]
         slower = min(results["read_limit_jobs_s"], results["copy_limit_rows_s"])
-        results["drain_vs_slower_limit"] = results["drain_jobs_s"] / slower
-        results["drain_vs_naive"] = results["drain_jobs_s"] / results["naive_jobs_s"]
-        results["verify_vs_drain"] = results["verify_jobs_s"] / results["drain_jobs_s"]
+        results["drains"] = {}
+        for n, workers in enumerate(opts.workers):
+            if n:  # the drain before emptied the backlog: the same jobs again
+                rq_url = rs.fresh_database()
+                build_backlog(rq_url, opts.jobs)
+            target = pg.create_database()
+            child = subprocess.run([sys.executable, "-c", CHILD, rq_url, target,
+                                    str(opts.batch_size), str(workers)], capture_output=True,
+                                   text=True, check=True,
+                                   env={**os.environ, "CUTOVER_LOG_LEVEL": "WARNING"})
+            run = json.loads(child.stdout.strip().splitlines()[-1])
+            pg.drop_database(target)
+            run["drain_jobs_s"] = run["moved"] / run["drain_s"]
+            run["verify_jobs_s"] = run["verified"] / run["verify_s"]
+            run["drain_vs_slower_limit"] = run["drain_jobs_s"] / slower
+            run["drain_vs_naive"] = run["drain_jobs_s"] / results["naive_jobs_s"]
+            run["verify_vs_drain"] = run["verify_jobs_s"] / run["drain_jobs_s"]
+            results["drains"][f"workers={workers}"] = run
+            print(f"drain with {workers} worker(s): {run['drain_jobs_s']:,.0f} jobs/s",
+                  file=sys.stderr)
         results["versions"] = {"python": platform.python_version(), "rq": rq.__version__,
                                "procrastinate": procrastinate.__version__,
                                "redis-py": redis.__version__, "psycopg": psycopg.__version__,

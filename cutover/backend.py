@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,6 +25,19 @@ TxHook = Callable[[Any], None]
 #: backend then leaves that job where it is, untouched). Backends call it for every candidate,
 #: those with a ``problem`` too (so the worker can report them), and never run a job that has one.
 Acceptor = Callable[[JobRecord], str | None]
+
+
+#: ``(k, n)``: share k (0 <= k < n) of a job set split n ways (see ``QueueBackend.batches``).
+Partition = tuple[int, int]
+
+
+def share_of(job_id: str, n: int) -> int:
+    """Which of ``n`` shares a job id falls in (stable across processes and runs)."""
+    return zlib.crc32(job_id.encode("utf-8", "surrogatepass")) % n
+
+
+def in_partition(job_id: str, partition: Partition | None) -> bool:
+    return partition is None or share_of(job_id, partition[1]) == partition[0]
 
 
 def chunked(records: Iterable[JobRecord], size: int) -> Iterator[list[JobRecord]]:
@@ -49,6 +63,9 @@ class Capabilities:
     dependencies: bool = False
     job_key: bool = True
     transactional_enqueue: bool = False
+    #: Other processes opening the same URL see the same jobs (false for the in-memory
+    #: backend): a drain may then split its work between processes.
+    shared: bool = True
 
 
 @dataclasses.dataclass
@@ -101,10 +118,16 @@ class QueueBackend(Protocol):
         ...
 
     def batches(self, *, states: Collection[JobState] | None = None,
-                queues: Collection[str] | None = None,
-                batch_size: int = 1000) -> Iterator[list[JobRecord]]:
+                queues: Collection[str] | None = None, batch_size: int = 1000,
+                partition: Partition | None = None) -> Iterator[list[JobRecord]]:
         """The snapshot in batches. The consumer may take, put or remove the jobs of a batch
-        before asking for the next one: the backend keeps its place (a drain's read loop)."""
+        before asking for the next one: the backend keeps its place (a drain's read loop).
+
+        ``partition=(k, n)``: only the jobs of share ``k`` of ``n`` (the shares are disjoint
+        and together hold every job), so that n processes can split the work. With a partition,
+        a batch is yielded for every window the backend reads, even an empty one: processes
+        that read the same ordered place wait for each other between windows (see
+        cutover.drain), and each must see the same number of windows."""
         ...
 
     def take(self, job_ids: Sequence[str], owner: str, *, tx_hook: TxHook | None = None,

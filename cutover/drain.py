@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import queue
 import threading
 import time
@@ -27,9 +28,9 @@ from typing import Any
 
 from cutover import faults
 from cutover.audit import JobClass, classify
-from cutover.backend import QueueBackend
+from cutover.backend import Partition, QueueBackend
 from cutover.control import ControlPlane, backend_key
-from cutover.errors import JobConflictError, PreconditionError
+from cutover.errors import ConfigurationError, JobConflictError, PreconditionError
 from cutover.record import JobRecord, JobState, utcnow
 from cutover.registry import TaskRegistry
 
@@ -46,6 +47,7 @@ class DrainOptions:
     include_failed: bool = False
     wait_running: float = 0.0
     dry_run: bool = False
+    workers: int = 1  # processes that split the source between them
 
 
 @dataclasses.dataclass
@@ -85,6 +87,7 @@ class Drain:
                  target_url: str, control: ControlPlane, registry: TaskRegistry,
                  options: DrainOptions, progress: Progress | None = None) -> None:
         self.source, self.target = source, target
+        self.source_url, self.target_url = source_url, target_url
         self.source_key, self.target_key = backend_key(source_url), backend_key(target_url)
         self.control = control
         self.registry = registry
@@ -93,14 +96,18 @@ class Drain:
         self.owner = f"cutover-drain:{self.target_key}"
         self.run_id = f"drain-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         self.report = DrainReport(run_id=self.run_id)
-        self._done = 0
-        self._total = 0
+        self.done = 0
+        self.total = 0
         self._left_ids: set[str] = set()
         self._inflight: set[str] = set()  # handed to the mover, not finished yet
         self._inflight_lock = threading.Lock()
         # The ledger shares a backend's transaction only when it lives in that backend's database.
         self._shared_source = _same_database(source_url, control.url)
         self._shared_target = _same_database(target_url, control.url)
+        # In a drain process of several: its share of the source, and the wait for the others
+        # once it has read a window and once it has taken its share (see cutover.drain_workers).
+        self.partition: Partition | None = None
+        self.barrier: Callable[[str], None] = lambda step: None
 
     # -- planning --------------------------------------------------------------------------
     def _states(self) -> list[JobState]:
@@ -134,6 +141,7 @@ class Drain:
         if self.options.dry_run:
             self.report.planned = self.plan()
             return self.report
+        self._check_workers()
         if not self.control.lock_pair(self.source_key, self.target_key):
             raise PreconditionError("another drain between these two backends is running",
                                     source=self.source_key, target=self.target_key)
@@ -141,10 +149,10 @@ class Drain:
         try:
             self.control.start_run(self.run_id, "drain", self.source_key, self.target_key,
                                    dataclasses.asdict(self.options))
-            self._total = sum(per[s] for per in self.source.counts(self.options.queues).values()
+            self.total = sum(per[s] for per in self.source.counts(self.options.queues).values()
                               for s in WAITING)
             self._recover()
-            self._pass()
+            self._passes()
             self._wait_for_running()
             state = "stopped" if self.report.stopped else "finished"
         finally:
@@ -155,6 +163,32 @@ class Drain:
             finally:
                 self.control.unlock_pair(self.source_key, self.target_key)
         return self.report
+
+    def merge(self, report: dict[str, Any]) -> None:
+        """Add the report of a drain worker process (see cutover.drain_workers) to this one."""
+        self.report.moved += report["moved"]
+        self.report.lost += report["lost"]
+        self.report.stopped |= report["stopped"]
+        for cls, jobs in report["left"].items():
+            for job in jobs:
+                if job["id"] not in self._left_ids:
+                    self._left_ids.add(job["id"])
+                    self.report.left.setdefault(cls, []).append(job)
+
+    def _check_workers(self) -> None:
+        workers = self.options.workers
+        if workers < 1:
+            raise ConfigurationError(f"workers must be at least 1, not {workers}")
+        if workers == 1:
+            return
+        local = [b.name for b in (self.source, self.target) if not b.capabilities.shared]
+        if local:
+            raise ConfigurationError(
+                f"the {local[0]} backend lives in this process only: other worker processes "
+                "would not see its jobs; drain it with one worker (--workers 1)")
+        if "fork" not in multiprocessing.get_all_start_methods():
+            raise ConfigurationError("several drain workers need os.fork (Linux, macOS): "
+                                     "use --workers 1 here")
 
     def _recover(self) -> None:
         """Finish the moves an interrupted run left half done (the ledger says so)."""
@@ -189,24 +223,36 @@ class Drain:
             self._release(chunk)
             self.report.recovered += len(chunk)
 
-    def _pass(self) -> None:
-        while True:
-            moved_before = self.report.moved
-            with _Pipeline([("put", self._put_stage), ("release", self._release_stage)]) as pipe:
-                for batch in self.source.batches(states=self._states(),
-                                                 queues=self.options.queues,
-                                                 batch_size=self.options.batch_size):
-                    if self._switch() == "stop":
-                        self.report.stopped = True
-                        return
-                    t0 = time.monotonic()
-                    ready, failed = self._prepare(batch)
-                    pipe.submit(_Batch(ready, failed, len(batch)))
-                    self._throttle(len(batch), time.monotonic() - t0)
-            # A second pass only when the first moved something: catches jobs that became
-            # waiting meanwhile (retries, jobs producers added) without looping forever.
-            if self.report.moved == moved_before:
-                return
+    def _passes(self) -> None:
+        """Passes over the source until one moves nothing: a second pass catches jobs that
+        became waiting meanwhile (retries, jobs producers added) without looping forever."""
+        if self.options.workers > 1:
+            from cutover import drain_workers
+
+            drain_workers.run_passes(self)
+            return
+        while self.one_pass() and not self.report.stopped:
+            pass
+
+    def one_pass(self) -> int:
+        """Read the source once (this process's share of it, with a partition), moving what
+        can move. Returns how many jobs moved."""
+        moved_before = self.report.moved
+        rate = self.options.rate / self.options.workers if self.options.rate else None
+        with _Pipeline([("put", self._put_stage), ("release", self._release_stage)]) as pipe:
+            for batch in self.source.batches(states=self._states(), queues=self.options.queues,
+                                             batch_size=self.options.batch_size,
+                                             partition=self.partition):
+                if self._switch() == "stop":
+                    self.report.stopped = True
+                    break
+                t0 = time.monotonic()
+                self.barrier("read")
+                ready, failed = self._prepare(batch)
+                pipe.submit(_Batch(ready, failed, len(batch)))
+                self._throttle(len(batch), time.monotonic() - t0, rate)
+                self.barrier("taken")
+        return self.report.moved - moved_before
 
     def _prepare(self, batch: Sequence[JobRecord]) -> tuple[list[JobRecord], list[JobRecord]]:
         """Classify a batch and take its movable jobs (the reading side of the pipeline: the
@@ -259,8 +305,8 @@ class Drain:
             with self._inflight_lock:
                 self._inflight.difference_update(r.id for r in batch.ready)
                 self._inflight.difference_update(r.id for r in batch.failed)
-        self._done += batch.size
-        self.progress(self.report.moved, max(self._total, self._done))
+        self.done += batch.size
+        self.progress(self.report.moved, max(self.total, self.done))
 
     def _put(self, records: list[JobRecord], recovered: bool = False) -> list[JobRecord]:
         """Put on the target; mark the ledger rows moved (in the target's transaction when it
@@ -348,9 +394,9 @@ class Drain:
             log.warning("drain %s: %s", self.run_id, "resumed" if value == "run" else "stopping")
         return value
 
-    def _throttle(self, n: int, took: float) -> None:
-        if self.options.rate:
-            wait = n / self.options.rate - took
+    def _throttle(self, n: int, took: float, rate: float | None) -> None:
+        if rate:
+            wait = n / rate - took
             if wait > 0:
                 time.sleep(wait)
 
@@ -364,7 +410,8 @@ class Drain:
                 return
             log.info("waiting for %d running job(s) on the source", len(running))
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
-            self._pass()
+            while self.one_pass() and not self.report.stopped:  # here, in this process
+                pass
 
 
 _END = object()  # the end of a pipeline's input

@@ -13,7 +13,15 @@ import threading
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
-from cutover.backend import Acceptor, Capabilities, TakeResult, TxHook, chunked
+from cutover.backend import (
+    Acceptor,
+    Capabilities,
+    Partition,
+    TakeResult,
+    TxHook,
+    chunked,
+    in_partition,
+)
 from cutover.errors import JobConflictError
 from cutover.record import JobRecord, JobState, utcnow
 
@@ -40,7 +48,7 @@ class InMemoryBackend:
 
     name = "memory"
     capabilities = Capabilities(priority=True, scheduling=True, retries=True, results=True,
-                                dependencies=False, job_key=True)
+                                dependencies=False, job_key=True, shared=False)
 
     def __init__(self, url: str = "memory://") -> None:
         self._url = url
@@ -107,9 +115,14 @@ class InMemoryBackend:
         yield from records
 
     def batches(self, *, states: Collection[JobState] | None = None,
-                queues: Collection[str] | None = None,
-                batch_size: int = 1000) -> Iterator[list[JobRecord]]:
-        yield from chunked(self.snapshot(states=states, queues=queues), batch_size)
+                queues: Collection[str] | None = None, batch_size: int = 1000,
+                partition: Partition | None = None) -> Iterator[list[JobRecord]]:
+        records = self.snapshot(states=states, queues=queues)
+        if partition is None:
+            yield from chunked(records, batch_size)
+            return
+        for batch in chunked(records, batch_size):  # every window, even an empty share
+            yield [r for r in batch if in_partition(r.id, partition)]
 
     def counts(self, queues: Collection[str] | None = None) -> dict[str, dict[JobState, int]]:
         out: dict[str, dict[JobState, int]] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import itertools
 import uuid
 from typing import Any
 
@@ -257,6 +258,25 @@ class BackendContract:
             [i for i in seen if cutover_backend.get(i).state is JobState.HELD])  # type: ignore[union-attr]
         held = [r for r in cutover_backend.snapshot(states=[JobState.HELD])]
         assert {r.holder for r in held} == {"reader"}
+
+    def test_partitions_split_the_jobs_between_readers_in_step(
+            self, cutover_backend: QueueBackend) -> None:
+        later = utcnow() + dt.timedelta(hours=1)
+        records = [make("add", i, i, queue=f"q{i % 2}") for i in range(40)]
+        records += [make("add", i, 0, run_at=later) for i in range(9)]
+        cutover_backend.enqueue(records)
+        n = 3
+        readers = [cutover_backend.batches(states=[JobState.QUEUED, JobState.SCHEDULED],
+                                           batch_size=5, partition=(k, n)) for k in range(n)]
+        shares: list[list[str]] = [[] for _ in range(n)]
+        for windows in itertools.zip_longest(*readers):  # one window each, then the next
+            for k, batch in enumerate(windows):
+                ids = [r.id for r in batch or []]
+                shares[k] += ids
+                cutover_backend.take(ids[::2], owner="reader")  # take some, leave the rest
+        everyone = [i for share in shares for i in share]
+        assert sorted(everyone) == sorted(r.id for r in records)  # each job once, none missing
+        assert all(shares), "every reader got a share"
 
     # -- take / give back / put / remove ---------------------------------------------------
     def test_taken_jobs_are_out_of_reach_of_workers(self, cutover_backend: QueueBackend) -> None:

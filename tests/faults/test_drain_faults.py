@@ -251,3 +251,64 @@ def test_redis_restarted_mid_drain_gives_a_clear_error_and_a_rerun_finishes(
     assert invoke_json(rq_url, pg_url, "verify", "--report", os.devnull)[0] == 0
     with pytest.raises(BackendUnavailableError):
         adapters.open_backend("redis://127.0.0.1:1/0").counts()
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_a_killed_drain_worker_then_rerun(urls: tuple[str, str], direction: str) -> None:
+    rq_url, pg_url = urls
+    src_url, tgt_url = (rq_url, pg_url) if direction == "forward" else (pg_url, rq_url)
+    source, target = adapters.open_backend(src_url), adapters.open_backend(tgt_url)
+    records = jobs(120)
+    source.enqueue(records)
+    # Each worker process counts its own steps: both die at their second put.
+    killed = run_cli(src_url, tgt_url, "drain", "--yes", "--batch-size", "5", "--workers", "2",
+                     env={"CUTOVER_FAULT": "after_put:2"})
+    assert killed.returncode == 2, killed.stderr
+    assert "killed by signal 9" in killed.stderr and "Nothing is lost" in killed.stderr
+    assert_one_place(records, source, target, settled=False)
+    again = run_cli(src_url, tgt_url, "drain", "--yes", "--batch-size", "5", "--workers", "2")
+    assert again.returncode == 0, again.stderr
+    assert_one_place(records, source, target, settled=True)
+    assert run_cli(src_url, tgt_url, "verify", "--report", os.devnull).returncode == 0
+    source.close()
+    target.close()
+
+
+def test_killing_the_parent_of_drain_workers_stops_them(urls: tuple[str, str]) -> None:
+    rq_url, pg_url = urls
+    source, target = adapters.open_backend(rq_url), adapters.open_backend(pg_url)
+    records = jobs(600)
+    source.enqueue(records)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cutover", "--app", APP, "--source", rq_url, "--target", pg_url,
+         "drain", "--yes", "--batch-size", "3", "--workers", "2", "--rate", "200"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2.0)
+    children = _children(proc.pid)
+    assert len(children) == 2, children
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in children), "drain workers outlived their parent"
+    assert_one_place(records, source, target, settled=False)
+    final = run_cli(rq_url, pg_url, "drain", "--yes", "--workers", "2")
+    assert final.returncode == 0, final.stderr
+    assert_one_place(records, source, target, settled=True)
+    assert run_cli(rq_url, pg_url, "verify", "--report", os.devnull).returncode == 0
+    source.close()
+    target.close()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"

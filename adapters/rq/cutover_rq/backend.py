@@ -31,7 +31,16 @@ import rq
 from redis.commands.core import Script
 
 from cutover import codec
-from cutover.backend import Acceptor, Capabilities, TakeResult, TxHook, chunked
+from cutover.backend import (
+    Acceptor,
+    Capabilities,
+    Partition,
+    TakeResult,
+    TxHook,
+    chunked,
+    in_partition,
+    share_of,
+)
 from cutover.errors import (
     BackendError,
     BackendUnavailableError,
@@ -417,17 +426,22 @@ class RQBackend:
                 yield record
 
     def batches(self, *, states: Collection[JobState] | None = None,
-                queues: Collection[str] | None = None,
-                batch_size: int = 1000) -> Iterator[list[JobRecord]]:
+                queues: Collection[str] | None = None, batch_size: int = 1000,
+                partition: Partition | None = None) -> Iterator[list[JobRecord]]:
         """Waiting (and failed) jobs are read where RQ keeps them, in order (queue lists head
         first, then the scheduled, deferred, held and failed registries), so that taking a batch
         from the head of a list is cheap; the place is re-anchored after each batch, so jobs the
         consumer took (or left) are neither skipped nor read twice. Other states are read by a
-        SCAN of the job hashes."""
+        SCAN of the job hashes.
+
+        With a partition, every process reads the same windows of ids (a window is only read
+        once the jobs of the one before were taken or left: the drain's processes wait for each
+        other), and reads the hashes of its own share of each window."""
         wanted = set(states) if states is not None else set(JobState)
         if not wanted <= _WAITING_STATES:
-            yield from chunked(self.snapshot(states=states, queues=queues,
-                                             batch_size=batch_size), batch_size)
+            for batch in chunked(self.snapshot(states=states, queues=queues,
+                                               batch_size=batch_size), batch_size):
+                yield [r for r in batch if in_partition(r.id, partition)]
             return
         with self._errors("reading a snapshot"):
             names = [q for q in self._queues() if queues is None or q in queues]
@@ -461,9 +475,16 @@ class RQBackend:
                     ids, scores = self._range(key, is_list, start, start + batch_size - 1)
                     if not ids:
                         break
-                    records = [r for r in self._at(key, ids, scores) if r.state in wanted]
+                    if partition is not None:
+                        mine = [i for i, job_id in enumerate(ids)
+                                if share_of(job_id, partition[1]) == partition[0]]
+                        ids_read, scores_read = [ids[i] for i in mine], [scores[i] for i in mine]
+                    else:
+                        ids_read, scores_read = ids, scores
+                    records = [r for r in self._at(key, ids_read, scores_read)
+                               if r.state in wanted]
                 previous = ids
-                if records:
+                if records or partition is not None:
                     yield records
 
     def _range(self, key: str, is_list: bool, start: int, end: int
