@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import pickle
 import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -182,6 +184,35 @@ def test_orphans_and_dequeued_jobs_are_located(backend: RQBackend, conn: redis.R
     assert orphan.state is JobState.QUEUED
     conn.rpush("rq:queue:default:intermediate", record.id)
     assert backend.get(record.id).state is JobState.STARTED  # type: ignore[union-attr]
+
+
+def test_a_snapshot_locates_queued_jobs_and_orphans_without_a_scan_per_job(
+        backend: RQBackend, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    scans: list[str] = []  # LPOS over the queue list: a server-side scan of it
+    lpos = redis.client.Pipeline.lpos
+
+    def counting(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "rq:queue:default":
+            scans.append(args[0])
+        return lpos(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "lpos", counting)
+    queue = rq.Queue("default", connection=conn)
+    listed = [queue.enqueue(tasks.add, i, 0).id for i in range(50)]
+    orphan = queue.enqueue(tasks.add, -1, 0).id
+    conn.lrem("rq:queue:default", 0, orphan)
+    snapshot = backend.snapshot(batch_size=10)
+    seen = {r.id: r for r in itertools.islice(snapshot, 10)}  # the queue's index is read now
+    later = queue.enqueue(tasks.add, 100, 0).id  # appended after the index was read
+    front = queue.enqueue(tasks.add, 101, 0, at_front=True).id  # and one pushed to the front
+    seen.update((r.id, r) for r in snapshot)
+    assert seen[orphan].location == "orphan"
+    for job_id in (*listed, later, front):
+        if job_id in seen:  # the SCAN may or may not meet keys created while it runs
+            assert seen[job_id].location == "rq:queue:default", job_id
+    assert set(listed) <= set(seen)
+    # The list was read once; LPOS only looked for the jobs its index lacked.
+    assert set(scans) <= {orphan, later, front}, scans
 
 
 def test_counts_do_not_trigger_rq_registry_cleanup(backend: RQBackend,

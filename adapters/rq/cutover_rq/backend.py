@@ -132,6 +132,29 @@ def _losses(h: dict[bytes, bytes]) -> tuple[str, ...]:
     return tuple(out)
 
 
+_LPOS_SCAN = 100_000  # at most this many list entries per LPOS (a bounded server-side scan)
+
+
+class _ListIndex:
+    """The members of a list as it was read (in chunks), for membership tests during a
+    snapshot. Kept as the interpreter's 64-bit hashes of the ids, not the ids: about 60 bytes a
+    member (a million-job queue: ~60 MB, once per snapshot). A hash collision can only make an
+    orphan look queued."""
+
+    def __init__(self, client: redis.Redis, key: str, chunk: int = 20_000) -> None:
+        self.members: set[int] = set()
+        start = 0
+        while True:
+            ids = cast(list[bytes], client.lrange(key, start, start + chunk - 1))
+            self.members.update(map(hash, ids))
+            if len(ids) < chunk:
+                return
+            start += chunk
+
+    def __contains__(self, job_id: str) -> bool:
+        return hash(job_id.encode("utf-8", "surrogateescape")) in self.members
+
+
 class RQBackend:
     """RQ (rq 2.x and 3.x) on Redis.
 
@@ -367,18 +390,27 @@ class RQBackend:
                 return None
             return self._locate([(job_id, h)])[0]
 
-    def _locate(self, batch: list[tuple[str, dict[bytes, bytes]]]) -> list[JobRecord]:
-        """Records for a batch of hashes, with where each one really is (one pipeline)."""
+    def _locate(self, batch: list[tuple[str, dict[bytes, bytes]]],
+                lists: dict[str, _ListIndex] | None = None) -> list[JobRecord]:
+        """Records for a batch of hashes, with where each one really is: one pipeline, and for
+        queued jobs a look in their queue's list.
+
+        ``lists``: indexes of the queue lists, kept for a whole snapshot. Without them LPOS
+        finds a queued job in its list — right for one job, but for a snapshot it would scan the
+        list on the server once per job (quadratic: hours for a million-job queue, with Redis
+        blocked meanwhile)."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id, h in batch:
             origin = _text(h, "origin") or ""
             pipe.zscore(f"rq:scheduled:{origin}", job_id)
-            pipe.lpos(f"rq:queue:{origin}", job_id)
             pipe.lpos(f"rq:queue:{origin}:intermediate", job_id)
         answers = pipe.execute()
+        queued = [i for i, (_, h) in enumerate(batch)
+                  if h.get(b"status") == b"queued" and not h.get(b"cutover_held")]
+        in_queue = self._in_queues([batch[i] for i in queued], lists)
         out = []
         for i, (job_id, h) in enumerate(batch):
-            score, in_queue, in_intermediate = answers[3 * i: 3 * i + 3]
+            score, in_intermediate = answers[2 * i: 2 * i + 2]
             status = _text(h, "status")
             origin = _text(h, "origin") or ""
             location: str | None = None
@@ -386,7 +418,7 @@ class RQBackend:
                 location = f"cutover:held:{origin}"
             elif in_intermediate is not None:
                 location = f"rq:queue:{origin}:intermediate"
-            elif in_queue is not None:
+            elif job_id in in_queue:
                 location = f"rq:queue:{origin}"
             elif score is not None:
                 location = f"rq:scheduled:{origin}"
@@ -398,30 +430,65 @@ class RQBackend:
             out.append(record)
         return out
 
+    def _in_queues(self, batch: list[tuple[str, dict[bytes, bytes]]],
+                   lists: dict[str, _ListIndex] | None) -> set[str]:
+        """Which of these queued jobs are in their queue's list. With indexes, a job the index
+        does not know (enqueued since it was read, or an orphan) is looked for with LPOS from
+        the tail, where RQ appends, then from the head: each scan bounded."""
+        found: set[str] = set()
+        unknown: list[tuple[str, str]] = []
+        for job_id, h in batch:
+            key = f"rq:queue:{_text(h, 'origin') or ''}"
+            if lists is None:
+                unknown.append((job_id, key))
+                continue
+            if key not in lists:
+                lists[key] = _ListIndex(self.redis, key)
+            if job_id in lists[key]:
+                found.add(job_id)
+            else:
+                unknown.append((job_id, key))
+        if not unknown:
+            return found
+        bound = None if lists is None else _LPOS_SCAN
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, key in unknown:
+            pipe.lpos(key, job_id, rank=-1, maxlen=bound)
+            if bound is not None:
+                pipe.lpos(key, job_id, maxlen=bound)
+        answers = pipe.execute()
+        step = 1 if bound is None else 2
+        for n, (job_id, _) in enumerate(unknown):
+            if any(a is not None for a in answers[step * n: step * n + step]):
+                found.add(job_id)
+        return found
+
     def snapshot(self, *, states: Collection[JobState] | None = None,
                  queues: Collection[str] | None = None,
                  batch_size: int = 1000) -> Iterator[JobRecord]:
         with self._errors("reading a snapshot"):
             batch: list[str] = []
+            lists: dict[str, _ListIndex] = {}
             for key in self.redis.scan_iter(match="rq:job:*", count=batch_size):
                 job_id = key[len(b"rq:job:"):].decode("utf-8", "replace")
                 if not job_id or ":" in job_id:
                     continue  # rq:job:{id}:dependents, rq:job::{id}:dependencies
                 batch.append(job_id)
                 if len(batch) >= batch_size:
-                    yield from self._snapshot_batch(batch, states, queues)
+                    yield from self._snapshot_batch(batch, states, queues, lists)
                     batch = []
             if batch:
-                yield from self._snapshot_batch(batch, states, queues)
+                yield from self._snapshot_batch(batch, states, queues, lists)
 
     def _snapshot_batch(self, ids: list[str], states: Collection[JobState] | None,
-                        queues: Collection[str] | None) -> Iterator[JobRecord]:
+                        queues: Collection[str] | None,
+                        lists: dict[str, _ListIndex] | None = None) -> Iterator[JobRecord]:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(f"rq:job:{job_id}")
         hashes = [(job_id, _hash(h)) for job_id, h in zip(ids, pipe.execute(), strict=True)
                   if h and (queues is None or _text(h, "origin") in queues)]
-        for record in self._locate(hashes):
+        for record in self._locate(hashes, lists):
             if states is None or record.state in states:
                 yield record
 
