@@ -58,12 +58,16 @@ def hwm():
         if line.startswith("VmHWM"):
             return int(line.split()[1]) / 1024
 rss_drain = hwm()
+# The drain's worker processes (--workers > 1), reaped by now: the largest one's peak RSS.
+import resource
+rss_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers > 1 else 0
 t = time.perf_counter()
 result = verify(src, src_url, tgt, tgt_url, control)
 verify_s = time.perf_counter() - t
 print(json.dumps({"moved": report.moved, "drain_s": drain_s, "verify_s": verify_s,
                   "verified": result.verified, "clean": result.clean,
-                  "peak_rss_mb_after_drain": rss_drain, "peak_rss_mb": hwm()}))
+                  "peak_rss_mb_after_drain": rss_drain, "peak_rss_mb": hwm(),
+                  "peak_rss_mb_largest_worker": rss_workers}))
 """
 
 

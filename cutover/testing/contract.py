@@ -54,6 +54,15 @@ def make(task: str, *args: Any, **kwargs: Any) -> JobRecord:
     return registry.make_record(f"cutover.testing.tasks.{task}", args, kwargs, **opts)
 
 
+def waiting_backlog(backend: QueueBackend, *, queued: int, scheduled: int) -> list[JobRecord]:
+    """Queued jobs on two queues and jobs scheduled an hour ahead, enqueued."""
+    later = utcnow() + dt.timedelta(hours=1)
+    records = [make("add", i, i, queue=f"q{i % 2}") for i in range(queued)]
+    records += [make("add", i, 0, run_at=later) for i in range(scheduled)]
+    backend.enqueue(records)
+    return records
+
+
 def total(counts: dict[str, dict[JobState, int]], state: JobState) -> int:
     return sum(per[state] for per in counts.values())
 
@@ -242,10 +251,7 @@ class BackendContract:
 
     def test_batches_keep_their_place_while_the_consumer_takes(
             self, cutover_backend: QueueBackend) -> None:
-        later = utcnow() + dt.timedelta(hours=1)
-        records = [make("add", i, i, queue=f"q{i % 2}") for i in range(23)]
-        records += [make("add", i, 0, run_at=later) for i in range(7)]
-        cutover_backend.enqueue(records)
+        records = waiting_backlog(cutover_backend, queued=23, scheduled=7)
         seen: list[str] = []
         for batch in cutover_backend.batches(states=[JobState.QUEUED, JobState.SCHEDULED],
                                              batch_size=4):
@@ -261,10 +267,7 @@ class BackendContract:
 
     def test_partitions_split_the_jobs_between_readers_in_step(
             self, cutover_backend: QueueBackend) -> None:
-        later = utcnow() + dt.timedelta(hours=1)
-        records = [make("add", i, i, queue=f"q{i % 2}") for i in range(40)]
-        records += [make("add", i, 0, run_at=later) for i in range(9)]
-        cutover_backend.enqueue(records)
+        records = waiting_backlog(cutover_backend, queued=40, scheduled=9)
         n = 3
         readers = [cutover_backend.batches(states=[JobState.QUEUED, JobState.SCHEDULED],
                                            batch_size=5, partition=(k, n)) for k in range(n)]

@@ -8,6 +8,14 @@ import pytest
 from cutover.drain import _Pipeline
 
 
+def feed(pipe: _Pipeline, n: int, pause: float) -> None:
+    """Submit 0..n-1, a pause after each, as the drain's reader would."""
+    with pipe:
+        for i in range(n):
+            pipe.submit(i)
+            time.sleep(pause)
+
+
 def test_stages_see_every_item_in_order() -> None:
     seen: list[tuple[str, int]] = []
     lock = threading.Lock()
@@ -40,14 +48,8 @@ def test_an_error_stops_every_stage_and_is_raised() -> None:
     def release(item: int) -> None:
         later.append(item)
 
-    def feed(pipe: _Pipeline) -> None:
-        with pipe:
-            for i in range(50):
-                pipe.submit(i)
-                time.sleep(0.001)
-
     with pytest.raises(RuntimeError, match="target went away"):
-        feed(_Pipeline([("put", put), ("release", release)]))
+        feed(_Pipeline([("put", put), ("release", release)]), 50, 0.001)
     # What was put before the error is still released; nothing after it went on (the next run
     # finishes what was under way).
     assert later == [0, 1, 2]
@@ -59,14 +61,9 @@ def test_an_error_downstream_stops_the_stages_before_it() -> None:
     def release(item: int) -> None:
         raise RuntimeError("source went away")
 
-    def feed(pipe: _Pipeline) -> None:
-        with pipe:
-            for i in range(20):
-                pipe.submit(i)
-                time.sleep(0.002)
-
     with pytest.raises(RuntimeError, match="source went away"):
-        feed(_Pipeline([("put", lambda item: put.append(item) or item), ("release", release)]))
+        feed(_Pipeline([("put", lambda item: put.append(item) or item), ("release", release)]),
+             20, 0.002)
     assert len(put) < 20
 
 
