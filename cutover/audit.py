@@ -55,6 +55,11 @@ def classify(record: JobRecord, registry: TaskRegistry, target: Capabilities, *,
         return Verdict(JobClass.IN_PLACE, "waiting on a dependency that is not done")
     if record.state is JobState.HELD and owner is not None and record.holder != owner:
         return Verdict(JobClass.IN_PLACE, f"held by {record.holder}")
+    if record.location == "orphan":
+        # RQ would never run it; moving it would run it after all. The drain (which walks
+        # RQ's lists) does not see it: say so here, where the operator decides.
+        return Verdict(JobClass.IN_PLACE, "orphaned: queued in no RQ list, so no RQ worker "
+                       "will run it; requeue it on RQ to have it moved, or delete it")
     if record.task not in registry:
         return Verdict(JobClass.UNKNOWN_TASK, f"task {record.task!r} is not in the registry"
                        + registry.suggestion(record.task))

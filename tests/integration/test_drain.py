@@ -339,3 +339,25 @@ def test_the_memory_backend_refuses_several_workers(cutover_database_url: str) -
                     "2")
     assert result.exit_code == 2
     assert "--workers 1" in result.output
+
+
+def test_an_orphan_is_reported_by_audit_and_left_alone(urls: tuple[str, str]) -> None:
+    rq_url, pg_url = urls
+    conn = redis.Redis.from_url(rq_url)
+    queue = rq.Queue("default", connection=conn)
+    kept = [queue.enqueue(tasks.add, i, 1).id for i in range(3)]
+    orphan = queue.enqueue(tasks.add, 9, 9).id
+    conn.lrem("rq:queue:default", 0, orphan)  # status queued, in no list: RQ never runs it
+    code, audit = invoke_json(rq_url, pg_url, "audit")
+    assert code == 3
+    assert audit["orphans"] == [orphan]
+    assert audit["by_class"] == {"movable": 3, "in_place": 1}
+    [entry] = audit["jobs"]["in_place"]
+    assert entry["id"] == orphan and "orphaned" in entry["reason"]
+    code, report = invoke_json(rq_url, pg_url, "drain", "--yes")
+    assert code == 0 and report["moved"] == 3, report
+    target = adapters.open_backend(pg_url)
+    assert all(target.get(job_id) is not None for job_id in kept)
+    assert target.get(orphan) is None
+    assert conn.hget(f"rq:job:{orphan}", "status") == b"queued"  # untouched
+    target.close()
