@@ -124,10 +124,11 @@ class QueueBackend(Protocol):
         before asking for the next one: the backend keeps its place (a drain's read loop).
 
         ``partition=(k, n)``: only the jobs of share ``k`` of ``n`` (the shares are disjoint
-        and together hold every job), so that n processes can split the work. With a partition,
-        a batch is yielded for every window the backend reads, even an empty one: processes
-        that read the same ordered place wait for each other between windows (see
-        cutover.drain), and each must see the same number of windows."""
+        and together hold every job), so that n processes can split the work. A backend that
+        reads by position (RQ's lists) yields a batch for every window it reads, even an empty
+        one: the drain's processes wait for each other between windows, so that they all read
+        the same windows (see cutover.drain_workers). One that reads by key may yield just its
+        share's batches."""
         ...
 
     def take(self, job_ids: Sequence[str], owner: str, *, tx_hook: TxHook | None = None,

@@ -32,7 +32,6 @@ from cutover.backend import (
     TakeResult,
     TxHook,
     chunked,
-    in_partition,
 )
 from cutover.errors import (
     BackendError,
@@ -335,13 +334,23 @@ class ProcrastinateBackend:
     def snapshot(self, *, states: Collection[JobState] | None = None,
                  queues: Collection[str] | None = None,
                  batch_size: int = 1000) -> Iterator[JobRecord]:
+        return self._stream(states, queues, batch_size, None)
+
+    def _stream(self, states: Collection[JobState] | None, queues: Collection[str] | None,
+                batch_size: int, partition: Partition | None) -> Iterator[JobRecord]:
+        """Jobs in id order. A partition is chosen in SQL by a hash of the cutover id (each
+        reader gets only its share off the server)."""
         query = sql.query("select_jobs") + (
             " WHERE (%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s::text[]))"
             " AND (%(statuses)s::text[] IS NULL OR j.status::text = ANY(%(statuses)s::text[]))"
+            " AND (%(shares)s::int IS NULL OR mod(abs(hashtext(COALESCE(c.cutover_id,"
+            " 'pg-' || j.id))::bigint), %(shares)s) = %(share)s)"
             " ORDER BY j.id")
         statuses = None if states is None else sorted(
             {status for state in states for status in _STATUSES[state]})
-        params = {"queues": list(queues) if queues is not None else None, "statuses": statuses}
+        params = {"queues": list(queues) if queues is not None else None, "statuses": statuses,
+                  "shares": partition[1] if partition else None,
+                  "share": partition[0] if partition else None}
         with self._errors("reading a snapshot"), self.pool.connection() as conn, \
                 conn.transaction(), conn.cursor(name="cutover_snapshot") as cur:
             cur.itersize = batch_size
@@ -354,15 +363,10 @@ class ProcrastinateBackend:
     def batches(self, *, states: Collection[JobState] | None = None,
                 queues: Collection[str] | None = None, batch_size: int = 1000,
                 partition: Partition | None = None) -> Iterator[list[JobRecord]]:
-        """In id order (a keyset: taking or removing jobs does not move the place). A partition
-        is read whole and filtered here: the share depends on the cutover id, which a plain
-        procrastinate job gets from its row id."""
-        records = self.snapshot(states=states, queues=queues, batch_size=batch_size)
-        if partition is None:
-            yield from chunked(records, batch_size)
-            return
-        for batch in chunked(records, batch_size):
-            yield [r for r in batch if in_partition(r.id, partition)]
+        """In id order: a server-side cursor, so taking or removing jobs does not move the
+        place. Readers of different partitions need not wait for each other here (nothing is
+        read by position); each gets its share's batches, full ones."""
+        yield from chunked(self._stream(states, queues, batch_size, partition), batch_size)
 
     def counts(self, queues: Collection[str] | None = None) -> dict[str, dict[JobState, int]]:
         out: dict[str, dict[JobState, int]] = {}
@@ -376,8 +380,9 @@ class ProcrastinateBackend:
     # -- moving ----------------------------------------------------------------------------
     def _resolve(self, conn: psycopg.Connection[TupleRow],
                  job_ids: Sequence[str]) -> dict[str, int]:
-        rows = self._by_ids(conn, job_ids)
-        return {r.id: int(r.native_id or 0) for r in rows}
+        rows = conn.execute(sql.query("resolve_ids"), {"ids": _lines(job_ids),
+                                                       "native": _native(job_ids)})
+        return {str(cutover_id): int(native) for cutover_id, native in rows.fetchall()}
 
     def take(self, job_ids: Sequence[str], owner: str, *, tx_hook: TxHook | None = None,
              fetch: bool = True) -> TakeResult:

@@ -321,63 +321,76 @@ class RQBackend:
             mapping["cutover_error"] = record.error
         return mapping
 
-    def _write(self, record: JobRecord, state: JobState) -> tuple[str, str]:
-        if state is JobState.QUEUED and record.run_at and record.run_at > utcnow():
-            state = JobState.SCHEDULED
-        if state not in _PLACEMENT:
-            raise JobError(f"a {state.value} job cannot be written to RQ", job_id=record.id)
-        placement, status = _PLACEMENT[state]
-        score: float = time.time()
-        if state is JobState.SCHEDULED:
-            score = (record.run_at or utcnow()).timestamp()
-        elif state is JobState.FINISHED:
-            score += _DEFAULT_RESULT_TTL
-        elif state is JobState.FAILED:
-            score += _DEFAULT_FAILURE_TTL
-        mapping = self._mapping(record, status)
-        flat: list[Any] = []
-        for key, value in mapping.items():
-            flat += [key, value]
-        outcome, job_id = self._script("enqueue")(
-            args=[record.id, record.queue, placement, int(score) if placement == "scheduled"
-                  else score, record.job_key or "", *flat])
-        return outcome.decode(), job_id.decode()
+    def _write_many(self, writes: Sequence[tuple[JobRecord, JobState]]
+                    ) -> list[tuple[str, str]]:
+        """Create RQ jobs, never overwriting: the enqueue script once per job, all in one
+        pipeline (run in order on the server, so a job key taken by an earlier record of the
+        batch is seen by a later one). Returns (outcome, id) per record."""
+        script = self._script("enqueue")
+        pipe = self.redis.pipeline(transaction=False)
+        for record, state in writes:
+            if state is JobState.QUEUED and record.run_at and record.run_at > utcnow():
+                state = JobState.SCHEDULED
+            if state not in _PLACEMENT:
+                raise JobError(f"a {state.value} job cannot be written to RQ", job_id=record.id)
+            placement, status = _PLACEMENT[state]
+            score: float = time.time()
+            if state is JobState.SCHEDULED:
+                score = (record.run_at or utcnow()).timestamp()
+            elif state is JobState.FINISHED:
+                score += _DEFAULT_RESULT_TTL
+            elif state is JobState.FAILED:
+                score += _DEFAULT_FAILURE_TTL
+            flat: list[Any] = []
+            for key, value in self._mapping(record, status).items():
+                flat += [key, value]
+            script(args=[record.id, record.queue, placement,
+                         int(score) if placement == "scheduled" else score,
+                         record.job_key or "", *flat], client=pipe)
+        if not writes:
+            return []
+        return [(outcome.decode(), job_id.decode()) for outcome, job_id in pipe.execute()]
 
     # -- producing -------------------------------------------------------------------------
     def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
         out: list[str] = []
         with self._errors("enqueueing"):
-            for record in records:
-                state = JobState.SCHEDULED if record.run_at and record.run_at > utcnow() \
-                    else JobState.QUEUED
-                out.append(self._write(record.replace(origin=record.origin or self.name),
-                                       state)[1])
+            writes = [(record.replace(origin=record.origin or self.name), JobState.QUEUED)
+                      for record in records]
+            out = [job_id for _, job_id in self._write_many(writes)]
         return out
 
     def put(self, records: Sequence[JobRecord], *,
             tx_hook: TxHook | None = None) -> list[str]:
+        """Written in one pipeline of Lua calls (one round trip a batch). A record that meets
+        an existing job raises JobConflictError once the others are written, unless it is the
+        same job (then it is left as it is)."""
         inserted: list[str] = []
         with self._errors("putting jobs"):
+            writes: list[tuple[JobRecord, JobState]] = []
             for record in records:
-                state = record.state
-                if state is JobState.HELD:
-                    state = JobState.QUEUED
+                state = JobState.QUEUED if record.state is JobState.HELD else record.state
                 if state is JobState.STARTED:
                     raise JobError("a running job cannot be put; let it finish first",
                                    job_id=record.id)
-                outcome, _ = self._write(record, state)
+                writes.append((record, state))
+            conflict: JobConflictError | None = None
+            for (record, _), (outcome, _) in zip(writes, self._write_many(writes), strict=True):
                 if outcome == "created":
                     inserted.append(record.id)
                     continue
-                existing = self.get(record.id)
                 if outcome == "key":
-                    raise JobConflictError(
+                    conflict = conflict or JobConflictError(
                         f"job key {record.job_key!r} is held by another live job",
                         job_id=record.id)
+                    continue
+                existing = self.get(record.id)
                 if existing is not None and existing.digest() != record.digest():
-                    raise JobConflictError("a different job with this id exists already",
-                                           job_id=record.id,
-                                           fields=sorted(existing.differences(record)))
+                    conflict = conflict or JobConflictError(
+                        "a different job with this id exists already", job_id=record.id,
+                        fields=sorted(existing.differences(record)))
+            if conflict is not None:
+                raise conflict
         if tx_hook is not None:
             tx_hook(None)
         return inserted

@@ -32,6 +32,16 @@ UNION
 SELECT 'pg-' || j.id FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
 WHERE c.job_id IS NULL AND j.id = ANY(%(native)s::bigint[]);
 
+-- name: resolve_ids
+-- Cutover id -> row id, without reading the jobs (take and remove need only the mapping).
+SELECT c.cutover_id, c.job_id
+FROM unnest(string_to_array(%(ids)s, E'\n')) AS u(id)
+JOIN cutover_jobs c ON c.cutover_id = u.id
+UNION ALL
+SELECT 'pg-' || j.id, j.id FROM procrastinate_jobs j
+WHERE j.id = ANY(%(native)s::bigint[])
+  AND NOT EXISTS (SELECT 1 FROM cutover_jobs x WHERE x.job_id = j.id);
+
 -- name: next_ids
 SELECT nextval(pg_get_serial_sequence('procrastinate_jobs', 'id')) FROM generate_series(1, %(n)s);
 
