@@ -6,8 +6,9 @@ str, Decimal, datetime):
 - read limit: pipelined HGETALL of every job + zlib + pickle.loads (no cutover code);
 - write limit: COPY of the same rows into procrastinate_jobs (triggers on, as in production);
 - naive mover: read one job, procrastinate `defer` it, one by one (on a sample);
-- cutover drain (in a child process, to measure its peak memory), then cutover verify; once
-  per ``--workers`` count, each on the same backlog built anew.
+- cutover drain (in a child process, to measure its peak memory), then cutover verify, then the
+  same jobs drained back to RQ (a rollback's data path) and verified; once per ``--workers``
+  count, each on the same backlog built anew.
 
 Usage: python -m benchmarks.drain_bench [--jobs N] [--naive-sample N] [--workers 1,2]
                                         [--json PATH]
@@ -64,10 +65,17 @@ rss_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if w
 t = time.perf_counter()
 result = verify(src, src_url, tgt, tgt_url, control)
 verify_s = time.perf_counter() - t
+# Then the same jobs back to RQ (the data path of a rollback), and verify that move too.
+t = time.perf_counter()
+back = Drain(tgt, tgt_url, src, src_url, control, registry,
+             DrainOptions(batch_size=batch, workers=workers)).run()
+back_s = time.perf_counter() - t
+back_clean = verify(tgt, tgt_url, src, src_url, control).clean
 print(json.dumps({"moved": report.moved, "drain_s": drain_s, "verify_s": verify_s,
                   "verified": result.verified, "clean": result.clean,
                   "peak_rss_mb_after_drain": rss_drain, "peak_rss_mb": hwm(),
-                  "peak_rss_mb_largest_worker": rss_workers}))
+                  "peak_rss_mb_largest_worker": rss_workers,
+                  "moved_back": back.moved, "back_s": back_s, "back_clean": back_clean}))
 """
 
 
@@ -175,9 +183,10 @@ def main() -> None:
             run["drain_vs_slower_limit"] = run["drain_jobs_s"] / slower
             run["drain_vs_naive"] = run["drain_jobs_s"] / results["naive_jobs_s"]
             run["verify_vs_drain"] = run["verify_jobs_s"] / run["drain_jobs_s"]
+            run["back_jobs_s"] = run["moved_back"] / run["back_s"]
             results["drains"][f"workers={workers}"] = run
-            print(f"drain with {workers} worker(s): {run['drain_jobs_s']:,.0f} jobs/s",
-                  file=sys.stderr)
+            print(f"drain with {workers} worker(s): {run['drain_jobs_s']:,.0f} jobs/s, back "
+                  f"to RQ {run['back_jobs_s']:,.0f} jobs/s", file=sys.stderr)
         results["versions"] = {"python": platform.python_version(), "rq": rq.__version__,
                                "procrastinate": procrastinate.__version__,
                                "redis-py": redis.__version__, "psycopg": psycopg.__version__,
