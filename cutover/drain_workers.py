@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from cutover import adapters, errors
 from cutover.control import ControlPlane
 from cutover.errors import CutoverError
+from cutover.urls import password_of, redact_text
 
 if TYPE_CHECKING:
     from cutover.drain import Drain
@@ -93,8 +94,8 @@ def _coordinate(drain: Drain, conns: list[Connection],
     moved = [0] * n
     done = [0] * n
     while True:
-        for conn in conns:
-            conn.send(("pass",))
+        for k, conn in enumerate(conns):
+            _send(conn, k, procs[k], ("pass",))
         active, arrived = set(range(n)), set()
         moved_in_pass = 0
         while active:
@@ -115,13 +116,13 @@ def _coordinate(drain: Drain, conns: list[Connection],
                     raise _rebuilt(k, message[1], message[2])
             if active and arrived >= active:
                 for j in active:
-                    conns[j].send(("go",))
+                    _send(conns[j], j, procs[j], ("go",))
                 arrived.clear()
             drain.progress(sum(moved), max(drain.total, sum(done)))
         if moved_in_pass == 0 or drain.report.stopped:
             break
-    for conn in conns:
-        conn.send(("end",))
+    for k, conn in enumerate(conns):
+        _send(conn, k, procs[k], ("end",))
     for k, conn in enumerate(conns):
         message = _receive(conn, k, procs[k])
         if message[0] == "error":
@@ -133,14 +134,26 @@ def _receive(conn: Connection, k: int, proc: multiprocessing.process.BaseProcess
     try:
         return conn.recv()
     except (EOFError, OSError):
-        proc.join(timeout=5)
-        code = proc.exitcode
-        how = (f"was killed by signal {-code}" if code is not None and code < 0
-               else f"exited with status {code}")
-        raise CutoverError(
-            f"drain worker {k} (pid {proc.pid}) {how} before it finished. Nothing is lost: the "
-            "jobs it had under way are held on the source or recorded in the ledger, and the "
-            "next `cutover drain` finishes them") from None
+        raise _died(k, proc) from None
+
+
+def _send(conn: Connection, k: int, proc: multiprocessing.process.BaseProcess,
+          message: tuple[Any, ...]) -> None:
+    try:
+        conn.send(message)
+    except OSError:  # the worker's end is closed: it died
+        raise _died(k, proc) from None
+
+
+def _died(k: int, proc: multiprocessing.process.BaseProcess) -> CutoverError:
+    proc.join(timeout=5)
+    code = proc.exitcode
+    how = (f"was killed by signal {-code}" if code is not None and code < 0
+           else f"exited with status {code}")
+    return CutoverError(
+        f"drain worker {k} (pid {proc.pid}) {how} before it finished. Nothing is lost: the "
+        "jobs it had under way are held on the source or recorded in the ledger, and the next "
+        "`cutover drain` finishes them")
 
 
 def _rebuilt(k: int, kind: str, text: str) -> CutoverError:
@@ -174,8 +187,10 @@ def _worker(parent: Drain, k: int, n: int, conn: Connection, parent_pid: int) ->
     except (_Aborted, EOFError):
         return
     except BaseException as exc:  # reported to the parent, which raises it
+        secrets = (password_of(parent.source_url), password_of(parent.target_url),
+                   password_of(parent.control.url))
         with contextlib.suppress(OSError):
-            conn.send(("error", type(exc).__name__, str(exc)))
+            conn.send(("error", type(exc).__name__, redact_text(str(exc), *secrets)))
         sys.exit(2)
     finally:
         if drain is not None:

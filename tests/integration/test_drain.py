@@ -8,6 +8,7 @@ import pickle
 import threading
 import time
 import zlib
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,6 +18,7 @@ import rq
 from cutover import InMemoryBackend, adapters
 from cutover.control import ControlPlane
 from cutover.drain import Drain, DrainOptions
+from cutover.errors import BackendError
 from cutover.record import JobRecord, JobState, utcnow
 from cutover.testing import tasks
 from cutover.testing.contract import SAMPLE_KWARGS
@@ -360,4 +362,37 @@ def test_an_orphan_is_reported_by_audit_and_left_alone(urls: tuple[str, str]) ->
     assert all(target.get(job_id) is not None for job_id in kept)
     assert target.get(orphan) is None
     assert conn.hget(f"rq:job:{orphan}", "status") == b"queued"  # untouched
+    target.close()
+
+
+def test_a_failing_drain_worker_stops_the_drain_and_a_rerun_finishes(
+        urls: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    rq_url, pg_url = urls
+    source, target = adapters.open_backend(rq_url), adapters.open_backend(pg_url)
+    records = [registry.make_record(tasks.add, (i, 1)) for i in range(150)]
+    source.enqueue(records)
+    put_stage = Drain._put_stage
+
+    def failing(self: Drain, batch: Any) -> Any:
+        if self.partition == (1, 2) and self.report.moved >= 10:  # worker 1, a few batches in
+            raise BackendError("the target broke (password=hunter2)")
+        return put_stage(self, batch)
+
+    monkeypatch.setattr(Drain, "_put_stage", failing)  # the forked workers inherit it
+    control = ControlPlane(pg_url)
+    drain = Drain(source, rq_url, target, pg_url, control, registry,
+                  DrainOptions(batch_size=5, workers=2))
+    with pytest.raises(BackendError, match="drain worker 1: the target broke") as failure:
+        drain.run()
+    assert "hunter2" not in str(failure.value)  # what crosses from a worker is redacted too
+    monkeypatch.undo()
+    code, report = invoke_json(rq_url, pg_url, "drain", "--yes", "--workers", "2")
+    assert code == 0, report
+    for record in records:
+        moved = target.get(record.id)
+        assert moved is not None and moved.digest() == record.digest()
+        assert source.get(record.id) is None
+    assert invoke_json(rq_url, pg_url, "verify", "--report", os.devnull)[0] == 0
+    control.close()
+    source.close()
     target.close()
