@@ -273,7 +273,7 @@ class _Progress:
               help="Processes that split the jobs between them, each with its own "
                    "connections (faster on a machine with cores to spare). They read the "
                    "source in step, window by window: jobs keep the source's order to within "
-                   "one batch per worker; 1 keeps it exactly. [env CUTOVER_DRAIN_WORKERS]")
+                   "a few batches; 1 keeps it exactly. [env CUTOVER_DRAIN_WORKERS]")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
