@@ -20,10 +20,12 @@ import dataclasses
 import logging
 import multiprocessing
 import queue
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 from cutover import faults
@@ -107,6 +109,7 @@ class Drain:
         # In a drain process of several: its share of the source, and the wait for the others
         # once it has read a window and once it has taken its share (see cutover.drain_workers).
         self.partition: Partition | None = None
+        self.stop_requested = threading.Event()
         self.barrier: Callable[[str], None] = lambda step: None
 
     # -- planning --------------------------------------------------------------------------
@@ -136,7 +139,26 @@ class Drain:
         return planned
 
     # -- running ---------------------------------------------------------------------------
-    def run(self) -> DrainReport:
+    def stop(self) -> None:
+        """Ask the drain to stop after the batches in hand (as ``--signal stop`` does)."""
+        self.stop_requested.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if not self.stop_requested.is_set():
+            log.warning("drain %s got %s: stopping after the batches in hand (send it again to "
+                        "stop at once; the next run finishes what was under way)", self.run_id,
+                        name)
+            self.stop()
+            return
+        log.warning("drain %s got %s again: stopping now; the next run finishes what was under "
+                    "way", self.run_id, name)
+        raise SystemExit(2)
+
+    def run(self, install_signal_handlers: bool = True) -> DrainReport:
+        """Drain. SIGTERM or SIGINT (when run in the main thread) stops it after the batches in
+        hand, like ``--signal stop``; a second one stops it at once (nothing is lost either way).
+        """
         started = time.monotonic()
         if self.options.dry_run:
             self.report.planned = self.plan()
@@ -145,6 +167,10 @@ class Drain:
         if not self.control.lock_pair(self.source_key, self.target_key):
             raise PreconditionError("another drain between these two backends is running",
                                     source=self.source_key, target=self.target_key)
+        previous: dict[signal.Signals, Any] = {}
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
         state = "failed"
         try:
             self.control.start_run(self.run_id, "drain", self.source_key, self.target_key,
@@ -156,6 +182,8 @@ class Drain:
             self._wait_for_running()
             state = "stopped" if self.report.stopped else "finished"
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.report.seconds = time.monotonic() - started
             try:
                 self.control.finish_run(self.run_id, state, self.report.moved,
@@ -383,14 +411,15 @@ class Drain:
             mark(None)
 
     def _switch(self) -> str:
-        """The operator's switch: run, pause (wait here) or stop."""
-        value = self.control.switch(self.run_id)
+        """The operator's switch: run, pause (wait here) or stop; a stop() (a signal) wins."""
+        value = "stop" if self.stop_requested.is_set() else self.control.switch(self.run_id)
         if value == "pause":
             log.warning("drain %s paused by the operator (cutover drain --signal resume)",
                         self.run_id)
             while value == "pause":
-                time.sleep(0.5)
-                value = self.control.switch(self.run_id)
+                self.stop_requested.wait(0.5)
+                value = ("stop" if self.stop_requested.is_set()
+                         else self.control.switch(self.run_id))
             log.warning("drain %s: %s", self.run_id, "resumed" if value == "run" else "stopping")
         return value
 

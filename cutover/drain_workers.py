@@ -93,13 +93,18 @@ def _coordinate(drain: Drain, conns: list[Connection],
     index = {id(conn): k for k, conn in enumerate(conns)}
     moved = [0] * n
     done = [0] * n
+    stopping = False
     while True:
         for k, conn in enumerate(conns):
             _send(conn, k, procs[k], ("pass",))
         active, arrived = set(range(n)), set()
         moved_in_pass = 0
         while active:
-            for ready in wait([conns[k] for k in active]):
+            if drain.stop_requested.is_set() and not stopping:
+                # A signal reached the parent: the workers read the run's switch.
+                drain.control.set_switch(drain.source_key, drain.target_key, "stop")
+                stopping = True
+            for ready in wait([conns[k] for k in active], timeout=0.5):
                 k = index[id(ready)]
                 message = _receive(conns[k], k, procs[k])
                 kind = message[0]
@@ -166,7 +171,10 @@ def _rebuilt(k: int, kind: str, text: str) -> CutoverError:
 # -- in a worker ------------------------------------------------------------------------------
 def _worker(parent: Drain, k: int, n: int, conn: Connection, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Ctrl-C reaches the whole process group, and a service manager may signal every process:
+    # stopping is the parent's to decide (it flips the run's switch); a dead parent kills us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     drain: Drain | None = None
     try:
         drain = _worker_drain(parent, k, n)

@@ -312,3 +312,32 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_stops_a_drain_after_the_batches_in_hand(urls: tuple[str, str],
+                                                         workers: str) -> None:
+    rq_url, pg_url = urls
+    source, target = adapters.open_backend(rq_url), adapters.open_backend(pg_url)
+    records = jobs(400)
+    source.enqueue(records)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cutover", "--app", APP, "--source", rq_url, "--target", pg_url,
+         "drain", "--yes", "--batch-size", "10", "--rate", "100", "--workers", workers],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)  # what a service manager or Kubernetes sends first
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    assert "got SIGTERM: stopping after the batches in hand" in err
+    assert "stopped" in out
+    assert_one_place(records, source, target, settled=False)
+    moved = [r.id for r in records if target.get(r.id) is not None]
+    assert 0 < len(moved) < len(records)
+    assert not [r for r in source.snapshot(states=[JobState.HELD])], "nothing left held"
+    final = run_cli(rq_url, pg_url, "drain", "--yes")
+    assert final.returncode == 0, final.stderr
+    assert_one_place(records, source, target, settled=True)
+    assert run_cli(rq_url, pg_url, "verify", "--report", os.devnull).returncode == 0
+    source.close()
+    target.close()
