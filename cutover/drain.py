@@ -199,9 +199,13 @@ class Drain:
         self.report.stopped |= report["stopped"]
         for cls, jobs in report["left"].items():
             for job in jobs:
-                if job["id"] not in self._left_ids:
-                    self._left_ids.add(job["id"])
-                    self.report.left.setdefault(cls, []).append(job)
+                self._leave(cls, job)
+
+    def _leave(self, cls: str, job: dict[str, str]) -> None:
+        """Report a job left in place, once however many passes (or workers) meet it."""
+        if job["id"] not in self._left_ids:
+            self._left_ids.add(job["id"])
+            self.report.left.setdefault(cls, []).append(job)
 
     def _check_workers(self) -> None:
         workers = self.options.workers
@@ -258,7 +262,11 @@ class Drain:
             from cutover import drain_workers
 
             drain_workers.run_passes(self)
-            return
+        else:
+            self._passes_here()
+
+    def _passes_here(self) -> None:
+        """The passes in this process."""
         while self.one_pass() and not self.report.stopped:
             pass
 
@@ -293,11 +301,9 @@ class Drain:
             record, cls, reason = self._verdict(raw)
             if cls.moves or (cls is JobClass.FAILED and self.options.include_failed):
                 (failed if record.state is JobState.FAILED else movable).append(record)
-            elif record.id not in self._left_ids:
-                self._left_ids.add(record.id)
-                self.report.left.setdefault(cls.value, []).append(
-                    {"id": record.id, "task": record.task, "queue": record.queue,
-                     "reason": reason})
+            else:
+                self._leave(cls.value, {"id": record.id, "task": record.task,
+                                        "queue": record.queue, "reason": reason})
         ready: list[JobRecord] = []
         if movable:
             by_id = {r.id: r for r in movable}
@@ -439,8 +445,7 @@ class Drain:
                 return
             log.info("waiting for %d running job(s) on the source", len(running))
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
-            while self.one_pass() and not self.report.stopped:  # here, in this process
-                pass
+            self._passes_here()  # stragglers: in this process, whatever --workers says
 
 
 _END = object()  # the end of a pipeline's input

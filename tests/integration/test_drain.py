@@ -25,6 +25,7 @@ from cutover.testing.contract import SAMPLE_KWARGS
 from cutover.testing.tasks import registry
 from cutover.worker import Worker
 from tests.integration.drain_helpers import invoke, invoke_json
+from tests.threads import errors_in_threads
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
@@ -262,20 +263,10 @@ def test_init_is_idempotent_and_validates_the_schema_name(urls: tuple[str, str])
 
 
 def test_init_from_many_processes_at_once(cutover_database_url: str) -> None:
-    errors: list[BaseException] = []
+    def one() -> None:  # each one its own control plane, as separate processes would be
+        ControlPlane(cutover_database_url, schema="concurrent").init()
 
-    def one() -> None:
-        try:
-            ControlPlane(cutover_database_url, schema="concurrent").init()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert errors_in_threads(one, 6) == []
     assert ControlPlane(cutover_database_url, schema="concurrent").initialized()
 
 

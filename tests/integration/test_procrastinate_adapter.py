@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ from cutover.record import JobRecord, JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
 from cutover.worker import Worker
+from tests.threads import errors_in_threads
 
 pytestmark = pytest.mark.pg
 
@@ -86,20 +86,10 @@ def test_schema_is_applied_once_even_from_many_processes_at_once(
     sql(cutover_database_url, "CREATE SCHEMA fresh")
     url = cutover_database_url + ("&" if "?" in cutover_database_url else "?") + \
         "options=-csearch_path%3Dfresh"
-    errors: list[BaseException] = []
-
     def open_one() -> None:
-        try:
-            ProcrastinateBackend(url, max_size=1).close()
-        except BaseException as exc:
-            errors.append(exc)
+        ProcrastinateBackend(url, max_size=1).close()
 
-    threads = [threading.Thread(target=open_one) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert errors_in_threads(open_one, 4) == []
     tables = sql(cutover_database_url, "SELECT table_name FROM information_schema.tables "
                  "WHERE table_schema = 'fresh' ORDER BY 1")
     assert ("procrastinate_jobs",) in tables and ("cutover_jobs",) in tables

@@ -39,7 +39,6 @@ from cutover.backend import (
     TxHook,
     chunked,
     in_partition,
-    share_of,
 )
 from cutover.errors import (
     BackendError,
@@ -326,6 +325,8 @@ class RQBackend:
         """Create RQ jobs, never overwriting: the enqueue script once per job, all in one
         pipeline (run in order on the server, so a job key taken by an earlier record of the
         batch is seen by a later one). Returns (outcome, id) per record."""
+        if not writes:
+            return []
         script = self._script("enqueue")
         pipe = self.redis.pipeline(transaction=False)
         for record, state in writes:
@@ -347,8 +348,6 @@ class RQBackend:
             script(args=[record.id, record.queue, placement,
                          int(score) if placement == "scheduled" else score,
                          record.job_key or "", *flat], client=pipe)
-        if not writes:
-            return []
         return [(outcome.decode(), job_id.decode()) for outcome, job_id in pipe.execute()]
 
     # -- producing -------------------------------------------------------------------------
@@ -555,13 +554,10 @@ class RQBackend:
                     ids, scores = self._range(key, is_list, start, start + batch_size - 1)
                     if not ids:
                         break
-                    if partition is not None:
-                        mine = [i for i, job_id in enumerate(ids)
-                                if share_of(job_id, partition[1]) == partition[0]]
-                        ids_read, scores_read = [ids[i] for i in mine], [scores[i] for i in mine]
-                    else:
-                        ids_read, scores_read = ids, scores
-                    records = [r for r in self._at(key, ids_read, scores_read)
+                    mine = [(i, sc) for i, sc in zip(ids, scores, strict=True)
+                            if in_partition(i, partition)]
+                    records = [r for r in self._at(key, [i for i, _ in mine],
+                                                   [sc for _, sc in mine])
                                if r.state in wanted]
                 previous = ids
                 if records or partition is not None:
