@@ -51,6 +51,15 @@ def jobs(n: int) -> list[JobRecord]:
     return out
 
 
+def backlog(src_url: str, tgt_url: str, n: int
+            ) -> tuple[QueueBackend, QueueBackend, list[JobRecord]]:
+    """Both backends opened, and ``n`` jobs waiting on the source."""
+    source, target = adapters.open_backend(src_url), adapters.open_backend(tgt_url)
+    records = jobs(n)
+    source.enqueue(records)
+    return source, target, records
+
+
 def assert_one_place(records: list[JobRecord], source: QueueBackend,
                      target: QueueBackend, *, settled: bool) -> None:
     """Every job exists, at most one copy can run, and (settled) it is on the target only."""
@@ -77,9 +86,7 @@ def test_kill_9_at_every_step_boundary_then_rerun(urls: tuple[str, str], directi
                                                    step: str) -> None:
     rq_url, pg_url = urls
     src_url, tgt_url = (rq_url, pg_url) if direction == "forward" else (pg_url, rq_url)
-    source, target = adapters.open_backend(src_url), adapters.open_backend(tgt_url)
-    records = jobs(25)
-    source.enqueue(records)
+    source, target, records = backlog(src_url, tgt_url, 25)
     killed = run_cli(src_url, tgt_url, "drain", "--yes", "--batch-size", "5",
                      env={"CUTOVER_FAULT": f"{step}:2"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -100,9 +107,7 @@ def test_kill_9_at_every_step_boundary_then_rerun(urls: tuple[str, str], directi
 def test_kill_9_at_random_moments_then_rerun(urls: tuple[str, str], seed: int) -> None:
     rq_url, pg_url = urls
     src_url, tgt_url = (rq_url, pg_url) if seed % 2 else (pg_url, rq_url)
-    source, target = adapters.open_backend(src_url), adapters.open_backend(tgt_url)
-    records = jobs(400)
-    source.enqueue(records)
+    source, target, records = backlog(src_url, tgt_url, 400)
     rng = random.Random(seed)
     for _ in range(3):
         proc = subprocess.Popen(
@@ -153,9 +158,7 @@ def test_workers_of_both_backends_run_every_job_once_during_a_drain(
 
 def test_postgres_connections_killed_mid_drain_then_rerun(urls: tuple[str, str]) -> None:
     rq_url, pg_url = urls
-    source, target = adapters.open_backend(rq_url), adapters.open_backend(pg_url)
-    records = jobs(200)
-    source.enqueue(records)
+    source, target, records = backlog(rq_url, pg_url, 200)
     stop = threading.Event()
     dbname = pg_url.rsplit("/", 1)[1].split("?", 1)[0]
 
@@ -230,9 +233,7 @@ def test_redis_restarted_mid_drain_gives_a_clear_error_and_a_rerun_finishes(
     rq_url, start = own_redis
     pg_url = cutover_database_url
     assert invoke(rq_url, pg_url, "init", "--yes").exit_code == 0
-    source, target = adapters.open_backend(rq_url), adapters.open_backend(pg_url)
-    records = jobs(150)
-    source.enqueue(records)
+    _, target, records = backlog(rq_url, pg_url, 150)
 
     def restart() -> None:
         time.sleep(0.6)
@@ -257,9 +258,7 @@ def test_redis_restarted_mid_drain_gives_a_clear_error_and_a_rerun_finishes(
 def test_a_killed_drain_worker_then_rerun(urls: tuple[str, str], direction: str) -> None:
     rq_url, pg_url = urls
     src_url, tgt_url = (rq_url, pg_url) if direction == "forward" else (pg_url, rq_url)
-    source, target = adapters.open_backend(src_url), adapters.open_backend(tgt_url)
-    records = jobs(120)
-    source.enqueue(records)
+    source, target, records = backlog(src_url, tgt_url, 120)
     # Each worker process counts its own steps: both die at their second put.
     killed = run_cli(src_url, tgt_url, "drain", "--yes", "--batch-size", "5", "--workers", "2",
                      env={"CUTOVER_FAULT": "after_put:2"})
@@ -276,9 +275,7 @@ def test_a_killed_drain_worker_then_rerun(urls: tuple[str, str], direction: str)
 
 def test_killing_the_parent_of_drain_workers_stops_them(urls: tuple[str, str]) -> None:
     rq_url, pg_url = urls
-    source, target = adapters.open_backend(rq_url), adapters.open_backend(pg_url)
-    records = jobs(600)
-    source.enqueue(records)
+    source, target, records = backlog(rq_url, pg_url, 600)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cutover", "--app", APP, "--source", rq_url, "--target", pg_url,
          "drain", "--yes", "--batch-size", "3", "--workers", "2", "--rate", "200"],
@@ -318,9 +315,7 @@ def _alive(pid: int) -> bool:
 def test_sigterm_stops_a_drain_after_the_batches_in_hand(urls: tuple[str, str],
                                                          workers: str) -> None:
     rq_url, pg_url = urls
-    source, target = adapters.open_backend(rq_url), adapters.open_backend(pg_url)
-    records = jobs(400)
-    source.enqueue(records)
+    source, target, records = backlog(rq_url, pg_url, 400)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cutover", "--app", APP, "--source", rq_url, "--target", pg_url,
          "drain", "--yes", "--batch-size", "10", "--rate", "100", "--workers", workers],
