@@ -1,5 +1,6 @@
 """Procrastinate (PostgreSQL) adapter for queue-cutover."""
 
 from cutover_procrastinate.backend import ProcrastinateBackend
+from cutover_procrastinate.native import make_app
 
-__all__ = ["ProcrastinateBackend"]
+__all__ = ["ProcrastinateBackend", "make_app"]

@@ -168,3 +168,14 @@ DELETE FROM cutover_paused WHERE queue = ANY(%(queues)s::text[]);
 
 -- name: paused
 SELECT queue FROM cutover_paused;
+
+-- name: native_job
+-- make_app's wrapper, before running a job: what procrastinate_jobs cannot hold (positional
+-- args, the job's own retry budget). No row: a job deferred by plain procrastinate code.
+SELECT positional, max_attempts, retry_intervals FROM cutover_jobs WHERE job_id = %(job_id)s;
+
+-- name: native_outcome
+-- make_app's wrapper, after running a job: the error or result, as the cutover worker keeps
+-- them (only for jobs that have a row; plain jobs get none, as procrastinate keeps none).
+UPDATE cutover_jobs SET error = %(error)s, result = %(result)s::jsonb, updated_at = now()
+WHERE job_id = %(job_id)s;

@@ -1,0 +1,228 @@
+"""The way out: a plain ``procrastinate.App`` that runs the registry's tasks as the cutover
+worker does.
+
+``make_app(registry, conninfo)`` registers every registry task under its cutover name, aliases
+and queue, wrapped so that procrastinate's own worker (``procrastinate --app mod:app worker`` or
+``app.run_worker()``) gives a job exactly what the cutover worker gives it:
+
+- arguments decoded from the tagged codec (Decimal, datetime, UUID, bytes, tuple, set... arrive
+  as those types, not as ``{"$cutover": ...}`` dicts);
+- positional ``*args`` re-attached from the adapter's ``cutover_jobs`` table (procrastinate's
+  ``args`` column holds keyword arguments only);
+- the job's own retry budget and backoff (``cutover_jobs.max_attempts`` / ``retry_intervals``:
+  an RQ ``Retry(max, interval)`` moved over, or the registry's budget recorded by the Router),
+  through a :class:`JobBudget` retry strategy that reads what the wrapper found for the job;
+- the outcome (error or result) kept in ``cutover_jobs`` as the cutover worker keeps it, so
+  ``cutover`` commands and ``assert_native_parity`` see the same job either way.
+
+A job deferred by plain procrastinate code (no ``cutover_jobs`` row) gets one attempt, as under
+the cutover worker, and its args are plain JSON, so it runs unchanged. The connector encodes
+what this app's tasks defer with the same codec, so ``task.defer(amount=Decimal("1.10"))``
+works here and reaches the task as a Decimal.
+
+What this worker does not do, unlike the cutover worker: it does not read ``cutover_paused``
+(procrastinate has no pause), and a job whose task is not registered is failed by procrastinate
+(``TaskNotFound``) instead of being left in place. Held jobs (a drain in progress) are out of its
+reach as of any procrastinate worker: their ``scheduled_at`` is far in the future.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import inspect
+import json
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import procrastinate
+from procrastinate import jobs as procrastinate_jobs
+from procrastinate.app import WorkerOptions
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
+
+from cutover import codec
+from cutover.errors import CutoverError, DecodeError
+from cutover.registry import Task, TaskRegistry
+from cutover_procrastinate import sql
+
+__all__ = ["Budget", "JobBudget", "make_app"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How many executions a job is allowed in all, and the wait after each failure (the
+    last one repeats): the same reading as the adapter's ``JobRecord``."""
+
+    max_attempts: int = 1
+    retry_intervals: tuple[float, ...] = ()
+
+    def delay(self, failed_attempts: int) -> float:
+        """Seconds to wait after the ``failed_attempts``-th failure (JobRecord.retry_delay)."""
+        if not self.retry_intervals:
+            return 0.0
+        index = min(max(failed_attempts, 1) - 1, len(self.retry_intervals) - 1)
+        return self.retry_intervals[index]
+
+
+class _Budgets:
+    """Budgets the wrappers found, by procrastinate job id, until the retry strategy (called by
+    procrastinate's worker right after the task raised) takes them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_job: dict[int, Budget] = {}
+
+    def put(self, job_id: int, budget: Budget) -> None:
+        with self._lock:
+            self._by_job[job_id] = budget
+
+    def pop(self, job_id: int | None) -> Budget | None:
+        with self._lock:
+            return self._by_job.pop(job_id, None) if job_id is not None else None
+
+
+class JobBudget(BaseRetryStrategy):
+    """A procrastinate retry strategy that follows each job's own budget, as the cutover worker
+    does: retry while the attempts made (this one included) are fewer than ``max_attempts``,
+    after the job's interval for that attempt. A job with no stored budget gets one attempt."""
+
+    def __init__(self, budgets: _Budgets) -> None:
+        self._budgets = budgets
+
+    def get_retry_decision(self, *, exception: BaseException,
+                           job: procrastinate_jobs.Job) -> RetryDecision | None:
+        budget = self._budgets.pop(job.id) or Budget()
+        made = job.attempts + 1
+        if made >= budget.max_attempts:
+            return None
+        return RetryDecision(retry_at=dt.datetime.now(dt.UTC)
+                             + dt.timedelta(seconds=budget.delay(made)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Side:
+    """What ``cutover_jobs`` keeps for one job that the worker needs."""
+
+    positional: tuple[Any, ...]
+    budget: Budget
+    stored: bool  # a cutover_jobs row exists (outcomes are written there)
+
+
+def _side(rows: list[dict[str, Any]], attempts: int) -> _Side:
+    if not rows:
+        return _Side((), Budget(max(1, attempts + 1)), stored=False)
+    row = rows[0]
+    positional = tuple(codec.decode(row["positional"])) if row["positional"] else ()
+    # The same reading as ProcrastinateBackend._record for a running job.
+    budget = Budget(max(row["max_attempts"] or 1, attempts + 1, 1),
+                    tuple(float(i) for i in row["retry_intervals"] or ()))
+    return _Side(positional, budget, stored=True)
+
+
+def _kwargs(raw: dict[str, Any], job_id: int) -> dict[str, Any]:
+    kwargs = codec.decode(raw)
+    if not isinstance(kwargs, dict):  # an escaped dict decodes to a dict; anything else is bad
+        raise DecodeError(f"args of job {job_id} are not an object: {type(kwargs).__name__}")
+    return kwargs
+
+
+def _error(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).strip()
+
+
+def _result(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(codec.encode(value, "result"))
+    except CutoverError:
+        return json.dumps(repr(value))
+
+
+def _sync_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Callable[..., Any]:
+    func = task.func
+
+    @functools.wraps(func)
+    def run(context: procrastinate.JobContext, /, **raw: Any) -> Any:
+        # Runs in one of procrastinate's worker threads; the connector's sync calls go back to
+        # the worker's event loop (procrastinate's supported way for sync tasks).
+        job = context.job
+        assert job.id is not None
+        side = _side(app.connector.execute_query_all(sql.query("native_job"), job_id=job.id),
+                     job.attempts)
+        budgets.put(job.id, side.budget)
+        try:
+            result = func(*side.positional, **_kwargs(raw, job.id))
+        except BaseException as exc:
+            if side.stored:
+                app.connector.execute_query(sql.query("native_outcome"), job_id=job.id,
+                                            error=_error(exc), result=None)
+            raise
+        budgets.pop(job.id)
+        if side.stored:
+            app.connector.execute_query(sql.query("native_outcome"), job_id=job.id, error=None,
+                                        result=_result(result))
+        return result
+
+    return run
+
+
+def _async_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Callable[..., Any]:
+    func = task.func
+
+    @functools.wraps(func)
+    async def run(context: procrastinate.JobContext, /, **raw: Any) -> Any:
+        job = context.job
+        assert job.id is not None
+        rows = await app.connector.execute_query_all_async(sql.query("native_job"),
+                                                           job_id=job.id)
+        side = _side(rows, job.attempts)
+        budgets.put(job.id, side.budget)
+        try:
+            result = await func(*side.positional, **_kwargs(raw, job.id))
+        except BaseException as exc:
+            if side.stored:
+                await app.connector.execute_query_async(sql.query("native_outcome"),
+                                                        job_id=job.id, error=_error(exc),
+                                                        result=None)
+            raise
+        budgets.pop(job.id)
+        if side.stored:
+            await app.connector.execute_query_async(sql.query("native_outcome"), job_id=job.id,
+                                                    error=None, result=_result(result))
+        return result
+
+    return run
+
+
+def _dumps(value: Any) -> str:
+    """JSON for the args this app defers: plain JSON as it is, other values tagged."""
+    return json.dumps(codec.encode(value, "args"), separators=(",", ":"), ensure_ascii=False)
+
+
+def make_app(registry: TaskRegistry, conninfo: str, *,
+             import_paths: list[str] | None = None,
+             worker_defaults: WorkerOptions | None = None,
+             **pool_kwargs: Any) -> procrastinate.App:
+    """A ``procrastinate.App`` on ``conninfo`` (``postgresql://...``) running every task of
+    ``registry`` exactly as ``cutover worker --backend procrastinate`` runs it.
+
+    Tasks keep their cutover names, aliases and queues; their retry strategy is a
+    :class:`JobBudget`. Run it with ``procrastinate --app mymodule:app worker`` or
+    ``app.run_worker(...)``. ``pool_kwargs`` go to procrastinate's ``PsycopgConnector``
+    (``min_size``, ``max_size``, ...); ``import_paths`` and ``worker_defaults`` to the App.
+    """
+    connector = procrastinate.PsycopgConnector(conninfo=conninfo, json_dumps=_dumps,
+                                               **pool_kwargs)
+    app = procrastinate.App(connector=connector, import_paths=import_paths,
+                            worker_defaults=worker_defaults)
+    budgets = _Budgets()
+    strategy = JobBudget(budgets)
+    for task in registry:
+        make = _async_runner if inspect.iscoroutinefunction(task.func) else _sync_runner
+        app.task(name=task.name, aliases=list(task.aliases), queue=task.queue,
+                 retry=strategy, pass_context=True)(make(task, app, budgets))
+    return app

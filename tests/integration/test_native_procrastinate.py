@@ -1,0 +1,241 @@
+"""The way out: procrastinate's own worker on make_app runs moved jobs exactly as they were.
+
+The proof drains an RQ backlog with every argument kind to PostgreSQL with the real `cutover`
+command, then runs it under the real `procrastinate --app ... worker` command (another
+process), under `app.run_worker()`, and under the cutover worker: each task records what it
+received, and all three must see exactly the producer's values and types, and retry as the job's
+own budget says.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import procrastinate
+import psycopg
+import pytest
+import redis
+import rq
+from cutover_procrastinate import ProcrastinateBackend, make_app
+from cutover_procrastinate.native import JobBudget
+
+from cutover import codec
+from cutover.record import JobRecord, JobState
+from cutover.worker import Worker
+from tests.integration import native_tasks
+from tests.integration.native_tasks import registry
+
+pytestmark = [pytest.mark.rq, pytest.mark.pg]
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "tests.integration.native_tasks"
+
+AWARE = dt.datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=dt.UTC)
+OFFSET = dt.datetime(2026, 3, 4, 7, 6, 7, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+EVERY_KIND: tuple[Any, ...] = (
+    decimal.Decimal("12.3400"), AWARE, dt.datetime(2026, 3, 4, 5, 6, 7), dt.date(2026, 3, 4),
+    dt.time(13, 14, 15, 16), dt.timedelta(days=1, seconds=2, microseconds=3),
+    uuid.UUID("12345678-1234-5678-1234-567812345678"), b"\x00\xffbytes", (1, "two", (3,)),
+    {"a", "b"}, frozenset({1, 2}),
+)
+NESTED = {"list": [1, 2.5, None, True, "x"], "map": {"k": (3, 4), "d": decimal.Decimal("0.1")},
+          "offset": OFFSET}
+
+
+def strict(call: tuple[str, tuple[Any, ...], dict[str, Any]]) -> str:
+    """A call's canonical text: equal only when values AND types are equal (a tuple is not a
+    list, a Decimal not a float, a tagged dict not the value it tags, naive not aware)."""
+    return codec.canonical(call)
+
+
+def backlog(rq_url: str) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    """Jobs of every argument kind on RQ (pickle, as RQ writes them); returns the calls the
+    tasks must receive, in any order."""
+    queue = rq.Queue("native", connection=redis.Redis.from_url(rq_url))
+    default = rq.Queue("default", connection=redis.Redis.from_url(rq_url))
+    queue.enqueue_call(native_tasks.kinds, args=("every-kind", *EVERY_KIND),
+                       kwargs={"nested": NESTED, "at": AWARE})
+    queue.enqueue_call(native_tasks.kinds, args=("plain", 1, [2, "three"]),
+                       kwargs={"x": {"y": [1, 2]}, "z": None})
+    default.enqueue_call(native_tasks.charge, args=(decimal.Decimal("9.99"), OFFSET),
+                         kwargs={"ref": uuid.UUID(int=7)})
+    default.enqueue_call(native_tasks.refuse, kwargs={"key": "fast"},
+                         retry=rq.Retry(max=2, interval=[0, 0]))
+    default.enqueue_call(native_tasks.refuse, kwargs={"key": "slow"},
+                         retry=rq.Retry(max=3, interval=3600))
+    queue.enqueue_call(native_tasks.gather, kwargs={"d": decimal.Decimal("-0"), "s": {b"x"},
+                                                    "t": (None,), "day": dt.date(2026, 1, 1)})
+    return [
+        ("kinds", ("every-kind", *EVERY_KIND), {"nested": NESTED, "at": AWARE}),
+        ("kinds", ("plain", 1, [2, "three"]), {"x": {"y": [1, 2]}, "z": None}),
+        ("charge", (), {"amount": decimal.Decimal("9.99"), "when": OFFSET,
+                        "ref": uuid.UUID(int=7)}),
+        *[("refuse", (), {"key": "fast"})] * 3,  # Retry(max=2): three runs in all
+        ("refuse", (), {"key": "slow"}),  # then waits an hour for its retry
+        ("gather", (), {"d": decimal.Decimal("-0"), "s": {b"x"}, "t": (None,),
+                        "day": dt.date(2026, 1, 1)}),
+    ]
+
+
+def cutover_cli(rq_url: str, pg_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cutover", "--app", f"{APP}:registry",
+                           "--source", rq_url, "--target", pg_url, *args],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def due(pg_url: str) -> int:
+    """Jobs procrastinate would start now."""
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo' "
+                           "AND (scheduled_at IS NULL OR scheduled_at <= now())").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def run_procrastinate_cli(pg_url: str, record: Path) -> None:
+    """The real `procrastinate --app ... worker --one-shot`, until nothing is due (a one-shot
+    worker leaves a job it retried during its last fetch for the next one)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUTOVER_NATIVE_DATABASE_URL": pg_url,
+           "CUTOVER_NATIVE_RECORD": str(record)}
+    for _ in range(8):
+        done = subprocess.run([str(Path(sys.executable).parent / "procrastinate"), "--app",
+                               f"{APP}.app", "worker", "--one-shot"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        if not due(pg_url):
+            return
+    raise AssertionError("jobs still due after 8 one-shot workers")
+
+
+def run_app_worker(app: procrastinate.App, pg_url: str) -> None:
+    for _ in range(8):
+        app.run_worker(wait=False, install_signal_handlers=False, listen_notify=False)
+        if not due(pg_url):
+            return
+    raise AssertionError("jobs still due after 8 one-shot workers")
+
+
+def outcomes(pg_url: str) -> dict[str, tuple[JobState, int]]:
+    """Final state and attempts by (task, first argument) of every job on PostgreSQL."""
+    backend = ProcrastinateBackend(pg_url)
+    try:
+        out = {}
+        for r in backend.snapshot():
+            key = r.kwargs.get("key") or (r.args[0] if r.args else r.task.rsplit(".", 1)[-1])
+            out[str(key)] = (r.state, r.attempts)
+        return out
+    finally:
+        backend.close()
+
+
+EXPECTED_OUTCOMES = {
+    "every-kind": (JobState.FINISHED, 1), "plain": (JobState.FINISHED, 1),
+    "charge": (JobState.FINISHED, 1), "fast": (JobState.FAILED, 3),
+    "slow": (JobState.SCHEDULED, 1), "gather": (JobState.FINISHED, 1),
+}
+
+
+@pytest.mark.parametrize("runner", ["procrastinate-cli", "run_worker", "cutover-worker"])
+def test_moved_backlog_runs_with_the_producers_values_on_every_worker(
+        runner: str, cutover_redis_url: str, cutover_database_url: str, tmp_path: Path) -> None:
+    native_tasks.reset()
+    expected = backlog(cutover_redis_url)
+    assert cutover_cli(cutover_redis_url, cutover_database_url, "init", "--yes").returncode == 0
+    drained = cutover_cli(cutover_redis_url, cutover_database_url, "drain", "--yes")
+    assert drained.returncode == 0, drained.stderr[-3000:]
+
+    record = tmp_path / "calls.pickle"
+    if runner == "procrastinate-cli":
+        run_procrastinate_cli(cutover_database_url, record)
+        calls = native_tasks.recorded(str(record))
+    elif runner == "run_worker":
+        run_app_worker(make_app(registry, cutover_database_url), cutover_database_url)
+        calls = list(native_tasks.calls)
+    else:
+        backend = ProcrastinateBackend(cutover_database_url)
+        try:
+            Worker(backend, registry, burst=True, poll_interval=0.05).run(
+                install_signal_handlers=False)
+        finally:
+            backend.close()
+        calls = list(native_tasks.calls)
+
+    assert sorted(map(strict, calls)) == sorted(map(strict, expected))
+    every = next(c for c in calls if c[1] and c[1][0] == "every-kind")
+    assert [type(v) for v in every[1][1:]] == [type(v) for v in EVERY_KIND]
+    assert outcomes(cutover_database_url) == EXPECTED_OUTCOMES
+
+
+def test_the_slow_retry_waits_its_own_interval(cutover_database_url: str) -> None:
+    """Retry(max=3, interval=3600) moved over: after the first failure the job waits an hour
+    (not procrastinate's default of no wait, not the registry's backoff)."""
+    backend = ProcrastinateBackend(cutover_database_url)
+    try:
+        backend.put([JobRecord(id="slow-1", task=f"{APP}.refuse", kwargs={"key": "s"},
+                               max_attempts=4, retry_intervals=(3600.0,))])
+        before = dt.datetime.now(dt.UTC)
+        run_app_worker(make_app(registry, cutover_database_url), cutover_database_url)
+        job = backend.get("slow-1")
+        assert job is not None and job.state is JobState.SCHEDULED and job.attempts == 1
+        assert job.run_at is not None
+        waited = (job.run_at - before).total_seconds()
+        assert 3598 <= waited <= 3605
+        assert job.error and job.error.splitlines()[-1] == "RuntimeError: refused s"
+    finally:
+        backend.close()
+
+
+def test_a_job_that_used_part_of_its_budget_gets_only_the_rest(
+        cutover_database_url: str) -> None:
+    native_tasks.reset()
+    backend = ProcrastinateBackend(cutover_database_url)
+    try:
+        backend.put([JobRecord(id="half", task=f"{APP}.refuse", kwargs={"key": "half"},
+                               attempts=2, max_attempts=3, retry_intervals=(0.0,))])
+        run_app_worker(make_app(registry, cutover_database_url), cutover_database_url)
+        job = backend.get("half")
+        assert job is not None and (job.state, job.attempts) == (JobState.FAILED, 3)
+        assert [c[0] for c in native_tasks.calls] == ["refuse"]
+    finally:
+        backend.close()
+
+
+def test_jobs_deferred_by_plain_procrastinate_code_run_as_they_are(
+        cutover_database_url: str) -> None:
+    """No cutover_jobs row: plain JSON args reach the task unchanged, one attempt (as under the
+    cutover worker); rich values deferred through make_app's own tasks arrive as themselves."""
+    native_tasks.reset()
+    app = make_app(registry, cutover_database_url)
+    with app.open():
+        app.configure_task(f"{APP}.charge").defer(amount="1.50", when=None)
+        app.tasks[f"{APP}.refuse"].defer(key="plain")
+        app.tasks[f"{APP}.kinds"].defer(first=decimal.Decimal("2.5"), when=AWARE)
+    run_app_worker(app, cutover_database_url)
+    assert sorted(map(strict, native_tasks.calls)) == sorted(map(strict, [
+        ("charge", (), {"amount": "1.50", "when": None, "ref": None}),
+        ("refuse", (), {"key": "plain"}),
+        ("kinds", (decimal.Decimal("2.5"),), {"when": AWARE}),
+    ]))
+    with psycopg.connect(cutover_database_url) as conn:
+        rows = dict(conn.execute("SELECT task_name, attempts FROM procrastinate_jobs "
+                                 "WHERE status = 'failed'").fetchall())
+    assert rows == {f"{APP}.refuse": 1}
+
+
+def test_every_task_is_registered_under_its_cutover_name_queue_and_aliases() -> None:
+    app = make_app(registry, "postgresql://unset.invalid/unset")
+    for task in registry:
+        native = app.tasks[task.name]
+        assert native.queue == task.queue and native.pass_context
+        assert isinstance(native.retry_strategy, JobBudget)
+        for alias in task.aliases:
+            assert app.tasks[alias] is native
+    assert f"{APP}.old_refuse" in app.tasks
