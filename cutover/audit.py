@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cutover.backend import Capabilities, QueueBackend
+from cutover.limits import ledger_limits
 from cutover.record import JobRecord, JobState
 from cutover.registry import TaskRegistry
+
+#: Why a target cannot hold a record (empty when it can): ``QueueBackend.cannot_hold``.
+Limits = Callable[[JobRecord], list[str]]
 
 
 class JobClass(enum.StrEnum):
@@ -43,8 +47,11 @@ class Verdict:
 
 
 def classify(record: JobRecord, registry: TaskRegistry, target: Capabilities, *,
-             include_failed: bool = False, owner: str | None = None) -> Verdict:
-    """The class of one job, with the reason a person needs."""
+             include_failed: bool = False, owner: str | None = None,
+             limits: Limits | None = None) -> Verdict:
+    """The class of one job, with the reason a person needs. ``limits``: what the target
+    (and the ledger) cannot hold; see :class:`Classifier`, which audit, ``drain --dry-run`` and
+    the drain all use."""
     if record.problem:
         return Verdict(JobClass.QUARANTINED, record.problem)
     if record.state in (JobState.FINISHED, JobState.CANCELED):
@@ -58,12 +65,20 @@ def classify(record: JobRecord, registry: TaskRegistry, target: Capabilities, *,
     if record.location == "orphan":
         # RQ would never run it; moving it would run it after all. The drain (which walks
         # RQ's lists) does not see it: say so here, where the operator decides.
-        return Verdict(JobClass.IN_PLACE, "orphaned: queued in no RQ list, so no RQ worker "
-                       "will run it; requeue it on RQ to have it moved, or delete it")
+        return Verdict(JobClass.IN_PLACE, f"orphaned: {record.state.value} in no RQ list or "
+                       "registry of its queue, so no RQ worker will run it; requeue it on RQ "
+                       "to have it moved, or delete it")
+    if record.location and record.location.startswith(MISPLACED):
+        # An RQ worker of that list would still run it, and taking it (by its origin) would
+        # not remove it from there: it could run twice. The operator puts it right first.
+        where = record.location[len(MISPLACED):]
+        return Verdict(JobClass.IN_PLACE, f"misplaced: its queue is {record.queue!r} but it "
+                       f"sits in {where}, where a worker of that queue would run it; requeue "
+                       "it on its own queue (or delete it) to have it moved")
     if record.task not in registry:
         return Verdict(JobClass.UNKNOWN_TASK, f"task {record.task!r} is not in the registry"
                        + registry.suggestion(record.task))
-    problems = record.carry_problems()
+    problems = record.carry_problems() or (limits(record) if limits is not None else [])
     if problems:
         return Verdict(JobClass.UNSUPPORTED, "; ".join(problems))
     losses = list(record.losses)
@@ -78,6 +93,41 @@ def classify(record: JobRecord, registry: TaskRegistry, target: Capabilities, *,
     return Verdict(JobClass.MOVABLE)
 
 
+#: ``location`` prefix of a job found somewhere other than where its own queue keeps it.
+MISPLACED = "misplaced:"
+
+
+class Classifier:
+    """The one classification of a job that audit, ``drain --dry-run`` and the drain share:
+    the same job read by any of them gets the same verdict, by construction. It normalizes the
+    record (task name, positional args bound to names), then :func:`classify` with the target's
+    capabilities and limits, the ledger's limits and the drain's owner (held jobs of another
+    owner stay in place)."""
+
+    def __init__(self, registry: TaskRegistry, target: QueueBackend | None, *,
+                 capabilities: Capabilities | None = None, include_failed: bool = False,
+                 owner: str | None = None) -> None:
+        self.registry = registry
+        self.target = target
+        self.capabilities = capabilities or (target.capabilities if target is not None
+                                             else Capabilities())
+        self.include_failed = include_failed
+        self.owner = owner
+
+    def limits(self, record: JobRecord) -> list[str]:
+        """The reasons the ledger or the target cannot hold ``record`` (empty: it can)."""
+        out = ledger_limits(record)
+        if self.target is not None:
+            out += self.target.cannot_hold(record)
+        return list(dict.fromkeys(out))
+
+    def __call__(self, raw: JobRecord) -> tuple[JobRecord, Verdict]:
+        record = self.registry.normalize(raw)
+        return record, classify(record, self.registry, self.capabilities,
+                                include_failed=self.include_failed, owner=self.owner,
+                                limits=self.limits)
+
+
 @dataclasses.dataclass
 class AuditReport:
     """Counts per queue, task and class; the ids and reasons of everything that does not simply
@@ -90,6 +140,9 @@ class AuditReport:
     orphans: list[str] = dataclasses.field(default_factory=list)
     details: dict[str, list[dict[str, str]]] = dataclasses.field(default_factory=dict)
     total: int = 0
+    #: Keep every job's class by id in ``verdicts`` (tests comparing audit, plan and drain).
+    every_job: bool = False
+    verdicts: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def add(self, record: JobRecord, verdict: Verdict) -> None:
         cls = verdict.job_class.value
@@ -100,6 +153,8 @@ class AuditReport:
         self.by_task.setdefault(record.task or "?", Counter())[cls] += 1
         if record.location == "orphan":
             self.orphans.append(record.id)
+        if self.every_job:
+            self.verdicts[record.id] = cls
         if verdict.job_class not in (JobClass.MOVABLE, JobClass.HISTORY):
             self.details.setdefault(cls, []).append(
                 {"id": record.id, "task": record.task, "queue": record.queue,
@@ -118,13 +173,11 @@ class AuditReport:
                 "orphans": self.orphans, "jobs": self.details}
 
 
-def audit(source: QueueBackend, registry: TaskRegistry, target: Capabilities, *,
-          queues: list[str] | None = None, include_failed: bool = False,
-          batch_size: int = 1000) -> AuditReport:
+def audit(source: QueueBackend, classifier: Classifier, *, queues: list[str] | None = None,
+          batch_size: int = 1000, every_job: bool = False) -> AuditReport:
     """Read every job of the source (all states) and classify it. Changes nothing."""
-    report = AuditReport()
+    report = AuditReport(every_job=every_job)
     for batch in source.batches(queues=queues, batch_size=batch_size):
         for raw in batch:
-            record = registry.normalize(raw)
-            report.add(record, classify(record, registry, target, include_failed=include_failed))
+            report.add(*classifier(raw))
     return report

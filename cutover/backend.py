@@ -94,6 +94,13 @@ class QueueBackend(Protocol):
         """The backend's URL with any password redacted."""
         ...
 
+    def cannot_hold(self, record: JobRecord) -> list[str]:
+        """Why this backend cannot hold ``record`` as it is (empty when it can): ids, names,
+        sizes and values beyond what its store keeps. Audit, ``drain --dry-run`` and the drain
+        classify such a job ``unsupported`` with these reasons before anything moves; a put
+        of a record this accepts must not fail for the record's own sake (contract suite)."""
+        ...
+
     def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
         """Enqueue new jobs; return each job's cutover id.
 

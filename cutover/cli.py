@@ -173,9 +173,10 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
          + "".join(f"\n  skipped {k}: {v}" for k, v in report.skipped.items()))
 
 
-from cutover import commands  # noqa: E402  (registers the cut-over commands on `cli`)
+from cutover import commands, release_cmd  # noqa: E402  (register the cut-over commands)
 
 assert commands
+assert release_cmd
 
 
 def main() -> None:

@@ -18,12 +18,13 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from cutover import adapters
-from cutover.audit import JobClass, audit
+from cutover.audit import Classifier, JobClass, audit
 from cutover.backend import QueueBackend
 from cutover.cli import Context, cli, emit, fail
 from cutover.control import backend_key
 from cutover.drain import Drain, DrainOptions
 from cutover.errors import ConfigurationError, CutoverError
+from cutover.held import drain_owner
 from cutover.record import SUMMARY_STATES
 from cutover.verify import verify as run_verify
 
@@ -168,9 +169,11 @@ def _print_status(doc: dict[str, Any]) -> None:
 def audit_cmd(ctx: Context, queues: tuple[str, ...], allow: tuple[str, ...],
               include_failed: bool, report: Path | None) -> None:
     """Inventory the source in every state, and classify each job before anything moves:
-    movable; lossy (moves, but a named feature does not); in_place (running, or waiting on a
-    dependency); quarantined; unknown_task (with a suggestion); unsupported args; failed;
-    history (finished, canceled).
+    movable; lossy (moves, but a named feature does not); in_place (running, waiting on a
+    dependency, orphaned, misplaced, held by another drain); quarantined; unknown_task (with a
+    suggestion); unsupported (args the codec cannot carry, or ids, names, values the --target
+    or the ledger cannot hold: give --target to check its limits); failed; history (finished,
+    canceled). The drain and `drain --dry-run` classify with the same code.
 
     Exits 3 when something would be left behind, unless --allow CLASS.
     """
@@ -178,13 +181,17 @@ def audit_cmd(ctx: Context, queues: tuple[str, ...], allow: tuple[str, ...],
         ctx.need("source")
         assert ctx.source is not None
         registry = ctx.registry()
-        target_caps = None
         urls = [ctx.source] + ([ctx.target] if ctx.target else [])
         with opened(*urls) as backends:
-            target_caps = (backends[1].capabilities if len(backends) > 1
-                           else backends[0].capabilities)
-            result = audit(backends[0], registry, target_caps, queues=list(queues) or None,
-                           include_failed=include_failed)
+            # The drain's own classification: the target's limits, and the drain's owner (jobs
+            # another drain holds stay in place). Without --target: the source's capabilities
+            # and the ledger's limits only.
+            target = backends[1] if len(backends) > 1 else None
+            classifier = Classifier(
+                registry, target, capabilities=None if target else backends[0].capabilities,
+                include_failed=include_failed,
+                owner=drain_owner(backend_key(ctx.target)) if ctx.target else None)
+            result = audit(backends[0], classifier, queues=list(queues) or None)
     except CutoverError as exc:
         fail(exc)
     doc = {"source": backend_key(ctx.source), **result.as_dict(),
@@ -318,15 +325,21 @@ def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | 
         fail(exc)
     doc = report.as_dict()
     if dry_run:
-        emit(ctx, {"dry_run": True, "plan": report.planned},
-             "plan (nothing changed): " + ", ".join(f"{k} {v}" for k, v in
-                                                     sorted(report.planned.items())))
+        lines = ["plan (nothing changed): " + ", ".join(f"{k} {v}" for k, v in
+                                                         sorted(report.planned.items()))]
+        for cls, jobs in report.plan_jobs.items():
+            lines.append(f"would leave {cls} {len(jobs)}: " + ", ".join(
+                f"{j['id']!r} ({j['reason']})" for j in jobs[:20])
+                + (" ..." if len(jobs) > 20 else ""))
+        emit(ctx, {"dry_run": True, "plan": report.planned, "jobs": report.plan_jobs},
+             "\n".join(lines))
         return
     lines = [f"moved {report.moved} jobs in {report.seconds:.1f} s ({report.rate:,.0f} jobs/s)"
              + (f"; finished {report.recovered} interrupted moves" if report.recovered else "")]
     for cls, jobs in report.left.items():
         lines.append(f"left in place: {cls} {len(jobs)}: "
-                     + ", ".join(j["id"] for j in jobs[:20]) + (" ..." if len(jobs) > 20 else ""))
+                     + ", ".join(f"{j['id']!r} ({j['reason']})" for j in jobs[:20])
+                     + (" ..." if len(jobs) > 20 else ""))
     if report.running:
         lines.append(f"still running on the source: {len(report.running)}: "
                      + ", ".join(report.running[:20]))

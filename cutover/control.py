@@ -193,6 +193,15 @@ class ControlPlane:
             c.execute(self.query("ledger_mark"), {"ids": "\n".join(ids), "state": state,
                                                   "source": source, "target": target})
 
+    def forget(self, ids: Sequence[str], *, source: str, target: str) -> None:
+        """Delete intent rows (``moving``) of jobs that did not move after all: the target
+        refused them and they went back to the source."""
+        if not ids:
+            return
+        with self.tx("updating the ledger") as c:
+            c.execute(self.query("ledger_forget"), {"ids": list(ids), "source": source,
+                                                    "target": target})
+
     def unfinished(self, source: str, target: str) -> list[tuple[str, str, str]]:
         """Ledger rows of moves from source to target that did not finish: (id, state, digest)."""
         with self.tx("reading the ledger") as conn:
@@ -244,6 +253,15 @@ class ControlPlane:
         with self.tx("recording the run") as conn:
             conn.execute(self.query("run_finish"), {"run_id": run_id, "state": state,
                                                     "moved": moved, "left": left})
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """One run's record (kind, source, target, state), or None."""
+        with self.tx("reading the run") as conn:
+            row = conn.execute(self.query("run_get"), {"run_id": run_id}).fetchone()
+        if row is None:
+            return None
+        return {"run_id": run_id, "kind": row[0], "source": row[1], "target": row[2],
+                "state": row[3]}
 
     def switch(self, run_id: str) -> str:
         with self.tx("reading the drain switch") as conn:

@@ -29,10 +29,16 @@ from types import FrameType
 from typing import Any
 
 from cutover import faults
-from cutover.audit import JobClass, classify
+from cutover.audit import AuditReport, Classifier, JobClass
 from cutover.backend import Partition, QueueBackend
 from cutover.control import ControlPlane, backend_key
-from cutover.errors import ConfigurationError, JobConflictError, PreconditionError
+from cutover.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    JobConflictError,
+    PreconditionError,
+)
+from cutover.held import drain_owner
 from cutover.record import JobRecord, JobState, utcnow
 from cutover.registry import TaskRegistry
 
@@ -59,6 +65,7 @@ class DrainReport:
     left: dict[str, list[dict[str, str]]] = dataclasses.field(default_factory=dict)
     running: list[str] = dataclasses.field(default_factory=list)
     planned: dict[str, int] = dataclasses.field(default_factory=dict)
+    plan_jobs: dict[str, list[dict[str, str]]] = dataclasses.field(default_factory=dict)
     lost: list[str] = dataclasses.field(default_factory=list)
     stopped: bool = False
     seconds: float = 0.0
@@ -95,12 +102,18 @@ class Drain:
         self.registry = registry
         self.options = options
         self.progress = progress or (lambda done, total: None)
-        self.owner = f"cutover-drain:{self.target_key}"
+        self.owner = drain_owner(self.target_key)
         self.run_id = f"drain-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         self.report = DrainReport(run_id=self.run_id)
         self.done = 0
         self.total = 0
         self._left_ids: set[str] = set()
+        # Jobs the target refused at put (isolated, given back, reported): not tried again in
+        # this run, so that a poison job given back to the head of its list is not read, taken
+        # and refused over and over.
+        self._refused: dict[str, str] = {}
+        self.classify = Classifier(registry, target, include_failed=options.include_failed,
+                                   owner=self.owner)
         self._inflight: set[str] = set()  # handed to the mover, not finished yet
         self._inflight_lock = threading.Lock()
         # The ledger shares a backend's transaction only when it lives in that backend's database.
@@ -119,24 +132,23 @@ class Drain:
         return [*WAITING, JobState.DEFERRED, JobState.FAILED]
 
     def _verdict(self, record: JobRecord) -> tuple[JobRecord, JobClass, str]:
-        normal = self.registry.normalize(record)
-        verdict = classify(normal, self.registry, self.target.capabilities,
-                           include_failed=self.options.include_failed, owner=self.owner)
+        normal, verdict = self.classify(record)
         return normal, verdict.job_class, verdict.reason
 
-    def plan(self) -> dict[str, int]:
-        """What a run would do (changes nothing)."""
-        planned: dict[str, int] = {}
+    def plan(self, every_job: bool = False) -> AuditReport:
+        """What a run would do (changes nothing): the jobs a run reads, classified by the same
+        :class:`~cutover.audit.Classifier` as audit and the run itself, with the reasons of
+        everything that would not move (every verdict by id with ``every_job``)."""
+        report = AuditReport(every_job=every_job)
         for batch in self.source.batches(states=self._states(), queues=self.options.queues,
                                          batch_size=self.options.batch_size):
             for record in batch:
-                cls = self._verdict(record)[1].value
-                planned[cls] = planned.get(cls, 0) + 1
+                report.add(*self.classify(record))
         running = sum(per[JobState.STARTED] for per in self.source.counts(
             self.options.queues).values())
         if running:
-            planned["running"] = running
-        return planned
+            report.by_class["running"] = running
+        return report
 
     # -- running ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -161,7 +173,8 @@ class Drain:
         """
         started = time.monotonic()
         if self.options.dry_run:
-            self.report.planned = self.plan()
+            plan = self.plan()
+            self.report.planned, self.report.plan_jobs = dict(plan.by_class), plan.details
             return self.report
         self._check_workers()
         if not self.control.lock_pair(self.source_key, self.target_key):
@@ -234,8 +247,8 @@ class Drain:
             held = {r.id: r for r in self.source.take(chunk, self.owner).taken}  # with records
             gone = [i for i in chunk if i not in held]
             if held:
-                self._put(list(held.values()), recovered=True)
-                self._release(list(held))
+                done = self._put(list(held.values()), recovered=True)
+                self._release([r.id for r in done])
             for job_id in gone:
                 # Not held on the source: either the put happened (a failed job, or the release
                 # committed while the ledger write did not), or the job is still on the source in
@@ -296,7 +309,7 @@ class Drain:
         movable: list[JobRecord] = []
         failed: list[JobRecord] = []
         with self._inflight_lock:
-            batch = [r for r in batch if r.id not in self._inflight]
+            batch = [r for r in batch if r.id not in self._inflight and r.id not in self._refused]
         for raw in batch:
             record, cls, reason = self._verdict(raw)
             if cls.moves or (cls is JobClass.FAILED and self.options.include_failed):
@@ -356,53 +369,80 @@ class Drain:
                 record = record.replace(state=state, holder=None)  # a fresh memo: only if needed
             ready.append(record)
 
+        done = self._put_isolating(ready)
+        if recovered:
+            self.report.recovered += len(done)
+        else:
+            self.report.moved += len(done)
+        return done
+
+    def _put_marked(self, records: list[JobRecord]) -> None:
+        """One put with its ledger rows marked moved: in the target's own transaction when it
+        shares the control plane's database, otherwise only once the put has committed (never
+        "moved" before it is)."""
         def mark(conn: Any) -> None:
             if conn is not None:  # the target's own transaction: the rows commit with the jobs
-                self.control.record(ready, state="moved", source=self.source_key,
+                self.control.record(records, state="moved", source=self.source_key,
                                     target=self.target_key, run_id=self.run_id, conn=conn)
             else:
-                self.control.mark([r.id for r in ready], state="moved", source=self.source_key,
-                                  target=self.target_key)
+                self.control.mark([r.id for r in records], state="moved",
+                                  source=self.source_key, target=self.target_key)
 
-        try:
-            # In the target's own transaction when it shares the control plane's database;
-            # otherwise only once the put has committed (never "moved" before it is).
-            self.target.put(ready, tx_hook=mark if self._shared_target else None)
-        except JobConflictError:
-            return self._put_one_by_one(ready)
+        self.target.put(records, tx_hook=mark if self._shared_target else None)
         if not self._shared_target:
             mark(None)
-        if not recovered:
-            self.report.moved += len(ready)
-        else:
-            self.report.recovered += len(ready)
-        return ready
 
-    def _put_one_by_one(self, records: list[JobRecord]) -> list[JobRecord]:
-        """A batch hit an id the target already has: sort ours (an earlier, interrupted run put
-        it, and a worker may have run it since) from a real collision (left in place)."""
-        done: list[JobRecord] = []
-        ours = {i for i, (_, src, tgt) in self.control.states([r.id for r in records]).items()
-                if src == self.source_key and tgt == self.target_key}
-        for record in records:
-            try:
-                self.target.put([record])
-            except JobConflictError as exc:
-                if record.id in ours and self.target.get(record.id) is not None:
-                    done.append(record)  # an earlier run put it; a worker may have run it since
-                    continue
-                self.source.give_back([record.id], self.owner)
-                self.report.left.setdefault("id_conflict", []).append(
-                    {"id": record.id, "task": record.task, "queue": record.queue,
-                     "reason": str(exc)})
-                self.control.fail(self.run_id, [(record.id, self.target_key, "id_conflict",
-                                                 str(exc))])
-                continue
-            done.append(record)
-        self.control.record(done, state="moved", source=self.source_key, target=self.target_key,
-                            run_id=self.run_id)
-        self.report.moved += len(done)
-        return done
+    def _put_isolating(self, records: list[JobRecord]) -> list[JobRecord]:
+        """Put a batch; if the target refuses it, find the jobs it refuses by halves (a batch
+        of n with one poison job costs about 2 log2 n puts, not n), put every other one, and
+        give each refused job back to the source with a failure row. Only an unreachable
+        backend stops the run (the jobs stay held; the next run finishes them). Returns the
+        records now on the target."""
+        if not records:
+            return []
+        try:
+            self._put_marked(records)
+            return records
+        except BackendUnavailableError:
+            raise
+        except JobConflictError as exc:
+            if len(records) == 1:
+                return self._conflict(records[0], exc)
+        except Exception as exc:  # whatever the target says, it is about these jobs
+            if len(records) == 1:
+                self._refuse(records[0], exc)
+                return []
+        half = len(records) // 2
+        return self._put_isolating(records[:half]) + self._put_isolating(records[half:])
+
+    def _conflict(self, record: JobRecord, exc: JobConflictError) -> list[JobRecord]:
+        """The target has a different job with this id: ours if an earlier, interrupted run
+        put it (a worker may have run it since), else a real collision (given back)."""
+        row = self.control.states([record.id]).get(record.id)
+        if (row is not None and row[1:] == (self.source_key, self.target_key)
+                and self.target.get(record.id) is not None):
+            self.control.record([record], state="moved", source=self.source_key,
+                                target=self.target_key, run_id=self.run_id)
+            return [record]
+        self._give_back(record, "id_conflict", str(exc))
+        return []
+
+    def _refuse(self, record: JobRecord, exc: BaseException) -> None:
+        """The target refused this one job: give it back, say why, carry on."""
+        self._give_back(record, JobClass.UNSUPPORTED.value, f"the target refused it: {exc}")
+
+    def _give_back(self, record: JobRecord, cls: str, reason: str) -> None:
+        """A job this run took and will not move: back to where it was on the source, its
+        intent row (if any) forgotten, a failure row and a line in the report."""
+        log.error("job %r left on the source (%s): %s", record.id, cls, reason)
+        self.source.give_back([record.id], self.owner)
+        if not self._shared_target:
+            # The intent row written before the put: the job never moved.
+            self.control.forget([record.id], source=self.source_key, target=self.target_key)
+        self.control.fail(self.run_id, [(record.id, self.target_key, cls, reason)])
+        self._refused[record.id] = reason
+        self._leave(cls, {"id": record.id, "task": record.task, "queue": record.queue,
+                          "reason": reason})
 
     def _release(self, ids: list[str]) -> None:
         if not ids:

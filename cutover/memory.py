@@ -66,6 +66,10 @@ class InMemoryBackend:
     def __repr__(self) -> str:
         return f"InMemoryBackend({self._url!r})"
 
+    def cannot_hold(self, record: JobRecord) -> list[str]:
+        """Nothing: a dict holds any record."""
+        return []
+
     # -- producing -------------------------------------------------------------------------
     def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
         out: list[str] = []

@@ -39,7 +39,8 @@ _LIVE = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED, JobSt
 #: States the reference story reports: waiting / active / completed / failed (+ scheduled).
 SUMMARY_STATES: dict[str, tuple[JobState, ...]] = {
     "waiting": (JobState.QUEUED,),
-    "scheduled": (JobState.SCHEDULED, JobState.DEFERRED, JobState.HELD),
+    "scheduled": (JobState.SCHEDULED, JobState.DEFERRED),
+    "held": (JobState.HELD,),  # taken by a drain: no worker of either side runs them
     "active": (JobState.STARTED,),
     "completed": (JobState.FINISHED,),
     "failed": (JobState.FAILED,),

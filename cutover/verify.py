@@ -19,6 +19,7 @@ from cutover import codec
 from cutover.backend import QueueBackend
 from cutover.control import ControlPlane, backend_key
 from cutover.errors import PreconditionError
+from cutover.held import find_stuck
 from cutover.record import JobState
 
 log = logging.getLogger("cutover.verify")
@@ -36,13 +37,15 @@ class VerifyReport:
     duplicated: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     mismatched: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     pending: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    stuck: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # held, no live drain
     ran_on_target: int = 0
     verified: int = 0
     seconds: float = 0.0
 
     @property
     def clean(self) -> bool:
-        return not (self.lost or self.duplicated or self.mismatched or self.pending)
+        return not (self.lost or self.duplicated or self.mismatched or self.pending
+                    or self.stuck)
 
     @property
     def failed(self) -> bool:
@@ -53,7 +56,7 @@ class VerifyReport:
                 "verified": self.verified, "ran_on_target": self.ran_on_target,
                 "read": self.read, "queues": self.queues, "lost": self.lost,
                 "duplicated": self.duplicated, "mismatched": self.mismatched,
-                "pending": self.pending, "seconds": round(self.seconds, 3)}
+                "pending": self.pending, "stuck": self.stuck, "seconds": round(self.seconds, 3)}
 
     def summary(self) -> str:
         lines = [f"verify {self.source} -> {self.target}: "
@@ -61,7 +64,7 @@ class VerifyReport:
                  f"  jobs read: source {self.read.get('s', 0)}, target {self.read.get('t', 0)}; "
                  f"moved jobs verified: {self.verified} ({self.ran_on_target} ran on the target "
                  "since)"]
-        for name in ("lost", "duplicated", "mismatched", "pending"):
+        for name in ("lost", "duplicated", "mismatched", "pending", "stuck"):
             items: list[dict[str, Any]] = getattr(self, name)
             if items:
                 ids = ", ".join(str(i["id"]) for i in items[:20])
@@ -109,6 +112,9 @@ def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_u
                     control.query("verify_unsettled"), pair).fetchall():
                 report.pending.append({"id": job_id, "ledger_state": lstate,
                                        "target_state": tstate, "source_state": sstate})
+            # Held by no live drain: no worker of either side runs them (cutover release).
+            held = [(str(r[0]), str(r[1])) for r in conn.execute(control.query("verify_held"))]
+            report.stuck = find_stuck(control, {"s": (source, skey), "t": (target, tkey)}, held)
     finally:
         control.unlock_pair(skey, tkey)
     report.seconds = time.monotonic() - started

@@ -116,6 +116,12 @@ ON CONFLICT (cutover_id) DO UPDATE
 -- name: ledger_mark
 SELECT {schema}.ledger_mark(%(ids)s, %(state)s, %(source)s, %(target)s);
 
+-- name: ledger_forget
+-- Intent rows of jobs the target refused (given back to the source): they never moved.
+DELETE FROM {schema}.ledger
+WHERE cutover_id = ANY(%(ids)s::text[]) AND source = %(source)s AND target = %(target)s
+  AND state = 'moving';
+
 -- name: ledger_states
 SELECT l.cutover_id, l.state, l.source, l.target
 FROM unnest(string_to_array(%(ids)s, E'\n')) AS u(id)
@@ -145,6 +151,9 @@ VALUES (%(run_id)s, %(kind)s, %(source)s, %(target)s, %(options)s);
 UPDATE {schema}.runs SET state = %(state)s, moved = %(moved)s, left_behind = %(left)s,
                          finished_at = now()
 WHERE run_id = %(run_id)s;
+
+-- name: run_get
+SELECT kind, source, target, state FROM {schema}.runs WHERE run_id = %(run_id)s;
 
 -- name: run_switch
 SELECT switch FROM {schema}.runs WHERE run_id = %(run_id)s;
@@ -222,6 +231,10 @@ FROM cutover_snap s JOIN cutover_snap t ON t.id = s.id AND t.side = 't'
 LEFT JOIN {schema}.ledger l ON l.cutover_id = s.id AND l.source = %(source)s
      AND l.target = %(target)s AND l.state IN ('moving', 'moved')
 WHERE s.side = 's' AND l.cutover_id IS NULL;
+
+-- name: verify_held
+-- Jobs either backend holds (taken by a drain): stuck unless that drain is alive.
+SELECT side, id FROM cutover_snap WHERE state = 'held' ORDER BY side, id;
 
 -- name: verify_count
 SELECT side, count(*) FROM cutover_snap GROUP BY side;

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import re
 import threading
 from collections.abc import Collection, Iterator, Sequence
@@ -42,6 +43,7 @@ from cutover.errors import (
     JobConflictError,
     JobError,
 )
+from cutover.limits import int_limits, size_limits, text_limits
 from cutover.record import JobRecord, JobState, utcnow
 from cutover.urls import password_of, redact, redact_text
 from cutover_procrastinate import sql
@@ -60,6 +62,8 @@ _STATUSES: dict[JobState, tuple[str, ...]] = {
     JobState.CANCELED: ("cancelled", "aborted"),
 }
 _FAR = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)  # a held job's scheduled_at
+_NAME_MAX = 128  # procrastinate_jobs.queue_name and task_name are character varying(128)
+_JSONB_MAX = 255 * 2**20  # PostgreSQL's largest jsonb value (args)
 
 
 def _json(value: Any) -> str:
@@ -167,6 +171,28 @@ class ProcrastinateBackend:
             raise ConfigurationError(f"the procrastinate schema at {self._url} is older than "
                                      "3.0; apply procrastinate's migrations first")
         return self.features
+
+    # -- limits ----------------------------------------------------------------------------
+    def cannot_hold(self, record: JobRecord) -> list[str]:
+        """What procrastinate's tables cannot hold (checked by audit before anything moves):
+        names longer than procrastinate_jobs' varchar(128), text PostgreSQL refuses (NUL, lone
+        surrogates), ids with a line break (ids travel one per line), integers beyond
+        ``integer``, retry waits jsonb cannot hold, run-at on the hold marker, args beyond
+        jsonb's size."""
+        out = [*text_limits(record.id, "job id", newline=False, empty=False),
+               *text_limits(record.queue, "queue name", max_chars=_NAME_MAX),
+               *text_limits(record.task, "task name", max_chars=_NAME_MAX, empty=False),
+               *text_limits(record.job_key, "job key"), *text_limits(record.error, "error"),
+               *text_limits(record.origin, "origin")]
+        for value, what in ((record.priority, "priority"), (record.attempts, "attempts"),
+                            (record.max_attempts, "max attempts")):
+            out += int_limits(value, what)
+        if not all(math.isfinite(i) for i in record.retry_intervals):
+            out.append("a retry wait is not a finite number (jsonb cannot hold it)")
+        if record.run_at is not None and record.run_at >= _FAR:
+            out.append(f"run-at {record.run_at.isoformat()} is at or after {_FAR.date()}, the "
+                       "mark of a held job here")
+        return out + size_limits(record, "a jsonb value", _JSONB_MAX)
 
     # -- records ---------------------------------------------------------------------------
     def _record(self, row: tuple[Any, ...]) -> JobRecord:

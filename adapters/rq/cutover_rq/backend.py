@@ -31,6 +31,7 @@ import rq
 from redis.commands.core import Script
 
 from cutover import codec
+from cutover.audit import MISPLACED
 from cutover.backend import (
     Acceptor,
     Capabilities,
@@ -49,6 +50,7 @@ from cutover.errors import (
     JobConflictError,
     JobError,
 )
+from cutover.limits import size_limits
 from cutover.record import JobRecord, JobState, utcnow
 from cutover.urls import redact, redact_text
 from cutover_rq import scripts
@@ -69,9 +71,13 @@ _PLACEMENT = {
 }
 _WAITING_STATES = {JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED, JobState.HELD,
                    JobState.FAILED}
+#: Where RQ keeps a waiting or failed job of each state (the drain reads these places).
+_PLACED = {JobState.QUEUED: "rq:queue:{q}", JobState.SCHEDULED: "rq:scheduled:{q}",
+           JobState.DEFERRED: "rq:deferred:{q}", JobState.FAILED: "rq:failed:{q}"}
 _DEFAULT_RESULT_TTL = 500
 _DEFAULT_FAILURE_TTL = 31_536_000
 _WIP_TTL = 86_400
+_VALUE_MAX = 512 * 2**20  # Redis's largest string value (the job's data field)
 
 
 def _ts(value: dt.datetime) -> str:
@@ -223,6 +229,27 @@ class RQBackend:
                  if _s(k).startswith(prefix)}
         return sorted(names)
 
+    # -- limits ----------------------------------------------------------------------------
+    def cannot_hold(self, record: JobRecord) -> list[str]:
+        """What RQ cannot hold (checked by audit before anything moves): ids RQ's own
+        validator refuses (rq 3: letters, digits, ``_`` and ``-``; always no ``:``, which RQ's
+        key names use as a separator), an empty queue name, retry waits RQ's ``Retry`` refuses
+        (negative, not finite), a job larger than a Redis value."""
+        out = []
+        validate = getattr(rq.job, "validate_job_id", None)
+        if validate is not None:
+            try:
+                validate(record.id)
+            except (TypeError, ValueError) as exc:
+                out.append(f"job id {record.id!r}: RQ refuses it ({exc})")
+        elif not record.id or ":" in record.id:
+            out.append(f"job id {record.id!r}: RQ job ids are not empty and hold no ':'")
+        if not record.queue:
+            out.append("queue name is empty")
+        if not all(math.isfinite(i) and i >= 0 for i in record.retry_intervals):
+            out.append("a retry wait is negative or not finite (RQ's Retry refuses it)")
+        return out + size_limits(record, "a Redis value", _VALUE_MAX)
+
     # -- records ---------------------------------------------------------------------------
     def _record(self, job_id: str, h: dict[bytes, bytes],
                 scheduled_score: float | None = None, location: str | None = None) -> JobRecord:
@@ -242,7 +269,11 @@ class RQBackend:
                 task, args, kwargs = decode_data(raw)
             except DecodeError as exc:
                 problem = exc.message
-        if status and status not in _STATUS:
+        if not status:
+            # RQ's take, claim and give back all start from the status: a job without one would
+            # be counted and then silently skipped. Quarantined, with the reason.
+            problem = problem or "malformed job hash: no status field"
+        elif status not in _STATUS:
             problem = problem or f"unknown RQ status {status!r}"
         try:
             attempts = int(h.get(b"cutover_attempts") or 0)
@@ -407,6 +438,12 @@ class RQBackend:
         """Records for a batch of hashes, with where each one really is: one pipeline, and for
         queued jobs a look in their queue's list.
 
+        A waiting or failed job that is not where RQ keeps a job of its status and queue is
+        looked for in the other queues' lists and registries: found there it is
+        ``misplaced:<key>`` (a worker of that queue would run it), else ``orphan``. The drain,
+        which reads those lists and registries, places it the same way (see ``_at``), so audit
+        and the drain classify it alike.
+
         ``lists``: indexes of the queue lists, kept for a whole snapshot. Without them LPOS
         finds a queued job in its list — right for one job, but for a snapshot it would scan the
         list on the server once per job (quadratic: hours for a million-job queue, with Redis
@@ -414,16 +451,21 @@ class RQBackend:
         pipe = self.redis.pipeline(transaction=False)
         for job_id, h in batch:
             origin = _text(h, "origin") or ""
+            status = _text(h, "status") or ""
             pipe.zscore(f"rq:scheduled:{origin}", job_id)
             pipe.lpos(f"rq:queue:{origin}:intermediate", job_id)
+            pipe.zscore(f"rq:{status if status in ('deferred', 'failed') else 'failed'}:"
+                        f"{origin}", job_id)
         answers = pipe.execute()
         queued = [i for i, (_, h) in enumerate(batch)
-                  if h.get(b"status") == b"queued" and not h.get(b"cutover_held")]
+                  if _STATUS.get(_text(h, "status") or "") is JobState.QUEUED
+                  and not h.get(b"cutover_held")]
         in_queue = self._in_queues([batch[i] for i in queued], lists)
         out = []
+        astray: list[int] = []
         for i, (job_id, h) in enumerate(batch):
-            score, in_intermediate = answers[2 * i: 2 * i + 2]
-            status = _text(h, "status")
+            score, in_intermediate, registered = answers[3 * i: 3 * i + 3]
+            state = _STATUS.get(_text(h, "status") or "")
             origin = _text(h, "origin") or ""
             location: str | None = None
             if h.get(b"cutover_held"):
@@ -434,13 +476,50 @@ class RQBackend:
                 location = f"rq:queue:{origin}"
             elif score is not None:
                 location = f"rq:scheduled:{origin}"
-            elif status == "queued":
-                location = "orphan"
+            elif registered is not None and state in (JobState.DEFERRED, JobState.FAILED):
+                location = f"rq:{state.value}:{origin}"
+            if state in _PLACED and not h.get(b"cutover_held") and in_intermediate is None:
+                if location is None:
+                    astray.append(i)
+                    location = "orphan"
+                elif location != _PLACED[state].format(q=origin):
+                    location = MISPLACED + location  # e.g. queued, in the scheduled registry
             record = self._record(job_id, h, score, location)
             if in_intermediate is not None and record.state is JobState.QUEUED:
                 record = record.replace(state=JobState.STARTED)
             out.append(record)
+        if astray:
+            found = self._find_elsewhere([batch[i][0] for i in astray], lists)
+            for i in astray:
+                if out[i].id in found and not out[i].problem:
+                    out[i] = out[i].replace(location=MISPLACED + found[out[i].id])
         return out
+
+    def _find_elsewhere(self, ids: list[str],
+                        lists: dict[str, _ListIndex] | None) -> dict[str, str]:
+        """Where jobs not found in their own place sit: another queue's list, or a registry
+        the drain reads (scheduled, deferred, failed) of any queue. id -> key."""
+        found: dict[str, str] = {}
+        names = self._queues()
+        pipe = self.redis.pipeline(transaction=False)
+        keys = [f"rq:{reg}:{q}" for q in names for reg in ("scheduled", "deferred", "failed")]
+        for job_id in ids:
+            for key in keys:
+                pipe.zscore(key, job_id)
+        answers = pipe.execute()
+        for n, job_id in enumerate(ids):
+            hits = [k for k, a in zip(keys, answers[n * len(keys):(n + 1) * len(keys)],
+                                      strict=True) if a is not None]
+            if hits:
+                found[job_id] = hits[0]
+        rest = [i for i in ids if i not in found]
+        for q in names if rest else []:
+            key = f"rq:queue:{q}"
+            fake = [(job_id, {b"origin": q.encode("utf-8", "surrogateescape")})
+                    for job_id in rest if job_id not in found]
+            for job_id in self._in_queues(fake, lists):
+                found[job_id] = key
+        return found
 
     def _in_queues(self, batch: list[tuple[str, dict[bytes, bytes]]],
                    lists: dict[str, _ListIndex] | None) -> set[str]:
@@ -583,6 +662,11 @@ class RQBackend:
             if not h:
                 continue  # an id whose hash is gone: RQ skips those too
             record = self._record(job_id, _hash(h), score if scheduled else None, key)
+            if (record.state in _PLACED and not record.problem
+                    and key != _PLACED[record.state].format(q=record.queue)):
+                # Not where RQ keeps a job of its status and queue: taking it (by its origin)
+                # would leave it here for a worker to run. Audit says the same (``_locate``).
+                record = record.replace(location=MISPLACED + key)
             out.append(record)
         return out
 
