@@ -30,7 +30,6 @@ backends and control-plane connections and never touch the parent's.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import multiprocessing
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from cutover import adapters, errors
 from cutover.control import ControlPlane
 from cutover.errors import CutoverError
+from cutover.runner import die_with_parent
 from cutover.urls import password_of, redact_text
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def _rebuilt(k: int, kind: str, text: str) -> CutoverError:
 
 # -- in a worker ------------------------------------------------------------------------------
 def _worker(parent: Drain, k: int, n: int, conn: Connection, parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group, and a service manager may signal every process:
     # stopping is the parent's to decide (it flips the run's switch); a dead parent kills us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -229,14 +229,3 @@ def _barrier(drain: Drain, conn: Connection, step: str) -> None:
     message = conn.recv()
     if message[0] != "go":
         raise _Aborted()
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when the parent dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(2)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from cutover.urls import redact_text
 
-_FIELDS = ("job_id", "task", "backend", "event", "worker")
+_FIELDS = ("job_id", "task", "backend", "event", "worker", "traceback")
 
 
 class RedactingFilter(logging.Filter):
@@ -37,9 +37,22 @@ class JsonFormatter(logging.Formatter):
         for name in _FIELDS:
             if hasattr(record, name):
                 doc[name] = getattr(record, name)
+        if isinstance(doc.get("traceback"), str):
+            doc["traceback"] = redact_text(str(doc["traceback"]))
         if record.exc_info:
             doc["exc"] = redact_text(self.formatException(record.exc_info))
         return json.dumps(doc, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """One line a record, followed by the traceback of a failed job when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        tb = getattr(record, "traceback", None)
+        if isinstance(tb, str) and tb:
+            text += "\n" + redact_text(tb)
+        return text
 
 
 def setup(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> None:
@@ -54,7 +67,7 @@ def setup(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False

@@ -116,6 +116,9 @@ class JobRecord:
     location: str | None = None
     holder: str | None = None
     losses: tuple[str, ...] = ()
+    #: The job's own limit on one execution, in seconds (RQ's job timeout; -1 or 0: none). Not
+    #: content: None means the task's or the worker's default applies.
+    timeout: float | None = None
     # Encodings computed once per record (not a field; replace() keeps them unless the content
     # changes).
     _memo: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)

@@ -50,6 +50,9 @@ class Task:
     max_attempts: int = 1
     retry_intervals: tuple[float, ...] = ()
     aliases: tuple[str, ...] = ()
+    #: Seconds a job of this task may run when the job sets no limit itself (None: the
+    #: worker's default).
+    timeout: float | None = None
 
     @property
     def signature(self) -> inspect.Signature:
@@ -107,25 +110,27 @@ class TaskRegistry:
 
     @overload
     def task(self, *, name: str | None = None, queue: str = "default", max_attempts: int = 1,
-             backoff: Backoff = 0.0, aliases: Iterable[str] = ()) -> Callable[[F], F]: ...
+             backoff: Backoff = 0.0, aliases: Iterable[str] = (),
+             timeout: float | None = None) -> Callable[[F], F]: ...
 
     def task(self, func: Callable[..., Any] | None = None, *, name: str | None = None,
              queue: str = "default", max_attempts: int = 1, backoff: Backoff = 0.0,
-             aliases: Iterable[str] = ()) -> Any:
+             aliases: Iterable[str] = (), timeout: float | None = None) -> Any:
         """Register a function as a task (usable bare or with options)."""
 
         def decorate(f: F) -> F:
             self.register(f, name=name, queue=queue, max_attempts=max_attempts, backoff=backoff,
-                          aliases=aliases)
+                          aliases=aliases, timeout=timeout)
             return f
 
         return decorate(func) if func is not None else decorate
 
     def register(self, func: Callable[..., Any], *, name: str | None = None,
                  queue: str = "default", max_attempts: int = 1, backoff: Backoff = 0.0,
-                 aliases: Iterable[str] = ()) -> Task:
+                 aliases: Iterable[str] = (), timeout: float | None = None) -> Task:
         """Register ``func``. ``backoff`` is the base of an exponential wait (seconds) or the
-        explicit list of waits between attempts."""
+        explicit list of waits between attempts. ``timeout``: seconds a job of it may run
+        unless the job sets its own limit (RQ's job timeout)."""
         if max_attempts < 1:
             raise ValueError("max_attempts counts executions and must be at least 1")
         if isinstance(backoff, int | float):
@@ -134,7 +139,7 @@ class TaskRegistry:
             intervals = tuple(float(i) for i in backoff)
         task = Task(name=name or default_task_name(func), func=func, queue=queue,
                     max_attempts=max_attempts, retry_intervals=intervals,
-                    aliases=tuple(aliases))
+                    aliases=tuple(aliases), timeout=timeout)
         for key in (task.name, *task.aliases):
             if key in self._names:
                 raise DuplicateTaskError(f"task name {key!r} is already registered",

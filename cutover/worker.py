@@ -4,30 +4,37 @@ A worker claims a runnable job through the backend (atomically: no other worker 
 start it), resolves its task in the registry, runs it, and records the outcome. Retries follow the
 job's own budget and backoff, so they behave the same on every backend. A job whose payload was
 quarantined or whose task is unknown is reported once and left where it is, never retried.
+
+Tasks run where they can be stopped (cutover.runner): with ``isolation="process"`` each worker
+thread hands its jobs to a long-lived child process, killed and forked again when a job passes
+its timeout; with ``isolation="thread"`` tasks run in the worker's threads (their side effects
+are visible in-process, as tests and embedding want) and a watchdog fails a job that passes its
+timeout, then stops the worker so that its supervisor starts a fresh one (the hung thread cannot
+be stopped from outside). Either way any ``BaseException`` a task raises fails (or retries) its
+job like an error, with its traceback logged and stored; only a real SIGTERM/SIGINT sent to the
+worker process means shutdown.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
-import inspect
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from cutover.backend import QueueBackend
 from cutover.errors import CutoverError
 from cutover.record import JobRecord
-from cutover.registry import TaskRegistry
+from cutover.registry import Task, TaskRegistry
+from cutover.runner import Outcome, ProcessSlot, call_task, timed_out
 
 log = logging.getLogger("cutover.worker")
 
@@ -41,21 +48,45 @@ class WorkerReport:
     retried: int = 0
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
     recovered: list[str] = dataclasses.field(default_factory=list)
+    #: Jobs failed by the watchdog whose thread still runs the task (thread isolation): the
+    #: worker stopped so that its supervisor starts a fresh process.
+    abandoned: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def processed(self) -> int:
         return self.succeeded + self.failed + self.retried
 
 
+Isolation = Literal["process", "thread"]
+
+
+def effective_timeout(job: JobRecord, task: Task, default: float | None) -> float | None:
+    """The job's own limit (RQ's job timeout), else its task's, else the worker's; a limit of
+    0 or less (RQ's -1) means none."""
+    for limit in (job.timeout, task.timeout, default):
+        if limit is not None:
+            return limit if limit > 0 else None
+    return None
+
+
 class Worker:
-    """Runs registry tasks from one backend with ``concurrency`` threads."""
+    """Runs registry tasks from one backend with ``concurrency`` threads.
+
+    ``timeout``: seconds a job may run when neither the job nor its task sets a limit (None: no
+    limit). ``isolation``: ``"process"`` (a child process per thread, killed on timeout) or
+    ``"thread"`` (in-process; a timed-out job is failed and the worker stops, see the module
+    docstring).
+    """
 
     def __init__(self, backend: QueueBackend, registry: TaskRegistry, *,
                  queues: Sequence[str] | None = None, concurrency: int = 1, burst: bool = False,
                  poll_interval: float = 0.5, stalled_after: float = 60.0,
-                 heartbeat_interval: float = 10.0, name: str | None = None) -> None:
+                 heartbeat_interval: float = 10.0, name: str | None = None,
+                 timeout: float | None = None, isolation: Isolation = "thread") -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if isolation not in ("process", "thread"):
+            raise ValueError(f"isolation must be 'process' or 'thread', not {isolation!r}")
         self.backend = backend
         self.registry = registry
         self.queues = list(queues) if queues else None
@@ -70,6 +101,16 @@ class Worker:
         self._lock = threading.Lock()
         self._signals = 0
         self._error: CutoverError | None = None
+        self.timeout = timeout
+        self.isolation: Isolation = isolation
+        self._slots: list[ProcessSlot] = []
+        # Thread isolation: jobs running with a deadline, by thread name (read by the watchdog),
+        # and the threads whose job the watchdog failed (their outcome is dropped).
+        self._deadlines: dict[str, tuple[JobRecord, float, float]] = {}
+        self._abandoned: set[str] = set()
+        # The earliest retry this worker scheduled (monotonic): an idle thread wakes up for it
+        # instead of sleeping a whole poll interval past it.
+        self._next_retry: float | None = None
 
     # -- control ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -103,20 +144,33 @@ class Worker:
             self._recover()
             beat = threading.Thread(target=self._beat, name=f"{self.name}-heartbeat", daemon=True)
             beat.start()
-            threads = [threading.Thread(target=self._loop, name=f"{self.name}-{i}", daemon=True)
-                       for i in range(self.concurrency)]
+            if self.isolation == "process":
+                self._slots = [ProcessSlot(self.registry, f"{self.name}-slot-{i}")
+                               for i in range(self.concurrency)]
+            else:
+                threading.Thread(target=self._watchdog, name=f"{self.name}-watchdog",
+                                 daemon=True).start()
+            threads = [threading.Thread(target=self._loop, args=(i,), name=f"{self.name}-{i}",
+                                        daemon=True) for i in range(self.concurrency)]
             for t in threads:
                 t.start()
             for t in threads:
-                while t.is_alive():
+                while t.is_alive() and t.name not in self._abandoned:
                     t.join(timeout=0.2)
             self._stop.set()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            for slot in self._slots:
+                slot.close() if self._signals < 2 else slot.kill()
         log.info("worker %s stopped: %d succeeded, %d failed, %d retried, %d skipped",
                  self.name, self.report.succeeded, self.report.failed, self.report.retried,
                  len(self.report.skipped))
+        if self.report.abandoned:
+            log.error("worker %s stopped because job(s) %s passed their timeout in thread "
+                      "isolation (failed; their threads could not be stopped): restart the "
+                      "worker, or use process isolation", self.name,
+                      ", ".join(self.report.abandoned))
         if self._error is not None:
             raise self._error
         return self.report
@@ -141,16 +195,50 @@ class Worker:
             except CutoverError as exc:
                 log.error("heartbeat of worker %s failed: %s", self.name, exc)
 
-    def _loop(self) -> None:
+    def _watchdog(self) -> None:
+        """Thread isolation: fail jobs past their deadline, then stop the worker."""
+        while True:
+            time.sleep(0.05)
+            now = time.monotonic()
+            with self._lock:
+                late = [(name, job, limit) for name, (job, deadline, limit)
+                        in self._deadlines.items() if deadline <= now]
+                for name, job, _ in late:
+                    del self._deadlines[name]
+                    self._abandoned.add(name)
+                    self.report.abandoned.append(job.id)
+            for _, job, limit in late:
+                self._stop.set()
+                try:
+                    self._record(job, self.registry.resolve(job.task), timed_out(
+                        limit, "thread isolation: its thread could not be stopped; the worker "
+                        "stops so that its supervisor starts a fresh one"))
+                except CutoverError as exc:
+                    log.error("could not record the timeout of job %s: %s", job.id, exc)
+            with self._lock:
+                if self._stop.is_set() and not self._deadlines:
+                    return
+
+    def _idle_wait(self) -> None:
+        wait = self.poll_interval
+        with self._lock:
+            due = self._next_retry
+            if due is not None and due <= time.monotonic():
+                self._next_retry = due = None
+        if due is not None:
+            wait = min(wait, max(due - time.monotonic(), 0.005))
+        self._stop.wait(wait)
+
+    def _loop(self, index: int) -> None:
         try:
             while not self._stop.is_set():
                 job = self.backend.claim(self.queues, self.name, self._accept)
                 if job is None:
                     if self.burst:
                         return
-                    self._stop.wait(self.poll_interval)
+                    self._idle_wait()
                     continue
-                self._execute(job)
+                self._execute(job, index)
         except CutoverError as exc:
             # The backend went away: stop every thread and report it; jobs that were running
             # stay "started" and are recovered as stalled by the next worker.
@@ -175,39 +263,55 @@ class Worker:
                              "backend": self.backend.name, "event": "quarantined"})
         return reason
 
-    def _execute(self, job: JobRecord) -> None:
+    def _execute(self, job: JobRecord, index: int) -> None:
         task = self.registry.resolve(job.task, job_id=job.id)
-        extra = {"job_id": job.id, "task": task.name, "backend": self.backend.name}
         log.info("started job %s (%s) attempt %d/%d", job.id, task.name, job.attempts + 1,
-                 job.max_attempts, extra={**extra, "event": "started"})
-        try:
-            result = task.func(*job.args, **dict(job.kwargs))
-            if inspect.isawaitable(result):
-                result = asyncio.run(_await(result))
-        except Exception as exc:
-            error = "".join(traceback.format_exception_only(exc)).strip()
-            attempts_made = job.attempts + 1
-            if attempts_made < job.max_attempts:
-                delay = job.retry_delay(attempts_made)
-                retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
-                self.backend.fail(job, self.name, error, retry_at)
+                 job.max_attempts, extra={"job_id": job.id, "task": task.name,
+                                          "backend": self.backend.name, "event": "started"})
+        limit = effective_timeout(job, task, self.timeout)
+        if self._slots:
+            outcome = self._slots[index].run(task.name, job.args, job.kwargs, limit)
+        else:
+            me = threading.current_thread().name
+            if limit is not None:
                 with self._lock:
-                    self.report.retried += 1
-                log.warning("job %s (%s) failed: %s; retry %d of %d in %.1fs", job.id, task.name,
-                            error, attempts_made, job.max_attempts - 1, delay,
-                            extra={**extra, "event": "retried"})
-            else:
-                self.backend.fail(job, self.name, error, None)
-                with self._lock:
-                    self.report.failed += 1
-                log.error("job %s (%s) failed for good after %d attempt(s): %s", job.id,
-                          task.name, attempts_made, error, extra={**extra, "event": "failed"})
+                    self._deadlines[me] = (job, time.monotonic() + limit, limit)
+            outcome = call_task(task.func, job.args, job.kwargs)
+            with self._lock:
+                if me in self._abandoned:
+                    return  # the watchdog failed this job already; the worker is stopping
+                self._deadlines.pop(me, None)
+        self._record(job, task, outcome)
+
+    def _record(self, job: JobRecord, task: Task, outcome: Outcome) -> None:
+        """Store the outcome: complete, schedule the retry, or fail for good."""
+        extra = {"job_id": job.id, "task": task.name, "backend": self.backend.name}
+        if outcome.ok:
+            self.backend.complete(job, self.name, outcome.result)
+            with self._lock:
+                self.report.succeeded += 1
+            log.info("job %s (%s) succeeded", job.id, task.name,
+                     extra={**extra, "event": "succeeded"})
             return
-        self.backend.complete(job, self.name, result)
-        with self._lock:
-            self.report.succeeded += 1
-        log.info("job %s (%s) succeeded", job.id, task.name, extra={**extra, "event": "succeeded"})
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
+        error = outcome.traceback or outcome.error or "failed"
+        extra["traceback"] = error
+        attempts_made = job.attempts + 1
+        if attempts_made < job.max_attempts:
+            delay = job.retry_delay(attempts_made)
+            retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+            self.backend.fail(job, self.name, error, retry_at)
+            with self._lock:
+                self.report.retried += 1
+                due = time.monotonic() + delay + 0.01
+                if self._next_retry is None or due < self._next_retry:
+                    self._next_retry = due
+            log.warning("job %s (%s) failed: %s; retry %d of %d in %.1fs", job.id, task.name,
+                        outcome.error, attempts_made, job.max_attempts - 1, delay,
+                        extra={**extra, "event": "retried"})
+        else:
+            self.backend.fail(job, self.name, error, None)
+            with self._lock:
+                self.report.failed += 1
+            log.error("job %s (%s) failed for good after %d attempt(s): %s", job.id,
+                      task.name, attempts_made, outcome.error,
+                      extra={**extra, "event": "failed"})

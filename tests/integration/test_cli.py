@@ -43,10 +43,12 @@ def test_burst_worker_runs_jobs_and_prints_json() -> None:
     memory.enqueue([registry.make_record(tasks.add, (1, 2)),
                     registry.make_record(tasks.boom, ())])
     result = CliRunner().invoke(cli, ["--app", APP, "--source", "memory://cli-burst", "--json",
-                                      "worker", "--backend", "memory", "--burst"])
+                                      "worker", "--backend", "memory", "--burst",
+                                      "--isolation", "thread"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["succeeded"] == 1 and summary["failed"] == 1
+    # In-process (thread isolation): the task's side effects are visible here.
     assert tasks.calls[0] == ("add", {"a": 1, "b": 2})
 
 

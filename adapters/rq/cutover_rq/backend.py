@@ -14,7 +14,9 @@ Cutover-only facts live in extra hash fields that RQ leaves alone: ``cutover_pri
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -54,7 +56,7 @@ from cutover.limits import size_limits
 from cutover.record import JobRecord, JobState, utcnow
 from cutover.urls import redact, redact_text
 from cutover_rq import scripts
-from cutover_rq.decode import decode_data
+from cutover_rq.decode import decode_data, payload_kind
 
 _TS = "%Y-%m-%dT%H:%M:%S.%fZ"
 _REGISTRIES = ("scheduled", "deferred", "failed", "finished", "canceled")
@@ -109,6 +111,27 @@ def _text(h: dict[bytes, bytes], field: str) -> str | None:
 
 
 _DEFAULT_TIMEOUT = b"180"
+#: What RQ stores when a return value cannot be serialized (rq.defaults, same text in 2.x/3.x).
+_UNSERIALIZABLE = "Unserializable return value"
+_RESULT_SUCCESSFUL, _RESULT_FAILED = 1, 2  # rq.results.Result.Type
+
+
+def _timeout(h: dict[bytes, bytes]) -> float | None:
+    """RQ's job timeout (seconds; -1 means none), or None when the job has none."""
+    raw = h.get(b"timeout")
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Claim:
+    """What a worker's claim remembers until the outcome is recorded."""
+
+    member: str  # the rq:wip member, "{id}:{execution id}"
+    serializer: Any  # the job's own (its payload's) serializer: results are written with it
+    started: float
 
 
 def _losses(h: dict[bytes, bytes]) -> tuple[str, ...]:
@@ -192,7 +215,7 @@ class RQBackend:
             raise ConfigurationError(f"invalid Redis URL {self._url}: "
                                      f"{redact_text(str(exc), self._secret)}") from exc
         self._scripts: dict[str, Script] = {}
-        self._members: dict[str, str] = {}
+        self._claims: dict[str, _Claim] = {}
         self._lock = threading.Lock()
 
     @property
@@ -309,7 +332,7 @@ class RQBackend:
             or "rq", created_at=_parse_ts(h.get(b"created_at")),
             updated_at=_parse_ts(h.get(b"ended_at")) or _parse_ts(h.get(b"started_at")),
             error=error, result=result, native_id=job_id, problem=problem, location=location,
-            holder=_text(h, "cutover_held"), losses=_losses(h))
+            holder=_text(h, "cutover_held"), losses=_losses(h), timeout=_timeout(h))
 
     def _mapping(self, record: JobRecord, status: str) -> dict[str, Any]:
         """The job hash of ``record`` in RQ's own format (built by RQ's Job class)."""
@@ -787,44 +810,81 @@ class RQBackend:
                                               now + _WIP_TTL])
         if not claimed:
             return None
+        serializer = (rq.serializers.JSONSerializer if payload_kind(h[b"data"]) == "json"
+                      else rq.serializers.DefaultSerializer)
         with self._lock:
-            self._members[job_id] = member
+            self._claims[job_id] = _Claim(member, serializer, now)
         return record.replace(state=JobState.STARTED)
 
-    def _finish(self, job: JobRecord, placement: str, score: float,
-                fields: dict[str, Any]) -> None:
+    def _finish(self, job: JobRecord, worker: str, placement: str, score: float,
+                fields: dict[str, Any], entry: dict[str, Any] | None) -> None:
+        """Record an outcome (finish.lua): the job hash, its place, and for a final outcome an
+        entry in RQ's result stream ``rq:results:{id}`` (rq.results.Result's format)."""
         with self._lock:
-            member = self._members.pop(job.id, job.id)
+            claim = self._claims.pop(job.id, None)
+        now = time.time()
+        member = claim.member if claim else job.id
+        stream: list[Any] = []
+        if entry is not None:
+            entry = {"type": entry.pop("type"), "worker_name": worker, **entry,
+                     "execution_id": member.partition(":")[2]}
+            if claim is not None:
+                entry["execution_started_at"] = claim.started
+            entry["execution_ended_at"] = now
+            for key, value in entry.items():
+                stream += [key, value]
         flat: list[Any] = []
         for key, value in fields.items():
             flat += [key, value]
         with self._errors(f"recording the outcome of job {job.id}"):
-            self._script("finish")(args=[job.id, member, placement, score, *flat])
+            self._script("finish")(args=[job.id, member, placement, score, now,
+                                         len(stream) // 2, *stream, *flat])
+
+    def _serializer_of(self, job_id: str) -> Any:
+        with self._lock:
+            claim = self._claims.get(job_id)
+        return claim.serializer if claim else self._serializer
 
     def complete(self, job: JobRecord, worker: str, result: Any) -> None:
         try:
             stored = codec.dumps(result)
         except CutoverError:
             stored = codec.dumps(repr(result))
-        self._finish(job, "finished", time.time() + _DEFAULT_RESULT_TTL, {
+        entry: dict[str, Any] = {"type": _RESULT_SUCCESSFUL}
+        if result is not None:
+            # As rq.results.Result.serialize: the job's serializer, base64; a value it cannot
+            # serialize is stored as RQ's placeholder text.
+            serializer = self._serializer_of(job.id)
+            try:
+                payload = serializer.dumps(result)
+            except Exception:
+                payload = serializer.dumps(_UNSERIALIZABLE)
+            entry["return_value"] = base64.b64encode(payload).decode()
+        self._finish(job, worker, "finished", 0, {
             "status": "finished", "ended_at": _ts(utcnow()), "cutover_result": stored,
-            "cutover_attempts": job.attempts + 1, "cutover_error": "", "exc_info": ""})
+            "cutover_attempts": job.attempts + 1, "cutover_error": "", "exc_info": ""}, entry)
 
     def fail(self, job: JobRecord, worker: str, error: str,
              retry_at: dt.datetime | None) -> None:
+        """``error``: the traceback text, kept as RQ keeps it (``exc_info`` on the hash, and
+        ``exc_string`` in the result stream for a final failure)."""
         fields: dict[str, Any] = {
             "ended_at": _ts(utcnow()), "cutover_error": error,
             "exc_info": zlib.compress(error.encode()), "cutover_attempts": job.attempts + 1,
             "retries_left": max(job.max_attempts - job.attempts - 2, 0)}
         if retry_at is None:
-            self._finish(job, "failed", time.time() + _DEFAULT_FAILURE_TTL,
-                         {**fields, "status": "failed"})
+            entry = {"type": _RESULT_FAILED,
+                     "exc_string": base64.b64encode(zlib.compress(error.encode())).decode()}
+            self._finish(job, worker, "failed", 0, {**fields, "status": "failed"}, entry)
         elif retry_at <= utcnow():
-            self._finish(job, "queue", 0, {**fields, "status": "queued"})
+            self._finish(job, worker, "queue", 0, {**fields, "status": "queued"}, None)
         else:
-            self._finish(job, "scheduled", math.ceil(retry_at.timestamp()),
-                         {**fields, "status": "scheduled",
-                          "cutover_run_at": math.ceil(retry_at.timestamp())})
+            # The exact time, not whole seconds: the cutover worker's claim takes scheduled jobs
+            # once their score has passed, so a 1 s backoff retries after ~1 s (RQ's own
+            # scheduler still looks once a second, at whole-second times).
+            at = retry_at.timestamp()
+            self._finish(job, worker, "scheduled", at,
+                         {**fields, "status": "scheduled", "cutover_run_at": at}, None)
 
     def heartbeat(self, worker: str) -> None:
         with self._errors("sending a heartbeat"):

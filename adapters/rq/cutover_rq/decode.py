@@ -51,6 +51,16 @@ def decompress(raw: bytes) -> bytes:
         raise DecodeError("data is neither zlib-compressed nor a pickle/JSON payload") from None
 
 
+def payload_kind(raw: bytes) -> str:
+    """``"pickle"`` or ``"json"``: which of RQ's serializers wrote a ``data`` field (RQ does not
+    record it; results must be written with the same one)."""
+    try:
+        head = decompress(raw)[:1]
+    except DecodeError:
+        return "pickle"
+    return "json" if head == b"[" else "pickle"
+
+
 def loads(payload: bytes) -> Any:
     """Decode a (decompressed) payload with the restricted unpickler or JSON."""
     if payload[:1] == b"\x80":
