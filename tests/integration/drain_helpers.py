@@ -28,10 +28,10 @@ def invoke_json(source: str, target: str, *args: str) -> tuple[int, dict[str, An
 
 
 def run_cli(source: str, target: str, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+            timeout: float = 120, app: str = APP) -> subprocess.CompletedProcess[str]:
     """The real command in its own process (so it can be killed -9)."""
     return subprocess.run(
-        [sys.executable, "-m", "cutover", "--app", APP, "--source", source, "--target", target,
+        [sys.executable, "-m", "cutover", "--app", app, "--source", source, "--target", target,
          *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})})
 

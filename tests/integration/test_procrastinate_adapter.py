@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -160,19 +162,50 @@ def test_malformed_url_is_a_configuration_error() -> None:
         ProcrastinateBackend("postgresql://bob:topsecret@[::1/x")
 
 
-def test_connections_killed_mid_run_give_a_clear_error_then_recover(
+def test_idle_connections_killed_between_calls_are_replaced_silently(
         backend: ProcrastinateBackend, cutover_database_url: str) -> None:
     record = registry.make_record(tasks.add, (1, 1))
     backend.enqueue([record])
-    sql(cutover_database_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-    error: BackendUnavailableError | None = None
-    try:
-        backend.get(record.id)  # may hit a killed connection
-    except BackendUnavailableError as exc:
-        error = exc
-    if error is not None:
-        assert "unreachable" in str(error) and "reading job" in str(error)
+    killed = sql(cutover_database_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    assert any(ok for (ok,) in killed), "the pool had no connection to kill"
+    found = backend.get(record.id)  # the pool checks a connection before lending it
+    assert found is not None and found.digest() == record.digest()
+
+
+def test_a_connection_killed_while_in_use_is_a_clear_error_then_the_backend_recovers(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    record = registry.make_record(tasks.add, (1, 1))
+    backend.enqueue([record])
+    errors: list[BaseException] = []
+    with psycopg.connect(cutover_database_url) as locker:
+        # Hold a lock the read must wait for, so the kill lands while the query runs.
+        locker.execute("LOCK TABLE procrastinate_jobs IN ACCESS EXCLUSIVE MODE")
+        mine = locker.info.backend_pid
+
+        def read() -> None:
+            try:
+                backend.get(record.id)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        waiting: list[tuple[Any, ...]] = []
+        deadline = time.monotonic() + 10
+        while not waiting and time.monotonic() < deadline:
+            waiting = sql(cutover_database_url, "SELECT pid FROM pg_stat_activity WHERE "
+                          "datname = current_database() AND wait_event_type = 'Lock' AND "
+                          "pid <> %s", (mine,))
+            time.sleep(0.02)
+        assert waiting, "the read never waited on the lock"
+        sql(cutover_database_url, "SELECT pg_terminate_backend(%s)", (waiting[0][0],))
+        thread.join(timeout=10)
+        locker.rollback()
+    assert len(errors) == 1, errors
+    error = errors[0]
+    assert isinstance(error, BackendUnavailableError), repr(error)
+    assert "unreachable" in str(error) and f"reading job {record.id}" in str(error)
     found = backend.get(record.id)
     assert found is not None and found.digest() == record.digest()
 
