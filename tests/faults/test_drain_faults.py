@@ -140,18 +140,16 @@ def test_postgres_connections_killed_mid_drain_fail_it_clearly_then_a_rerun_fini
     source, target, records = backlog(rq_url, pg_url, 600)
     stop = threading.Event()
     killed: list[int] = []
-    dbname = pg_url.rsplit("/", 1)[1].split("?", 1)[0]
 
     def killer() -> None:
         # Only once the drain has moved something, so the first kill lands mid-drain.
         while not stop.is_set() and sum(sum(p.values()) for p in target.counts().values()) == 0:
             time.sleep(0.01)
-        admin = os.environ.get("CUTOVER_TEST_DATABASE_URL") or pg_url
         while not stop.wait(0.1):
-            with psycopg.connect(admin, autocommit=True) as conn:
+            with psycopg.connect(pg_url, autocommit=True) as conn:
                 rows = conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                    "datname = %s AND pid <> pg_backend_pid()", (dbname,)).fetchall()
+                    "datname = current_database() AND pid <> pg_backend_pid()").fetchall()
             killed.append(sum(1 for (ok,) in rows if ok))
 
     thread = threading.Thread(target=killer)
