@@ -84,3 +84,9 @@ def fail_once(key: str) -> str:
     if n == 1:
         raise RuntimeError("first attempt fails")
     return "ok"
+
+
+@registry.task(name="w.a_set")
+def a_set() -> set[int]:
+    """A return value RQ's JSONSerializer cannot write."""
+    return {1, 2}
