@@ -10,6 +10,7 @@ from typing import Any
 
 from cutover.backend import Capabilities, QueueBackend
 from cutover.limits import ledger_limits
+from cutover.misreads import plain_procrastinate_misreads
 from cutover.record import JobRecord, JobState
 from cutover.registry import TaskRegistry
 
@@ -139,6 +140,9 @@ class AuditReport:
     by_task: dict[str, Counter[str]] = dataclasses.field(default_factory=dict)
     orphans: list[str] = dataclasses.field(default_factory=list)
     details: dict[str, list[dict[str, str]]] = dataclasses.field(default_factory=dict)
+    #: per task, what a plain procrastinate App (without make_app) would misread in the jobs
+    #: that move, with counts: information, never a reason to exit 3
+    plain_procrastinate: dict[str, Counter[str]] = dataclasses.field(default_factory=dict)
     total: int = 0
     #: Keep every job's class by id in ``verdicts`` (tests comparing audit, plan and drain).
     every_job: bool = False
@@ -155,6 +159,10 @@ class AuditReport:
             self.orphans.append(record.id)
         if self.every_job:
             self.verdicts[record.id] = cls
+        if verdict.job_class.moves:
+            misreads = plain_procrastinate_misreads(record)
+            if misreads:
+                self.plain_procrastinate.setdefault(record.task, Counter()).update(misreads)
         if verdict.job_class not in (JobClass.MOVABLE, JobClass.HISTORY):
             self.details.setdefault(cls, []).append(
                 {"id": record.id, "task": record.task, "queue": record.queue,
@@ -170,7 +178,9 @@ class AuditReport:
                 "by_state": dict(self.by_state),
                 "by_queue": {q: dict(c) for q, c in sorted(self.by_queue.items())},
                 "by_task": {t: dict(c) for t, c in sorted(self.by_task.items())},
-                "orphans": self.orphans, "jobs": self.details}
+                "orphans": self.orphans, "jobs": self.details,
+                "plain_procrastinate_misreads": {t: dict(c) for t, c in
+                                                 sorted(self.plain_procrastinate.items())}}
 
 
 def audit(source: QueueBackend, classifier: Classifier, *, queues: list[str] | None = None,

@@ -181,12 +181,14 @@ def audit_cmd(ctx: Context, queues: tuple[str, ...], allow: tuple[str, ...],
         ctx.need("source")
         assert ctx.source is not None
         registry = ctx.registry()
+        to_procrastinate = False
         urls = [ctx.source] + ([ctx.target] if ctx.target else [])
         with opened(*urls) as backends:
             # The drain's own classification: the target's limits, and the drain's owner (jobs
             # another drain holds stay in place). Without --target: the source's capabilities
             # and the ledger's limits only.
             target = backends[1] if len(backends) > 1 else None
+            to_procrastinate = target is not None and target.name == "procrastinate"
             classifier = Classifier(
                 registry, target, capabilities=None if target else backends[0].capabilities,
                 include_failed=include_failed,
@@ -196,6 +198,8 @@ def audit_cmd(ctx: Context, queues: tuple[str, ...], allow: tuple[str, ...],
         fail(exc)
     doc = {"source": backend_key(ctx.source), **result.as_dict(),
            "left_behind": result.left_behind(allow)}
+    if not to_procrastinate:  # only a procrastinate target has a plain worker that misreads
+        doc.pop("plain_procrastinate_misreads")
     if report is not None:
         report.write_text(json.dumps(doc, default=str, indent=2))
     if ctx.json:
@@ -226,6 +230,12 @@ def _print_audit(doc: dict[str, Any]) -> None:
             out.print(f"  {job['id']} ({job['task']}, queue {job['queue']}): {job['reason']}")
         if len(jobs) > 10:
             out.print(f"  ... {len(jobs) - 10} more (--json or --report for all)")
+    misreads = doc.get("plain_procrastinate_misreads")
+    if misreads:
+        out.print("[bold]a plain procrastinate App would misread[/bold] (run the target with "
+                  "cutover_procrastinate.make_app, which reads them right; information only):")
+        for task, reasons in misreads.items():
+            out.print(f"  {task}: " + "; ".join(f"{r} ({n} jobs)" for r, n in reasons.items()))
     if doc["left_behind"]:
         out.print("left behind by a drain: " + ", ".join(f"{c} {n}" for c, n in
                                                          doc["left_behind"].items()))

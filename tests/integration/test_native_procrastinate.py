@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 import os
 import subprocess
 import sys
@@ -239,3 +240,40 @@ def test_every_task_is_registered_under_its_cutover_name_queue_and_aliases() -> 
         for alias in task.aliases:
             assert app.tasks[alias] is native
     assert f"{APP}.old_refuse" in app.tasks
+
+
+def test_audit_names_what_a_plain_procrastinate_app_would_misread(
+        cutover_redis_url: str, cutover_database_url: str) -> None:
+    """Per task, with counts; plain JSON jobs are not named; the drain writes them as plain
+    procrastinate's own defer would, so a plain App reads them unchanged."""
+    backlog(cutover_redis_url)
+    rq.Queue("default", connection=redis.Redis.from_url(cutover_redis_url)).enqueue(
+        native_tasks.charge, "1.50", None)
+    audited = cutover_cli(cutover_redis_url, cutover_database_url, "--json", "audit")
+    assert audited.returncode == 0, audited.stderr[-2000:]
+    misreads = json.loads(audited.stdout)["plain_procrastinate_misreads"]
+    assert misreads == {
+        f"{APP}.charge": {"'amount' arrives as a tagged dict (decimal), not the value": 1,
+                          "'when' arrives as a tagged dict (datetime), not the value": 1,
+                          "'ref' arrives as a tagged dict (uuid), not the value": 1},
+        f"{APP}.gather": {"'d' arrives as a tagged dict (decimal), not the value": 1,
+                          "'s' arrives as a tagged dict (set), not the value": 1,
+                          "'t' arrives as a tagged dict (tuple), not the value": 1,
+                          "'day' arrives as a tagged dict (date), not the value": 1},
+        f"{APP}.kinds": {"positional *args are dropped": 2,
+                         "'nested' arrives as a tagged dict (tuple), not the value": 1,
+                         "'at' arrives as a tagged dict (datetime), not the value": 1},
+        f"{APP}.refuse": {"its retry budget (3 attempts) is ignored": 1,
+                          "its retry budget (4 attempts) is ignored": 1},
+    }
+    text = cutover_cli(cutover_redis_url, cutover_database_url, "audit")
+    assert "a plain procrastinate App would misread" in text.stdout
+    elsewhere = cutover_cli(cutover_redis_url, "memory://", "--json", "audit")
+    assert "plain_procrastinate_misreads" not in json.loads(elsewhere.stdout)
+
+    assert cutover_cli(cutover_redis_url, cutover_database_url, "init", "--yes").returncode == 0
+    assert cutover_cli(cutover_redis_url, cutover_database_url, "drain", "--yes").returncode == 0
+    with psycopg.connect(cutover_database_url) as conn:
+        plain = conn.execute("SELECT args FROM procrastinate_jobs WHERE task_name = %s AND "
+                             "args->>'amount' = '1.50'", (f"{APP}.charge",)).fetchone()
+    assert plain is not None and plain[0] == {"amount": "1.50", "when": None}
