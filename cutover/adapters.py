@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from cutover.backend import QueueBackend
 from cutover.errors import ConfigurationError, UnknownAdapterError
-from cutover.urls import redact
+from cutover.urls import ambiguity, redact
 
 log = logging.getLogger("cutover.adapters")
 
@@ -56,6 +56,9 @@ def split(url: str) -> tuple[str, str]:
     if "://" not in url:
         raise ConfigurationError(f"not a URL: {redact(url)!r} (expected e.g. redis://host:6379/0"
                                  " or postgresql://host/db)")
+    problem = ambiguity(url)
+    if problem:
+        raise ConfigurationError(f"{redact(url)}: {problem}")
     scheme, rest = url.split("://", 1)
     scheme = scheme.lower()
     if "+" in scheme:

@@ -68,6 +68,22 @@ class Capabilities:
     shared: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreIdentity:
+    """Which store a backend is connected to, whatever the URL's spelling.
+
+    ``key`` is stable (across restarts, host names, addresses, sockets, credentials) and holds
+    no secret: the ledger, the runs and the pair lock are keyed on it, and two backends with the
+    same key are one store. ``url`` is the redacted URL it was reached by, for people to read.
+    """
+
+    key: str
+    url: str
+
+    def __str__(self) -> str:
+        return self.url
+
+
 @dataclasses.dataclass
 class TakeResult:
     """What ``take`` did: the records now held by the owner, and the ids it could not take with
@@ -99,6 +115,10 @@ class QueueBackend(Protocol):
         sizes and values beyond what its store keeps. Audit, ``drain --dry-run`` and the drain
         classify such a job ``unsupported`` with these reasons before anything moves; a put
         of a record this accepts must not fail for the record's own sake (contract suite)."""
+        ...
+
+    def identity(self) -> StoreIdentity:
+        """The store this backend is connected to (may ask the server once, then cached)."""
         ...
 
     def enqueue(self, records: Sequence[JobRecord]) -> list[str]:

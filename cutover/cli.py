@@ -16,7 +16,7 @@ from cutover.backend import QueueBackend
 from cutover.control import ControlPlane, control_url
 from cutover.errors import ConfigurationError, CutoverError
 from cutover.registry import TaskRegistry
-from cutover.urls import redact, redact_text
+from cutover.urls import hiding, redact, redact_text
 from cutover.worker import Worker
 
 
@@ -69,8 +69,10 @@ def load_registry(spec: str) -> TaskRegistry:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"--app {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # anything the module raises while it is imported
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigurationError(f"--app {spec!r}: cannot import {module_name!r}: "
+                                 f"{type(exc).__name__}: {first}") from exc
     registry = getattr(module, attr, None)
     if not isinstance(registry, TaskRegistry):
         raise ConfigurationError(f"--app {spec!r}: {attr!r} is not a cutover.TaskRegistry "
@@ -123,6 +125,9 @@ def cli(click_ctx: click.Context, source: str | None, target: str | None, app: s
     Exit codes: 0 success; 1 verification found loss, duplicates or mismatches; 2 usage or
     configuration error; 3 a precondition refused the step.
     """
+    # Every password given on the command line is scrubbed from every log line and error of
+    # this command, however a driver's message cut its URL (see cutover.urls).
+    click_ctx.with_resource(hiding(source, target, control))
     logs.setup(log_level, "json" if log_format == "json" else "text")
     click_ctx.obj = Context(source=source, target=target, app=app, json=as_json,
                             control=control)

@@ -27,7 +27,7 @@ from cutover.errors import (
     UnsupportedValueError,
 )
 from cutover.record import JobRecord
-from cutover.urls import password_of, redact, redact_text
+from cutover.urls import ambiguity, redact, redact_text, secrets_of
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -77,7 +77,10 @@ class ControlPlane:
         if not _IDENT.match(self.schema):
             raise ConfigurationError(f"schema {self.schema!r} is not a valid schema name")
         self._redacted = redact(url)
-        self._secret = password_of(url)
+        self._secrets = secrets_of(url)
+        problem = ambiguity(url)
+        if problem:
+            raise ConfigurationError(f"control plane {self._redacted}: {problem}")
         self._local = threading.local()  # one connection per thread (a drain has two)
 
     def __repr__(self) -> str:
@@ -96,10 +99,10 @@ class ControlPlane:
             self._drop()
             raise BackendUnavailableError(
                 f"control plane at {self._redacted} is unreachable while {doing}: "
-                f"{redact_text(str(exc), self._secret)}") from exc
+                f"{redact_text(str(exc), *self._secrets)}") from exc
         except psycopg.Error as exc:
             raise BackendError(f"control plane at {self._redacted} failed while {doing}: "
-                               f"{redact_text(str(exc), self._secret)}") from exc
+                               f"{redact_text(str(exc), *self._secrets)}") from exc
 
     def _drop(self) -> None:
         conn = getattr(self._local, "conn", None)

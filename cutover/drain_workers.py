@@ -43,7 +43,7 @@ from cutover import adapters, errors
 from cutover.control import ControlPlane
 from cutover.errors import CutoverError
 from cutover.runner import die_with_parent
-from cutover.urls import password_of, redact_text
+from cutover.urls import redact_text, secrets_of
 
 if TYPE_CHECKING:
     from cutover.drain import Drain
@@ -195,8 +195,8 @@ def _worker(parent: Drain, k: int, n: int, conn: Connection, parent_pid: int) ->
     except (_Aborted, EOFError):
         return
     except BaseException as exc:  # reported to the parent, which raises it
-        secrets = (password_of(parent.source_url), password_of(parent.target_url),
-                   password_of(parent.control.url))
+        secrets = (*secrets_of(parent.source_url), *secrets_of(parent.target_url),
+                   *secrets_of(parent.control.url))
         with contextlib.suppress(OSError):
             conn.send(("error", type(exc).__name__, redact_text(str(exc), *secrets)))
         sys.exit(2)

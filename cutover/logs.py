@@ -45,22 +45,26 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """One line a record, followed by the traceback of a failed job when there is one."""
+    """One line a record, followed by the traceback of a failed job when there is one; all of it
+    redacted (an exception's traceback another handler formatted first is cached unredacted)."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         tb = getattr(record, "traceback", None)
         if isinstance(tb, str) and tb:
-            text += "\n" + redact_text(tb)
-        return text
+            text += "\n" + tb
+        return redact_text(text)
 
 
 def setup(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> None:
-    """Send the ``cutover`` logs to stderr."""
+    """Send the ``cutover`` logs to stderr, and the warnings of the libraries under it (psycopg's
+    pool, redis-py...) through the same redaction and format."""
     logger = logging.getLogger("cutover")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_cutover", False):
-            logger.removeHandler(handler)
+    root = logging.getLogger()
+    for owner in (logger, root):
+        for handler in list(owner.handlers):
+            if getattr(handler, "_cutover", False):
+                owner.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler._cutover = True  # type: ignore[attr-defined]
     handler.addFilter(RedactingFilter())
@@ -71,3 +75,11 @@ def setup(level: str = "INFO", fmt: Literal["text", "json"] = "text") -> None:
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False
+    # Without a handler of ours, a library's warning would reach stderr through logging's
+    # last resort, unredacted (psycopg's pool logs every failed connection attempt).
+    libraries = logging.StreamHandler(sys.stderr)
+    libraries._cutover = True  # type: ignore[attr-defined]
+    libraries.setLevel(logging.WARNING)
+    libraries.addFilter(RedactingFilter())
+    libraries.setFormatter(handler.formatter)
+    root.addHandler(libraries)

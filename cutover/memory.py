@@ -17,6 +17,7 @@ from cutover.backend import (
     Acceptor,
     Capabilities,
     Partition,
+    StoreIdentity,
     TakeResult,
     TxHook,
     chunked,
@@ -56,12 +57,19 @@ class InMemoryBackend:
         if store_name:
             with _STORES_LOCK:
                 self._store = _STORES.setdefault(store_name, _Store())
+            self._identity = StoreIdentity(f"memory:{store_name}", url)
         else:
             self._store = _Store()
+            self._identity = StoreIdentity(f"memory:private:{id(self._store):x}", url)
 
     @property
     def url(self) -> str:
         return self._url
+
+    def identity(self) -> StoreIdentity:
+        """``memory:NAME`` (every backend of this process opened with that name), or a private
+        store of its own."""
+        return self._identity
 
     def __repr__(self) -> str:
         return f"InMemoryBackend({self._url!r})"

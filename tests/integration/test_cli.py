@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -123,3 +124,29 @@ def test_sigterm_finishes_the_running_job_then_exits(cutover_redis_url: str) -> 
     assert lifecycle == ["started", "succeeded"]
     assert any("SIGTERM" in e["message"] for e in events)
     backend.close()
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ("import nowhere_at_all\n", "ModuleNotFoundError: No module named 'nowhere_at_all'"),
+        ("def broken(:\n", "SyntaxError: "),
+        ("raise RuntimeError('settings missing: DATABASE_URL')\n",
+         "RuntimeError: settings missing: DATABASE_URL"),
+        ("import sys\nsys.exit(4)\n", "SystemExit: 4"),
+    ],
+)
+def test_an_app_module_that_fails_to_import_exits_2_with_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str,
+        error: str) -> None:
+    name = f"broken_app_{abs(hash(source))}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(cli, ["--app", f"{name}:registry", "--source", "memory://",
+                                      "worker", "--backend", "memory", "--burst"])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"Error: --app '{name}:registry': cannot import '{name}': ")
+    assert error in lines[0]

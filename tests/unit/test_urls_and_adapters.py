@@ -70,3 +70,29 @@ def test_core_imports_no_backend_library() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "db"),
+    [("redis://h:6379/7", 7), ("redis://h:6379", 0), ("redis://h:6379/", 0),
+     ("redis://h/?db=3", 3), ("redis://h/3?db=3", 3), ("unix:///tmp/r.sock?db=2", 2),
+     ("unix:///tmp/r.sock", 0)],
+)
+def test_the_redis_database_is_read_from_the_path_or_db(url: str, db: int) -> None:
+    from cutover_rq.store import database_of
+
+    assert database_of(url) == db
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [("redis://:pw@h:6379/abc", "'abc' (path"), ("redis://h:6379/1/2", "'1/2' (path"),
+     ("redis://h:6379/-1", "'-1' (path"), ("redis://h/?db=abc", "'abc' (?db="),
+     ("redis://h/?db=", "'' (?db="), ("redis://h:6379/1?db=2", "more than one Redis database"),
+     ("unix:///tmp/r.sock?db=x", "'x' (?db=")],
+)
+def test_a_redis_database_that_is_not_one_number_is_refused(url: str, needle: str) -> None:
+    with pytest.raises(ConfigurationError) as err:
+        adapters.open_backend(url)
+    assert err.value.exit_code == 2
+    assert needle in str(err.value) and ":pw@" not in str(err.value)

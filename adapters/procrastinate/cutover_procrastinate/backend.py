@@ -30,6 +30,7 @@ from cutover.backend import (
     Acceptor,
     Capabilities,
     Partition,
+    StoreIdentity,
     TakeResult,
     TxHook,
     chunked,
@@ -45,7 +46,7 @@ from cutover.errors import (
 )
 from cutover.limits import int_limits, size_limits, text_limits
 from cutover.record import JobRecord, JobState, utcnow
-from cutover.urls import password_of, redact, redact_text
+from cutover.urls import redact, redact_text, secrets_of
 from cutover_procrastinate import sql
 
 _NATIVE = re.compile(r"^pg-(\d+)$")
@@ -104,12 +105,12 @@ class ProcrastinateBackend:
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10,
                  apply_schema: bool = True) -> None:
         self._url = redact(url)
-        self._secret = password_of(url)
+        self._secrets = secrets_of(url)
         try:
             psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.ProgrammingError as exc:
             raise ConfigurationError(f"invalid PostgreSQL URL {self._url}: "
-                                     f"{redact_text(str(exc), self._secret)}") from exc
+                                     f"{redact_text(str(exc), *self._secrets)}") from exc
         self.pool: psycopg_pool.ConnectionPool[psycopg.Connection[TupleRow]] = \
             psycopg_pool.ConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
                                         kwargs={"connect_timeout": 5}, name="cutover",
@@ -122,6 +123,7 @@ class ProcrastinateBackend:
         self._skipped: set[int] = set()
         self._lock = threading.Lock()
         self.features: dict[str, bool] = {}
+        self._identity: StoreIdentity | None = None
         if apply_schema:
             self.ensure_schema()
 
@@ -131,6 +133,29 @@ class ProcrastinateBackend:
 
     def __repr__(self) -> str:
         return f"ProcrastinateBackend({self._url!r})"
+
+    def identity(self) -> StoreIdentity:
+        """``postgresql:<system_identifier>/<database>/<schema of procrastinate_jobs>``; where
+        ``pg_control_system()`` is not allowed, a marker row of this database stands in for the
+        cluster (``postgresql-marker:<marker>/...``)."""
+        if self._identity is not None:
+            return self._identity
+        try:
+            with self._tx("reading the store's identity") as conn:
+                cluster = conn.execute(sql.query("store_system")).fetchone()
+                kind = "postgresql"
+        except BackendError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.InsufficientPrivilege):
+                raise
+            with self._tx("reading the store's marker") as conn:
+                conn.execute(sql.query("store_marker"))
+                cluster = conn.execute(sql.query("store_marker_read")).fetchone()
+                kind = "postgresql-marker"
+        with self._tx("reading the store's identity") as conn:
+            place = conn.execute(sql.query("store_place")).fetchone()
+        assert cluster is not None and place is not None
+        self._identity = StoreIdentity(f"{kind}:{cluster[0]}/{place[0]}/{place[1]}", self._url)
+        return self._identity
 
     # -- plumbing --------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -142,10 +167,10 @@ class ProcrastinateBackend:
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise BackendUnavailableError(
                 f"PostgreSQL at {self._url} is unreachable while {doing}: "
-                f"{redact_text(str(exc), self._secret)}") from exc
+                f"{redact_text(str(exc), *self._secrets)}") from exc
         except psycopg.Error as exc:
             raise BackendError(f"PostgreSQL at {self._url} failed while {doing}: "
-                               f"{redact_text(str(exc), self._secret)}") from exc
+                               f"{redact_text(str(exc), *self._secrets)}") from exc
 
     @contextlib.contextmanager
     def _tx(self, doing: str) -> Iterator[psycopg.Connection[TupleRow]]:

@@ -38,6 +38,7 @@ from cutover.backend import (
     Acceptor,
     Capabilities,
     Partition,
+    StoreIdentity,
     TakeResult,
     TxHook,
     chunked,
@@ -54,8 +55,8 @@ from cutover.errors import (
 )
 from cutover.limits import size_limits
 from cutover.record import JobRecord, JobState, utcnow
-from cutover.urls import redact, redact_text
-from cutover_rq import scripts
+from cutover.urls import redact, redact_text, secrets_of
+from cutover_rq import scripts, store
 from cutover_rq.decode import decode_data, payload_kind
 
 _TS = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -207,13 +208,15 @@ class RQBackend:
         base = url.split("?", 1)[0]
         self._raw_url = f"{base}?{urlencode(params)}" if params else base
         self._url = redact(url)
-        self._secret = parts.password or ""
+        self._secrets = secrets_of(url)
+        self.db = store.database_of(url)
+        self._identity: StoreIdentity | None = None
         try:
             self.redis: redis.Redis = client or redis.Redis.from_url(
                 self._raw_url, socket_connect_timeout=5, health_check_interval=30)
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis URL {self._url}: "
-                                     f"{redact_text(str(exc), self._secret)}") from exc
+                                     f"{redact_text(str(exc), *self._secrets)}") from exc
         self._scripts: dict[str, Script] = {}
         self._claims: dict[str, _Claim] = {}
         self._lock = threading.Lock()
@@ -225,6 +228,13 @@ class RQBackend:
     def __repr__(self) -> str:
         return f"RQBackend({self._url!r})"
 
+    def identity(self) -> StoreIdentity:
+        """``redis:<marker>/db<N>``: see :mod:`cutover_rq.store`."""
+        if self._identity is None:
+            with self._errors("reading the store's identity"):
+                self._identity = store.identity(self.redis, self.db, self._url)
+        return self._identity
+
     # -- plumbing --------------------------------------------------------------------------
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -235,10 +245,10 @@ class RQBackend:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BackendUnavailableError(
                 f"Redis at {self._url} is unreachable while {doing}: "
-                f"{redact_text(str(exc), self._secret)}") from exc
+                f"{redact_text(str(exc), *self._secrets)}") from exc
         except redis.RedisError as exc:
             raise BackendError(f"Redis at {self._url} failed while {doing}: "
-                               f"{redact_text(str(exc), self._secret)}") from exc
+                               f"{redact_text(str(exc), *self._secrets)}") from exc
 
     def _script(self, name: str) -> Script:
         with self._lock:

@@ -179,3 +179,30 @@ SELECT positional, max_attempts, retry_intervals FROM cutover_jobs WHERE job_id 
 -- them (only for jobs that have a row; plain jobs get none, as procrastinate keeps none).
 UPDATE cutover_jobs SET error = %(error)s, result = %(result)s::jsonb, updated_at = now()
 WHERE job_id = %(job_id)s;
+
+-- name: store_system
+-- Which store this is, whatever the URL's spelling: the cluster (system_identifier, the same on
+-- its physical replicas, kept across restarts), the database, and the schema procrastinate's
+-- jobs live in. pg_control_system() is executable by PUBLIC unless an administrator revoked it
+-- (then store_marker below is used).
+SELECT system_identifier::text FROM pg_control_system();
+
+-- name: store_place
+SELECT current_database(), COALESCE((SELECT n.nspname FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.oid = to_regclass('procrastinate_jobs')), current_schema());
+
+-- name: store_marker
+-- Fallback when pg_control_system() is not allowed: a marker written once per database (keyed
+-- by the database's oid, so a copy made with CREATE DATABASE ... TEMPLATE gets its own).
+CREATE TABLE IF NOT EXISTS cutover_store_marker (
+    datoid oid PRIMARY KEY,
+    marker text NOT NULL DEFAULT md5(random()::text || clock_timestamp()::text)
+);
+INSERT INTO cutover_store_marker (datoid)
+SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()
+ON CONFLICT DO NOTHING;
+
+-- name: store_marker_read
+SELECT m.marker FROM cutover_store_marker m JOIN pg_catalog.pg_database d ON d.oid = m.datoid
+WHERE d.datname = current_database();
