@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cutover.backend import Capabilities, QueueBackend
+from cutover.dependencies import DependencyView
 from cutover.limits import ledger_limits
 from cutover.misreads import plain_procrastinate_misreads
 from cutover.record import JobRecord, JobState
@@ -49,17 +50,23 @@ class Verdict:
 
 def classify(record: JobRecord, registry: TaskRegistry, target: Capabilities, *,
              include_failed: bool = False, owner: str | None = None,
-             limits: Limits | None = None) -> Verdict:
+             limits: Limits | None = None,
+             dependencies: DependencyView | None = None) -> Verdict:
     """The class of one job, with the reason a person needs. ``limits``: what the target
     (and the ledger) cannot hold; see :class:`Classifier`, which audit, ``drain --dry-run`` and
-    the drain all use."""
+    the drain all use. ``dependencies``: the source's dependency facts (cutover.dependencies);
+    without them a deferred job stays in place."""
     if record.problem:
         return Verdict(JobClass.QUARANTINED, record.problem)
     if record.state in (JobState.FINISHED, JobState.CANCELED):
         return Verdict(JobClass.HISTORY, record.state.value)
     if record.state is JobState.STARTED:
         return Verdict(JobClass.IN_PLACE, "running")
-    if record.state is JobState.DEFERRED:
+    if dependencies is not None:
+        grouped = _dependency_verdict(record, dependencies)
+        if grouped is not None:
+            return grouped
+    elif record.state is JobState.DEFERRED:
         return Verdict(JobClass.IN_PLACE, "waiting on a dependency that is not done")
     if record.state is JobState.HELD and owner is not None and record.holder != owner:
         return Verdict(JobClass.IN_PLACE, f"held by {record.holder}")
@@ -94,6 +101,29 @@ def classify(record: JobRecord, registry: TaskRegistry, target: Capabilities, *,
     return Verdict(JobClass.MOVABLE)
 
 
+def _dependency_verdict(record: JobRecord, view: DependencyView) -> Verdict | None:
+    """A dependency group resolves where its parents run (see cutover.dependencies): a job
+    that deferred jobs wait on stays; a deferred job moves (as queued) once its parents are
+    done on either side. None: nothing holds this job back."""
+    waiters = view.waiting_on(record.id)
+    shown = ", ".join(waiters[:5]) + (f" and {len(waiters) - 5} more" if len(waiters) > 5 else "")
+    if record.state is JobState.DEFERRED:
+        blocking = view.blocking(record)
+        if blocking:
+            return Verdict(JobClass.IN_PLACE, "waits on " + ", ".join(blocking) + ": it moves "
+                           "once they succeed (a failed or canceled parent keeps it deferred "
+                           "until that parent is requeued and succeeds, or it is canceled)")
+        if waiters:
+            return Verdict(JobClass.IN_PLACE, "its dependencies are done and deferred job(s) "
+                           f"{shown} wait on it: the drain queues it on the source, where it "
+                           "runs and releases them")
+        return None
+    if waiters and record.state in (JobState.QUEUED, JobState.SCHEDULED, JobState.FAILED):
+        return Verdict(JobClass.IN_PLACE, f"deferred job(s) {shown} wait on it: it runs on the "
+                       "source, which then queues them (drain again once they are queued)")
+    return None
+
+
 #: ``location`` prefix of a job found somewhere other than where its own queue keeps it.
 MISPLACED = "misplaced:"
 
@@ -114,6 +144,14 @@ class Classifier:
                                              else Capabilities())
         self.include_failed = include_failed
         self.owner = owner
+        #: The source's dependency facts, read before each pass (:meth:`read_dependencies`).
+        self.dependencies: DependencyView | None = None
+
+    def read_dependencies(self, source: QueueBackend, batch_size: int = 1000) -> DependencyView:
+        """Read the source's deferred jobs and where their parents are (source, then target)
+        for the jobs classified next. Changes nothing."""
+        self.dependencies = DependencyView.read(source, self.target, batch_size=batch_size)
+        return self.dependencies
 
     def limits(self, record: JobRecord) -> list[str]:
         """The reasons the ledger or the target cannot hold ``record`` (empty: it can)."""
@@ -126,7 +164,7 @@ class Classifier:
         record = self.registry.normalize(raw)
         return record, classify(record, self.registry, self.capabilities,
                                 include_failed=self.include_failed, owner=self.owner,
-                                limits=self.limits)
+                                limits=self.limits, dependencies=self.dependencies)
 
 
 @dataclasses.dataclass
@@ -187,6 +225,7 @@ def audit(source: QueueBackend, classifier: Classifier, *, queues: list[str] | N
           batch_size: int = 1000, every_job: bool = False) -> AuditReport:
     """Read every job of the source (all states) and classify it. Changes nothing."""
     report = AuditReport(every_job=every_job)
+    classifier.read_dependencies(source, batch_size)
     for batch in source.batches(queues=queues, batch_size=batch_size):
         for raw in batch:
             report.add(*classifier(raw))

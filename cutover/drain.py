@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from cutover import faults
+from cutover import dependencies, faults
 from cutover.audit import AuditReport, Classifier, JobClass
 from cutover.backend import Partition, QueueBackend
 from cutover.control import ControlPlane, backend_key
@@ -133,6 +133,9 @@ class Drain:
 
     def _verdict(self, record: JobRecord) -> tuple[JobRecord, JobClass, str]:
         normal, verdict = self.classify(record)
+        if normal.state is JobState.DEFERRED and verdict.job_class.moves:
+            # Its dependencies are done (on either side): it arrives ready to run.
+            normal = normal.replace(state=JobState.QUEUED)
         return normal, verdict.job_class, verdict.reason
 
     def plan(self, every_job: bool = False) -> AuditReport:
@@ -140,6 +143,7 @@ class Drain:
         :class:`~cutover.audit.Classifier` as audit and the run itself, with the reasons of
         everything that would not move (every verdict by id with ``every_job``)."""
         report = AuditReport(every_job=every_job)
+        self.classify.read_dependencies(self.source, self.options.batch_size)
         for batch in self.source.batches(states=self._states(), queues=self.options.queues,
                                          batch_size=self.options.batch_size):
             for record in batch:
@@ -287,6 +291,11 @@ class Drain:
         """Read the source once (this process's share of it, with a partition), moving what
         can move. Returns how many jobs moved."""
         moved_before = self.report.moved
+        view = self.classify.read_dependencies(self.source, self.options.batch_size)
+        queued = dependencies.release(self.source, view)
+        if queued:
+            log.info("queued %d deferred job(s) on the source whose dependencies are done and "
+                     "that other deferred jobs wait on: %s", len(queued), ", ".join(queued[:20]))
         rate = self.options.rate / self.options.workers if self.options.rate else None
         with _Pipeline([("put", self._put_stage), ("release", self._release_stage)]) as pipe:
             for batch in self.source.batches(states=self._states(), queues=self.options.queues,
@@ -323,6 +332,14 @@ class Drain:
             taken = self.source.take(list(by_id), self.owner, fetch=False)
             faults.point("after_take")
             ready = [by_id[i] for i in taken.taken_ids if i in by_id]
+            for job_id, why in taken.refused.items():
+                # A deferred job began to wait on it since it was read: it stays (other
+                # refusals are jobs that ran, or that another pass or worker moved).
+                if job_id in by_id and why.startswith("deferred job "):
+                    record = by_id[job_id]
+                    self._leave(JobClass.IN_PLACE.value, {
+                        "id": job_id, "task": record.task, "queue": record.queue,
+                        "reason": f"not taken: {why}"})
         with self._inflight_lock:
             self._inflight.update(r.id for r in ready)
             self._inflight.update(r.id for r in failed)

@@ -89,7 +89,10 @@ class JobRecord:
     repeats. ``location`` says where the backend keeps it (``rq:scheduled:default``, ``orphan``);
     like the state and timestamps it is not part of the content; nor are ``holder`` (who holds a
     HELD job) and ``losses`` (what a move would drop: native features with no portable form, such
-    as an RQ result TTL or callback). ``problem`` is set on a job read
+    as an RQ result TTL or callback). ``depends_on`` names the jobs this one waits on (RQ's
+    ``depends_on``; ``dependency_failures_allowed``: a failed parent counts as done), read
+    from the source and resolved by cutover.dependencies, never carried: a job moves only once
+    its dependencies are met. ``problem`` is set on a job read
     from a backend that cannot be decoded or run (quarantined payload, malformed hash): such a
     record is reported and never executed.
     """
@@ -119,6 +122,8 @@ class JobRecord:
     #: The job's own limit on one execution, in seconds (RQ's job timeout; -1 or 0: none). Not
     #: content: None means the task's or the worker's default applies.
     timeout: float | None = None
+    depends_on: tuple[str, ...] = ()
+    dependency_failures_allowed: bool = False
     # Encodings computed once per record (not a field; replace() keeps them unless the content
     # changes).
     _memo: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)

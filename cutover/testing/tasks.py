@@ -76,3 +76,19 @@ def sleepy(seconds: float) -> float:
     _record("sleepy", {"seconds": seconds})
     time.sleep(seconds)
     return seconds
+
+
+@registry.task
+def mark(dsn: str, name: str, fail: bool = False) -> str:
+    """Records one execution of ``name`` in the table ``cutover_runs (seq serial, name text)``
+    of the PostgreSQL database ``dsn`` (the caller creates it): the task's own record, in
+    execution order, whichever worker of whichever backend runs it. Fails after recording when
+    ``fail``."""
+    import psycopg  # here, so that importing the tasks opens nothing
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO cutover_runs (name) VALUES (%s)", (name,))
+    _record("mark", {"name": name})
+    if fail:
+        raise RuntimeError(f"{name} fails, as asked")
+    return name

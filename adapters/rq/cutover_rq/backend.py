@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -148,8 +148,6 @@ def _losses(h: dict[bytes, bytes]) -> tuple[str, ...]:
             out.append(f"rq {field.replace('_name', '')} {_s(h[field.encode()])}")
     if h.get(b"meta"):
         out.append("rq meta")
-    if h.get(b"dependency_ids") or h.get(b"dependency_id"):
-        out.append("rq depends_on")
     if h.get(b"enqueue_at_front") == b"1":
         out.append("rq at_front")
     if h.get(b"repeats_left"):
@@ -159,6 +157,19 @@ def _losses(h: dict[bytes, bytes]) -> tuple[str, ...]:
     if h.get(b"group_id"):
         out.append(f"rq group {_s(h[b'group_id'])}")
     return tuple(out)
+
+
+def _depends_on(h: dict[bytes, bytes]) -> tuple[str, ...]:
+    """The ids a job waits on: RQ's ``dependency_ids`` (JSON), or the older ``dependency_id``.
+    (RQ's ``rq:job::{id}:dependencies`` set holds the same ids.)"""
+    raw = h.get(b"dependency_ids")
+    if raw:
+        with contextlib.suppress(ValueError):
+            ids = json.loads(raw)
+            if isinstance(ids, list):
+                return tuple(str(i) for i in ids)
+    single = h.get(b"dependency_id")
+    return (_s(single),) if single else ()
 
 
 _LPOS_SCAN = 100_000  # at most this many list entries per LPOS (a bounded server-side scan)
@@ -194,7 +205,7 @@ class RQBackend:
 
     name = "rq"
     capabilities = Capabilities(priority=False, scheduling=True, retries=True, results=True,
-                                dependencies=False, job_key=True)
+                                dependencies=True, job_key=True)
 
     def __init__(self, url: str, *, client: redis.Redis | None = None) -> None:
         parts = urlsplit(url)
@@ -342,7 +353,9 @@ class RQBackend:
             or "rq", created_at=_parse_ts(h.get(b"created_at")),
             updated_at=_parse_ts(h.get(b"ended_at")) or _parse_ts(h.get(b"started_at")),
             error=error, result=result, native_id=job_id, problem=problem, location=location,
-            holder=_text(h, "cutover_held"), losses=_losses(h), timeout=_timeout(h))
+            holder=_text(h, "cutover_held"), losses=_losses(h), timeout=_timeout(h),
+            depends_on=_depends_on(h),
+            dependency_failures_allowed=h.get(b"allow_dependency_failures") == b"1")
 
     def _mapping(self, record: JobRecord, status: str) -> dict[str, Any]:
         """The job hash of ``record`` in RQ's own format (built by RQ's Job class)."""
@@ -855,6 +868,49 @@ class RQBackend:
             claim = self._claims.get(job_id)
         return claim.serializer if claim else self._serializer
 
+    # -- dependencies (a step of its own after finish: see lua/dependents.lua) --------------
+    def _dependents(self, mode: str, ids: Sequence[str]) -> list[str]:
+        with self._errors("queueing dependent jobs"):
+            raw = self._script("dependents")(args=[mode, *ids, _ts(utcnow())])
+        return [_s(i) for i in raw]
+
+    def release_dependents(self, job_id: str) -> list[str]:
+        """Queue the deferred dependents of a job that ended whose dependencies are now met,
+        as RQ's own worker does. Returns their ids."""
+        return self._dependents("parent", [job_id])
+
+    def release_deferred(self, job_ids: Sequence[str], *, check: bool = True) -> list[str]:
+        """Queue these deferred jobs: when their dependencies are met on this Redis
+        (``check``), or without a check (the drain found their parents done on either side).
+        Returns the ids queued."""
+        out: list[str] = []
+        for start in range(0, len(job_ids), 500):
+            out += self._dependents("check" if check else "force", job_ids[start:start + 500])
+        return out
+
+    def keep_waiting(self, waiters: Mapping[str, Sequence[str]]) -> None:
+        """Name deferred jobs in the dependents sets of parents that left this Redis (what
+        remove.lua keeps; an older version deleted it): then neither the cutover worker nor the
+        drain takes a parent's absence for "finished and expired" (RQ's own worker still
+        does, for a job with several parents: see docs/architecture.md)."""
+        with self._errors("recording dependents"):
+            pipe = self.redis.pipeline(transaction=False)
+            for parent, children in waiters.items():
+                if children:
+                    pipe.sadd(f"rq:job:{parent}:dependents", *children)
+            pipe.execute()
+
+    def _sweep_deferred(self) -> list[str]:
+        """Deferred jobs whose dependencies are met but that nobody queued (a worker that died
+        between finishing a parent and releasing its dependents; jobs an older cutover worker
+        finished without releasing them)."""
+        released: list[str] = []
+        for q in self._queues():
+            ids = [_s(i) for i in cast(list[bytes], self.redis.zrange(f"rq:deferred:{q}", 0, -1))]
+            if ids:
+                released += self.release_deferred(ids)
+        return released
+
     def complete(self, job: JobRecord, worker: str, result: Any) -> None:
         try:
             stored = codec.dumps(result)
@@ -873,6 +929,7 @@ class RQBackend:
         self._finish(job, worker, "finished", 0, {
             "status": "finished", "ended_at": _ts(utcnow()), "cutover_result": stored,
             "cutover_attempts": job.attempts + 1, "cutover_error": "", "exc_info": ""}, entry)
+        self.release_dependents(job.id)
 
     def fail(self, job: JobRecord, worker: str, error: str,
              retry_at: dt.datetime | None) -> None:
@@ -895,6 +952,8 @@ class RQBackend:
             at = retry_at.timestamp()
             self._finish(job, worker, "scheduled", at,
                          {**fields, "status": "scheduled", "cutover_run_at": at}, None)
+        if retry_at is None:  # failed for good: dependents that allow failures may go
+            self.release_dependents(job.id)
 
     def heartbeat(self, worker: str) -> None:
         with self._errors("sending a heartbeat"):
@@ -917,6 +976,8 @@ class RQBackend:
                         continue
                     if self._script("recover")(args=[job_id, member, owner]):
                         recovered.append(job_id)
+            # Stranded dependents are recovered too: queued once their dependencies are met.
+            recovered += self._sweep_deferred()
         return recovered
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
--- Delete jobs from every place RQ or cutover keeps them. ARGV: id...  Returns how many existed.
+-- Delete jobs from every place RQ or cutover keeps them, except a dependents set that a deferred
+-- job still needs. ARGV: id...  Returns how many existed.
 local removed = 0
 for i = 1, #ARGV do
   local id = ARGV[i]
@@ -28,7 +29,19 @@ for i = 1, #ARGV do
   if jobkey and redis.call('GET', 'cutover:key:' .. jobkey) == id then
     redis.call('DEL', 'cutover:key:' .. jobkey)
   end
-  redis.call('DEL', h, h .. ':dependents', 'rq:job::' .. id .. ':dependencies',
-             'rq:results:' .. id, 'rq:executions:' .. id)
+  -- Its parents no longer need to release it (as RQ's own delete does).
+  for _, p in ipairs(redis.call('SMEMBERS', 'rq:job::' .. id .. ':dependencies')) do
+    redis.call('SREM', 'rq:job:' .. p .. ':dependents', id)
+  end
+  -- Its dependents set stays while a dependent still waits on it: the job moved to another
+  -- backend, and the set is what lets it release them if it comes back, and what tells
+  -- dependents.lua that its outcome is elsewhere (not expired after finishing).
+  local waiting = false
+  for _, c in ipairs(redis.call('SMEMBERS', h .. ':dependents')) do
+    if redis.call('HGET', 'rq:job:' .. c, 'status') == 'deferred' then waiting = true; break end
+  end
+  if not waiting then redis.call('DEL', h .. ':dependents') end
+  redis.call('DEL', h, 'rq:job::' .. id .. ':dependencies', 'rq:results:' .. id,
+             'rq:executions:' .. id)
 end
 return removed

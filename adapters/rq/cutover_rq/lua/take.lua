@@ -9,8 +9,18 @@ for i = 3, #ARGV do
   local f = redis.call('HMGET', h, 'status', 'origin', 'cutover_held')
   local status, origin, held = f[1], f[2], f[3]
   local res, from, score = nil, nil, '0'
+  local waiter = nil
+  if status and not held then
+    -- A job that deferred jobs wait on stays where RQ releases them when it succeeds (checked
+    -- here too, atomically, for dependents enqueued after the drain classified it).
+    for _, c in ipairs(redis.call('SMEMBERS', h .. ':dependents')) do
+      if redis.call('HGET', 'rq:job:' .. c, 'status') == 'deferred' then waiter = c; break end
+    end
+  end
   if not status or not origin then
     res = 'missing'
+  elseif waiter then
+    res = 'deferred job ' .. waiter .. ' waits on it'
   elseif held then
     if held == owner then res = 'taken' else res = 'held by ' .. held end
   elseif status == 'queued' then

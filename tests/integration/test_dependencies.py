@@ -1,0 +1,352 @@
+"""RQ dependencies (depends_on) keep their meaning in the cutover worker, beside RQ's own worker,
+and across drains RQ <-> Procrastinate: every job runs exactly once, and only after all its
+parents succeeded. Executions are counted from the tasks' own record (a PostgreSQL table the task
+writes, `cutover.testing.tasks.mark`), never from logs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import procrastinate
+import psycopg
+import pytest
+import redis
+import rq
+from cutover_rq.backend import RQBackend
+
+from cutover import adapters
+from cutover.backend import QueueBackend
+from cutover.record import JobState
+from cutover.testing import tasks
+from cutover.testing.tasks import registry
+from cutover.worker import Worker
+from tests.integration.drain_helpers import invoke, invoke_json
+
+pytestmark = [pytest.mark.rq, pytest.mark.pg]
+
+
+# -- set-up ----------------------------------------------------------------------------------
+@pytest.fixture
+def dsn(cutover_database_url: str) -> str:
+    """The PostgreSQL database of the test; it also holds the tasks' record of executions."""
+    tasks.reset()
+    with psycopg.connect(cutover_database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE cutover_runs (seq serial PRIMARY KEY, name text NOT NULL)")
+    return cutover_database_url
+
+
+@pytest.fixture
+def conn(cutover_redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(cutover_redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def source(cutover_redis_url: str) -> Iterator[RQBackend]:
+    backend = RQBackend(cutover_redis_url)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def target(dsn: str) -> Iterator[QueueBackend]:
+    backend = adapters.open_backend(dsn)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def rq_url(cutover_redis_url: str, dsn: str) -> str:
+    """The RQ side of a pair whose control plane is initialized."""
+    assert invoke(cutover_redis_url, dsn, "init", "--yes").exit_code == 0
+    return cutover_redis_url
+
+
+def executions(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [r[0] for r in conn.execute("SELECT name FROM cutover_runs ORDER BY seq")]
+
+
+def assert_ran_once_in_order(dsn: str, names: set[str],
+                             edges: list[tuple[str, str]]) -> list[str]:
+    """Each of ``names`` ran exactly once (and nothing else ran), every parent before its
+    child."""
+    runs = executions(dsn)
+    assert sorted(runs) == sorted(names), runs
+    for parent, child in edges:
+        assert runs.index(parent) < runs.index(child), (parent, child, runs)
+    return runs
+
+
+def enqueue(conn: redis.Redis, dsn: str, name: str, *, queue: str = "default",
+            depends_on: Any = None, fail: bool = False) -> rq.job.Job:
+    """A job of `mark` enqueued by plain RQ, with its name as id."""
+    kwargs: dict[str, Any] = {"job_id": name}
+    if depends_on is not None:
+        kwargs["depends_on"] = depends_on
+    return rq.Queue(queue, connection=conn).enqueue(tasks.mark, dsn, name, fail, **kwargs)
+
+
+def status(conn: redis.Redis, job_id: str) -> str | None:
+    raw = conn.hget(f"rq:job:{job_id}", "status")
+    return raw.decode() if isinstance(raw, bytes) else None
+
+
+def cutover_worker(backend: QueueBackend, queues: list[str] | None = None) -> None:
+    Worker(backend, registry, queues=queues, burst=True,
+           poll_interval=0.05).run(install_signal_handlers=False)
+
+
+def native_rq_worker(conn: redis.Redis, queues: list[str], max_jobs: int | None = None) -> None:
+    rq.SimpleWorker([rq.Queue(q, connection=conn) for q in queues],
+                    connection=conn).work(burst=True, max_jobs=max_jobs)
+
+
+def native_procrastinate_worker(dsn: str) -> None:
+    """Procrastinate's own worker, the task registered under RQ's name for it."""
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
+
+    @app.task(name="cutover.testing.tasks.mark")
+    def mark(dsn: str, name: str, fail: bool = False) -> str:
+        return tasks.mark(dsn, name, fail)
+
+    async def work() -> None:
+        async with app.open_async():
+            await app.run_worker_async(wait=False, install_signal_handlers=False,
+                                       listen_notify=False)
+
+    asyncio.run(work())
+
+
+def left(report: dict[str, Any], cls: str = "in_place") -> dict[str, str]:
+    return {j["id"]: j["reason"] for j in report.get("left", {}).get(cls, [])}
+
+
+def audited(doc: dict[str, Any], cls: str = "in_place") -> dict[str, str]:
+    return {j["id"]: j["reason"] for j in doc.get("jobs", {}).get(cls, [])}
+
+
+# -- the cutover worker on RQ, and RQ's own worker -----------------------------------------------
+def test_cutover_worker_queues_dependents_once_all_parents_succeeded(
+        dsn: str, conn: redis.Redis, source: RQBackend) -> None:
+    a = enqueue(conn, dsn, "a")
+    b = enqueue(conn, dsn, "b", depends_on=a)
+    enqueue(conn, dsn, "c", depends_on=b)
+    d = enqueue(conn, dsn, "d", queue="second")  # worked after every job of "default"
+    enqueue(conn, dsn, "e", depends_on=[a, d])
+    assert {status(conn, i) for i in "bce"} == {"deferred"}
+
+    cutover_worker(source)
+
+    assert_ran_once_in_order(dsn, set("abcde"),
+                             [("a", "b"), ("b", "c"), ("a", "e"), ("d", "e")])
+    assert {status(conn, i) for i in "abcde"} == {"finished"}
+    assert conn.zcard("rq:deferred:default") == 0
+    assert not conn.exists("rq:job:a:dependents", "rq:job:b:dependents", "rq:job:d:dependents")
+
+
+def test_dependent_enqueued_at_front_goes_to_the_head_of_its_queue(
+        dsn: str, conn: redis.Redis, source: RQBackend) -> None:
+    a = enqueue(conn, dsn, "a", queue="parents")
+    enqueue(conn, dsn, "filler")
+    rq.Queue("default", connection=conn).enqueue(
+        tasks.mark, dsn, "urgent", job_id="urgent",
+        depends_on=rq.job.Dependency(jobs=[a], enqueue_at_front=True))
+    enqueue(conn, dsn, "late", depends_on=a)
+
+    cutover_worker(source, queues=["parents"])
+
+    assert conn.lrange("rq:queue:default", 0, -1) == [b"urgent", b"filler", b"late"]
+
+
+def test_cutover_and_native_rq_workers_release_each_others_dependents(
+        dsn: str, conn: redis.Redis, source: RQBackend) -> None:
+    a = enqueue(conn, dsn, "a", queue="cut")            # run by the cutover worker
+    b = enqueue(conn, dsn, "b", depends_on=a)           # by RQ's worker
+    enqueue(conn, dsn, "c", depends_on=b)               # by RQ's worker
+    d = enqueue(conn, dsn, "d")                         # by RQ's worker
+    enqueue(conn, dsn, "e", queue="cut", depends_on=[a, d])  # by the cutover worker
+
+    cutover_worker(source, queues=["cut"])
+    assert executions(dsn) == ["a"] and status(conn, "e") == "deferred"
+    native_rq_worker(conn, ["default"])
+    assert status(conn, "e") == "queued"
+    cutover_worker(source, queues=["cut"])
+
+    assert_ran_once_in_order(dsn, set("abcde"),
+                             [("a", "b"), ("b", "c"), ("a", "e"), ("d", "e")])
+
+
+@pytest.mark.parametrize("worker", ["cutover", "native"])
+def test_a_failed_parent_keeps_its_dependent_deferred_unless_failures_are_allowed(
+        worker: str, dsn: str, conn: redis.Redis, source: RQBackend,
+        cutover_redis_url: str) -> None:
+    a = enqueue(conn, dsn, "a", fail=True)
+    enqueue(conn, dsn, "b", depends_on=a)
+    rq.Queue("default", connection=conn).enqueue(
+        tasks.mark, dsn, "tolerant", job_id="tolerant",
+        depends_on=rq.job.Dependency(jobs=[a], allow_failure=True))
+
+    if worker == "cutover":
+        cutover_worker(source)
+    else:
+        native_rq_worker(conn, ["default"])
+
+    assert_ran_once_in_order(dsn, {"a", "tolerant"}, [("a", "tolerant")])
+    assert status(conn, "a") == "failed" and status(conn, "b") == "deferred"
+    code, doc = invoke_json(cutover_redis_url, dsn, "audit")
+    assert code == 3
+    reasons = audited(doc)
+    assert "a (failed on rq)" in reasons["b"]
+    assert "deferred job(s) b wait on it" in reasons["a"]
+
+
+def test_the_cutover_worker_recovers_dependents_nobody_queued(
+        dsn: str, conn: redis.Redis, source: RQBackend) -> None:
+    """A parent finished without releasing its dependent (a worker killed between the two
+    steps, or an older cutover worker): the worker's sweep queues it, once."""
+    a = enqueue(conn, dsn, "a")
+    enqueue(conn, dsn, "b", depends_on=a)
+    native_rq_worker(conn, ["default"], max_jobs=1)
+    assert status(conn, "b") == "queued"
+    # Put the stranded state back together: b deferred again, a finished.
+    conn.lrem("rq:queue:default", 0, "b")
+    conn.hset("rq:job:b", "status", "deferred")
+    conn.zadd("rq:deferred:default", {"b": 0})
+
+    cutover_worker(source)
+
+    assert_ran_once_in_order(dsn, {"a", "b"}, [("a", "b")])
+
+
+# -- drains -----------------------------------------------------------------------------------
+def test_drain_keeps_dependency_groups_whole_and_moves_dependents_once_released(
+        dsn: str, conn: redis.Redis, rq_url: str, source: RQBackend,
+        target: QueueBackend) -> None:
+    a = enqueue(conn, dsn, "a")
+    b = enqueue(conn, dsn, "b", depends_on=a)
+    enqueue(conn, dsn, "c", depends_on=b)
+    d = enqueue(conn, dsn, "d")
+    enqueue(conn, dsn, "e", depends_on=[a, d])
+    enqueue(conn, dsn, "loner")
+    group = set("abcde")
+
+    # Audit, dry-run and drain: the same jobs, the same class, before anything ran.
+    code, doc = invoke_json(rq_url, dsn, "audit")
+    assert code == 3 and set(audited(doc)) == group
+    assert doc["by_class"] == {"in_place": 5, "movable": 1}
+    code, plan = invoke_json(rq_url, dsn, "drain", "--dry-run")
+    assert plan["plan"] == {"in_place": 5, "movable": 1}
+    code, report = invoke_json(rq_url, dsn, "drain", "--yes")
+    assert code == 3 and report["moved"] == 1
+    assert left(report) == audited(doc)
+    assert "deferred job(s) b, e wait on it" in left(report)["a"]
+    assert "waits on a (queued on rq), d (queued on rq)" in left(report)["e"]
+    refused = source.take(["a"], "someone-else").refused
+    assert refused["a"] in ("deferred job b waits on it", "deferred job e waits on it")
+
+    # RQ's worker runs the two parents; b and e are queued; e has no dependents and moves.
+    native_rq_worker(conn, ["default"], max_jobs=2)
+    assert executions(dsn) == ["a", "d"]
+    code, report = invoke_json(rq_url, dsn, "drain", "--yes")
+    assert code == 3 and report["moved"] == 1, report
+    assert set(left(report)) == {"b", "c"}
+    moved = target.get("e")
+    assert moved is not None and moved.state is JobState.QUEUED
+    cutover_worker(target)  # runs loner and e on Procrastinate
+
+    # b runs on RQ, which queues c; c moves and Procrastinate's own worker runs it.
+    native_rq_worker(conn, ["default"], max_jobs=1)
+    code, report = invoke_json(rq_url, dsn, "drain", "--yes")
+    assert code == 0 and report["moved"] == 1, report
+    native_procrastinate_worker(dsn)
+
+    assert_ran_once_in_order(dsn, group | {"loner"},
+                             [("a", "b"), ("b", "c"), ("a", "e"), ("d", "e")])
+    code, verdict = invoke_json(rq_url, dsn, "verify", "--report", "/dev/null")
+    assert code == 0 and verdict["clean"], verdict
+    code, doc = invoke_json(rq_url, dsn, "audit")
+    assert code == 0 and not doc["left_behind"], doc
+
+
+def split(source: RQBackend, target: QueueBackend, conn: redis.Redis, job_id: str, *,
+          forget: bool) -> None:
+    """Move one parent (held by "old-version") the way an older version did, leaving its
+    dependents deferred on RQ (and, with ``forget``, deleting its dependents set as its remove
+    did)."""
+    taken = source.take([job_id], "old-version")
+    assert taken.taken_ids == [job_id], taken.refused
+    record = registry.normalize(taken.taken[0])
+    target.put([record.replace(state=JobState.QUEUED)])
+    source.remove([job_id])
+    if forget:
+        conn.delete(f"rq:job:{job_id}:dependents")
+
+
+def test_groups_an_older_version_split_resolve_once_the_moved_parent_succeeded(
+        dsn: str, conn: redis.Redis, rq_url: str, source: RQBackend,
+        target: QueueBackend) -> None:
+    # The dependents are enqueued once the parent is held (the take guard would refuse it
+    # otherwise; the older version had none).
+    a = enqueue(conn, dsn, "a")
+    enqueue(conn, dsn, "d")
+    source.take(["a"], "old-version")
+    enqueue(conn, dsn, "b", depends_on=a)
+    enqueue(conn, dsn, "e", depends_on=["a", "d"])
+    split(source, target, conn, "a", forget=True)
+    assert status(conn, "b") == "deferred" and status(conn, "e") == "deferred"
+
+    code, doc = invoke_json(rq_url, dsn, "audit")
+    assert code == 3
+    assert "waits on a (queued on procrastinate)" in audited(doc)["b"]
+    code, report = invoke_json(rq_url, dsn, "drain", "--yes")
+    assert code == 3 and report["moved"] == 0, report
+    assert left(report) == audited(doc)
+    # The drain told RQ again that b and e wait on a (the older version had forgotten): the
+    # cutover worker finishing d must not take a's absence for "finished".
+    assert {m.decode() for m in conn.smembers("rq:job:a:dependents")} == {"b", "e"}
+    cutover_worker(source)
+    assert executions(dsn) == ["d"] and status(conn, "e") == "deferred"
+
+    cutover_worker(target)  # a succeeds on Procrastinate
+    code, report = invoke_json(rq_url, dsn, "drain", "--yes")
+    assert code == 0 and report["moved"] == 2, report
+    cutover_worker(target)
+
+    assert_ran_once_in_order(dsn, {"a", "b", "d", "e"}, [("a", "b"), ("a", "e"), ("d", "e")])
+    assert not conn.exists("rq:job:a:dependents")
+
+
+def test_a_parent_moved_back_still_releases_its_dependents(
+        dsn: str, conn: redis.Redis, rq_url: str, source: RQBackend,
+        target: QueueBackend) -> None:
+    a = enqueue(conn, dsn, "a")
+    source.take(["a"], "old-version")
+    enqueue(conn, dsn, "b", depends_on=a)
+    split(source, target, conn, "a", forget=False)
+    # remove kept the dependents set b needs
+    assert {m.decode() for m in conn.smembers("rq:job:a:dependents")} == {"b"}
+
+    code, report = invoke_json(dsn, rq_url, "drain", "--yes")  # back to RQ
+    assert code == 0 and report["moved"] == 1, report
+    assert status(conn, "a") == "queued"
+    native_rq_worker(conn, ["default"])
+
+    assert_ran_once_in_order(dsn, {"a", "b"}, [("a", "b")])
+
+
+def test_remove_keeps_a_dependents_set_only_while_a_deferred_job_needs_it(
+        dsn: str, conn: redis.Redis, source: RQBackend) -> None:
+    a = enqueue(conn, dsn, "a")
+    enqueue(conn, dsn, "b", depends_on=a)
+    x = enqueue(conn, dsn, "x")
+    enqueue(conn, dsn, "y", depends_on=x)
+    conn.hset("rq:job:y", "status", "canceled")  # nobody waits on x any more
+
+    assert source.remove(["a", "x"]) == 2
+    assert conn.exists("rq:job:a:dependents") and not conn.exists("rq:job:x:dependents")
+    assert source.remove(["b"]) == 1
+    assert not conn.exists("rq:job:a:dependents")  # b's removal took it out of a's set
