@@ -325,6 +325,35 @@ class BackendContract:
         run_burst(cutover_backend)
         assert tasks.calls == [("add", {"a": 1, "b": 1})]
 
+    def test_what_it_says_it_can_hold_it_holds(self, cutover_backend: QueueBackend) -> None:
+        """``cannot_hold`` is complete: every awkward record it accepts is put and read back
+        unaltered (so a drain's put does not fail for the job's own sake); a refusal says
+        why."""
+        base = make("add", 1, 2)
+        far = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+        awkward = [base.replace(id=i) for i in ("with:colon", "with\nnewline", "dot.and space",
+                                                "nul\x00id", "")]
+        changes: list[dict[str, Any]] = [
+            {"queue": "q" * 200}, {"queue": ""}, {"queue": "nul\x00queue"},
+            {"task": "t" * 200}, {"job_key": "key\x00nul"}, {"priority": 2**40},
+            {"max_attempts": 3, "retry_intervals": (-1.0,)},
+            {"max_attempts": 3, "retry_intervals": (float("inf"),)},
+            {"run_at": far}, {"attempts": 2**33, "max_attempts": 2**33 + 1}]
+        awkward += [base.replace(id=f"awkward-{n}", **change)
+                    for n, change in enumerate(changes)]
+        accepted = 0
+        for record in awkward:
+            reasons = cutover_backend.cannot_hold(record)
+            if reasons:
+                assert all(isinstance(r, str) and r for r in reasons), reasons
+                continue
+            cutover_backend.put([record])
+            got = cutover_backend.get(record.id)
+            assert got is not None, repr(record.id)
+            assert got.digest() == record.digest(), (record.id, got.differences(record))
+            accepted += 1
+        assert accepted > 0 or cutover_backend.name != "memory"
+
     def test_put_is_idempotent_and_refuses_conflicts(self, cutover_backend: QueueBackend
                                                      ) -> None:
         record = make("add", 1, 1)
