@@ -1,0 +1,66 @@
+"""Jobs a drain holds on RQ are out of reach of RQ's own worker and scheduler, not just uncounted.
+
+The drain's safety rests on ``take``: while a job moves, no worker of the source may start it.
+Counting held jobs does not prove that (a take that leaves the id in its queue list still counts
+it as held); running RQ's own worker against the queue does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import pytest
+import redis
+import rq
+from cutover_rq import RQBackend
+
+from cutover.record import JobState, utcnow
+from cutover.testing import tasks
+
+pytestmark = pytest.mark.rq
+
+OWNER = "cutover-drain:proof"
+
+
+@pytest.fixture
+def backend(cutover_redis_url: str) -> Iterator[RQBackend]:
+    tasks.reset()
+    b = RQBackend(cutover_redis_url)
+    yield b
+    b.close()
+
+
+def run_plain_rq(conn: redis.Redis, *names: str) -> None:
+    queues = [rq.Queue(n, connection=conn) for n in names]
+    rq.SimpleWorker(queues, connection=conn).work(burst=True, with_scheduler=True)
+
+
+def test_a_plain_rq_worker_runs_none_of_the_jobs_the_drain_holds(backend: RQBackend) -> None:
+    conn = backend.redis
+    default = rq.Queue("default", connection=conn)
+    other = rq.Queue("other", connection=conn)
+    queued = [default.enqueue(tasks.add, n, 1).id for n in range(5)]
+    queued.append(other.enqueue(tasks.add, 5, 1).id)  # held from a second queue too
+    # Scheduled and already due: RQ's scheduler would enqueue it at once if it could see it.
+    due = default.enqueue_at(utcnow() - dt.timedelta(minutes=1), tasks.add, 6, 1).id
+    free = default.enqueue(tasks.add, 99, 1).id  # not taken: the worker must still run it
+    ids = [*queued, due]
+
+    taken = backend.take(ids, OWNER)
+    assert sorted(taken.taken_ids) == sorted(ids), taken.refused
+
+    run_plain_rq(conn, "default", "other")
+    ran = sorted(c[1]["a"] for c in tasks.calls if c[0] == "add")
+    assert ran == [99], f"RQ's worker ran held jobs: {ran}"
+    for job_id in ids:
+        held = backend.get(job_id)
+        assert held is not None and held.state is JobState.HELD, (job_id, held)
+    assert backend.get(free).state is JobState.FINISHED  # type: ignore[union-attr]
+
+    # Given back, the same worker runs every one of them: the worker could have, had they not
+    # been held.
+    assert backend.give_back(ids, OWNER) == len(ids)
+    tasks.reset()
+    run_plain_rq(conn, "default", "other")
+    assert sorted(c[1]["a"] for c in tasks.calls if c[0] == "add") == list(range(7))
