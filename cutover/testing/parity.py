@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import inspect
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,30 +42,56 @@ def _encodable(value: Any) -> bool:
     return not codec.check(value)
 
 
-def _spy(registry: TaskRegistry) -> tuple[TaskRegistry, list[dict[str, Any]]]:
-    """A copy of the registry whose functions record the args they receive, with zero backoff."""
+def spy_registry(registry: TaskRegistry) -> tuple[TaskRegistry, list[dict[str, Any]]]:
+    """A copy of the registry whose functions record the args they receive (coroutine
+    functions stay coroutine functions), with zero backoff."""
     calls: list[dict[str, Any]] = []
     lock = threading.Lock()
     spy = TaskRegistry()
-    for task in registry:
-        def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+
+    def note(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        with lock:
+            calls.append({"args": copy.deepcopy(list(args)), "kwargs": copy.deepcopy(kwargs)})
+
+    def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
-            def recorder(*args: Any, **kwargs: Any) -> Any:
-                with lock:
-                    calls.append({"args": copy.deepcopy(list(args)),
-                                  "kwargs": copy.deepcopy(kwargs)})
-                return func(*args, **kwargs)
-            return recorder
+            async def arecorder(*args: Any, **kwargs: Any) -> Any:
+                note(args, kwargs)
+                return await func(*args, **kwargs)
+            return arecorder
+
+        @functools.wraps(func)
+        def recorder(*args: Any, **kwargs: Any) -> Any:
+            note(args, kwargs)
+            return func(*args, **kwargs)
+        return recorder
+
+    for task in registry:
         spy.register(wrap(task.func), name=task.name, queue=task.queue,
-                     max_attempts=task.max_attempts,
+                     max_attempts=task.max_attempts, timeout=task.timeout,
                      backoff=[0.0] * len(task.retry_intervals), aliases=task.aliases)
     return spy, calls
+
+
+def compare(outcomes: dict[str, Outcome]) -> list[str]:
+    """Every field on which an outcome differs from the first one, spelled for a person."""
+    names = list(outcomes)
+    reference = outcomes[names[0]].as_dict()
+    lines = []
+    for name in names[1:]:
+        other = outcomes[name].as_dict()
+        for field, value in reference.items():
+            if codec.canonical(value) != codec.canonical(other[field]):
+                lines.append(f"  {field}:\n    {names[0]:<22} {value!r}\n"
+                             f"    {name:<22} {other[field]!r}")
+    return lines
 
 
 def run_once(backend: QueueBackend, registry: TaskRegistry, task: str | Callable[..., Any],
              args: Sequence[Any], kwargs: dict[str, Any], timeout: float = 60.0) -> Outcome:
     """Enqueue one job on ``backend``, run a burst worker, and report the outcome."""
-    spy, calls = _spy(registry)
+    spy, calls = spy_registry(registry)
     record = spy.make_record(task, args, kwargs)
     job_id = backend.enqueue([record])[0]
     Worker(backend, spy, burst=True, poll_interval=0.05).run(install_signal_handlers=False)
@@ -94,15 +121,7 @@ def assert_parity(registry: TaskRegistry, task_name: str | Callable[..., Any], *
             _setup()
         with backend_for(name) as backend:
             outcomes[name] = run_once(backend, registry, task_name, args, kwargs)
-    first_name = names[0]
-    reference = outcomes[first_name].as_dict()
-    lines = []
-    for name in names[1:]:
-        other = outcomes[name].as_dict()
-        for field, value in reference.items():
-            if codec.canonical(value) != codec.canonical(other[field]):
-                lines.append(f"  {field}:\n    {first_name:<14} {value!r}\n"
-                             f"    {name:<14} {other[field]!r}")
+    lines = compare(outcomes)
     if lines:
         raise ParityError(f"backends disagree on {task_name!r}:\n" + "\n".join(lines))
     return outcomes

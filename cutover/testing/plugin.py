@@ -30,8 +30,9 @@ def _unavailable(exc: Exception) -> None:
 
 
 @contextlib.contextmanager
-def backend_for(name: str) -> Iterator[QueueBackend]:
-    """Open an isolated backend of adapter ``name`` on the session's servers."""
+def served_url(name: str) -> Iterator[str]:
+    """The URL (``adapter+url``, password included) of an isolated, empty store of adapter
+    ``name`` on the session's servers; a database is dropped afterwards."""
     url: str
     cleanup = None
     try:
@@ -52,13 +53,22 @@ def backend_for(name: str) -> Iterator[QueueBackend]:
     except ServiceUnavailable as exc:
         _unavailable(exc)
         raise
-    backend = adapters.open_backend(url)
     try:
-        yield backend
+        yield url
     finally:
-        backend.close()
         if cleanup is not None:
             cleanup(url.split("+", 1)[1])
+
+
+@contextlib.contextmanager
+def backend_for(name: str) -> Iterator[QueueBackend]:
+    """Open an isolated backend of adapter ``name`` on the session's servers."""
+    with served_url(name) as url:
+        backend = adapters.open_backend(url)
+        try:
+            yield backend
+        finally:
+            backend.close()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

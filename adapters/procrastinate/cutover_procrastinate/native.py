@@ -28,13 +28,13 @@ reach as of any procrastinate worker: their ``scheduled_at`` is far in the futur
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import functools
 import inspect
 import json
 import threading
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +46,7 @@ from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from cutover import codec
 from cutover.errors import CutoverError, DecodeError
 from cutover.registry import Task, TaskRegistry
+from cutover.runner import failure
 from cutover_procrastinate import sql
 
 __all__ = ["Budget", "JobBudget", "make_app"]
@@ -130,7 +131,8 @@ def _kwargs(raw: dict[str, Any], job_id: int) -> dict[str, Any]:
 
 
 def _error(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).strip()
+    """The traceback, as the cutover worker keeps it (passwords in URLs redacted)."""
+    return failure(exc).traceback or repr(exc)
 
 
 def _result(value: Any) -> str | None:
@@ -156,6 +158,8 @@ def _sync_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Calla
         budgets.put(job.id, side.budget)
         try:
             result = func(*side.positional, **_kwargs(raw, job.id))
+            if inspect.isawaitable(result):  # a sync function returning a coroutine: as the
+                result = asyncio.run(_await(result))  # cutover worker, run it in this thread
         except BaseException as exc:
             if side.stored:
                 app.connector.execute_query(sql.query("native_outcome"), job_id=job.id,
@@ -196,6 +200,10 @@ def _async_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Call
         return result
 
     return run
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _dumps(value: Any) -> str:

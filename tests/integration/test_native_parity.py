@@ -1,0 +1,53 @@
+"""assert_native_parity: the cutover worker and each backend's own worker agree."""
+
+from __future__ import annotations
+
+import pytest
+
+from cutover.errors import ConfigurationError
+from cutover.record import JobState
+from cutover.testing import ParityError, assert_native_parity, tasks
+from cutover.testing.contract import SAMPLE_KWARGS
+from cutover.testing.native import WAYS
+from cutover.testing.tasks import registry
+
+pytestmark = [pytest.mark.rq, pytest.mark.pg]
+
+
+def test_rich_arguments_and_results_agree_on_every_worker() -> None:
+    outcomes = assert_native_parity(registry, tasks.echo, **SAMPLE_KWARGS)
+    assert list(outcomes) == list(WAYS)
+    for outcome in outcomes.values():
+        assert outcome.state is JobState.FINISHED
+        assert outcome.calls == [{"args": [], "kwargs": SAMPLE_KWARGS}]
+        assert type(outcome.calls[0]["kwargs"]["pair"]) is tuple
+
+
+def test_failures_and_retry_budgets_agree_on_every_worker() -> None:
+    failed = assert_native_parity(registry, tasks.boom, message="nope")
+    assert {(o.state, o.error, o.attempts) for o in failed.values()} == {
+        (JobState.FAILED, "ValueError: nope", 1)}
+    retried = assert_native_parity(registry, tasks.flaky, key="native", failures=2,
+                                   _setup=tasks.reset)
+    assert {(o.state, o.result, o.attempts) for o in retried.values()} == {
+        (JobState.FINISHED, "ok after 3", 3)}
+    spent = assert_native_parity(registry, tasks.flaky, key="spent", failures=5,
+                                 _setup=tasks.reset)
+    assert {(o.state, o.attempts, len(o.calls)) for o in spent.values()} == {
+        (JobState.FAILED, 3, 3)}
+
+
+def test_a_worker_that_differs_is_named_in_the_diff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A procrastinate App without the wrapper (here: one that skips decoding) is caught."""
+    from cutover_procrastinate import native
+
+    monkeypatch.setattr(native, "_kwargs", lambda raw, job_id: raw)
+    with pytest.raises(ParityError) as err:
+        assert_native_parity(registry, tasks.echo, _ways=["cutover:procrastinate",
+                                                          "procrastinate"], **SAMPLE_KWARGS)
+    assert "calls" in str(err.value) and "procrastinate" in str(err.value)
+
+
+def test_unknown_ways_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="unknown way"):
+        assert_native_parity(registry, tasks.add, 1, 2, _ways=["celery"])
