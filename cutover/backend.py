@@ -98,6 +98,26 @@ class TakeResult:
             self.taken_ids = [r.id for r in self.taken]
 
 
+@dataclasses.dataclass(frozen=True)
+class Departure:
+    """What a backend's own records say about a job it no longer holds.
+
+    ``finished`` is True only on positive evidence that the job ran to an end (succeeded,
+    failed for good, or was cancelled by an operator) before it was deleted: a record written
+    when it finished or when a finished job was deleted. A job that is merely absent has no
+    departure at all, and a deletion of a job that had not finished is ``finished=False``.
+    """
+
+    finished: bool
+    #: The job's last status as the backend recorded it (``succeeded``, ``failed``,
+    #: ``cancelled``, ``finished`` when the backend cannot say which, or the waiting or
+    #: running status it was deleted in).
+    status: str
+    #: Where the fact comes from, for the report (a table, a Redis key).
+    evidence: str
+    at: dt.datetime | None = None
+
+
 @runtime_checkable
 class QueueBackend(Protocol):
     """A queue system behind the toolkit's one interface (synchronous, thread-safe)."""
@@ -156,6 +176,13 @@ class QueueBackend(Protocol):
         one: the drain's processes wait for each other between windows, so that they all read
         the same windows (see cutover.drain_workers). One that reads by key may yield just its
         share's batches."""
+        ...
+
+    def departures(self, job_ids: Sequence[str]) -> dict[str, Departure]:
+        """For jobs this backend no longer holds, what its own records say of how they left
+        (see :class:`Departure`). Ids it has no record of are left out: absence is never
+        evidence that a job finished. A record is cleared when a job with the same id is put
+        again, so it always speaks of the job's latest stay."""
         ...
 
     def take(self, job_ids: Sequence[str], owner: str, *, tx_hook: TxHook | None = None,

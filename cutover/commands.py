@@ -372,10 +372,12 @@ def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | 
 def verify(ctx: Context, report_path: Path | None) -> None:
     """Prove that the jobs the ledger says moved from --source to --target are on the target,
     unaltered, and nowhere else. Lists every lost, duplicated, mismatched (with the fields) and
-    pending job by id.
+    pending job by id. A moved job the target has since deleted counts as "finished, since
+    deleted" only when the target's own records say it ended first; otherwise it is lost.
 
     Exit 0 only when clean; 1 when something was lost, duplicated or altered; 3 when moves are
-    still in flight (re-run the drain first).
+    still in flight (re-run the drain first), or when nothing was ever moved from --source to
+    --target (wrong URL, database number, or the two swapped).
     """
     try:
         ctx.need("source", "target")

@@ -212,6 +212,13 @@ class ControlPlane:
                                 {"source": source, "target": target}).fetchall()
         return [(r[0], r[1], r[2]) for r in rows]
 
+    def pair_history(self, source: str, target: str) -> tuple[bool, int]:
+        """Whether any job was moved from source to target; how many went the other way."""
+        with self.tx("reading the ledger") as conn:
+            row = conn.execute(self.query("ledger_pair_history"),
+                               {"source": source, "target": target}).fetchone()
+        return (bool(row[0]), int(row[1])) if row else (False, 0)
+
     def summary(self) -> list[dict[str, Any]]:
         with self.tx("reading the ledger") as conn:
             rows = conn.execute(self.query("ledger_summary")).fetchall()

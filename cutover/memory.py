@@ -16,6 +16,7 @@ from typing import Any
 from cutover.backend import (
     Acceptor,
     Capabilities,
+    Departure,
     Partition,
     StoreIdentity,
     TakeResult,
@@ -37,6 +38,9 @@ class _Store:
     keys: dict[str, str] = dataclasses.field(default_factory=dict)
     held: dict[str, tuple[str, JobState]] = dataclasses.field(default_factory=dict)
     paused: set[str] = dataclasses.field(default_factory=set)
+    #: How jobs ended (written when they finish, cleared when the id is put again): what
+    #: ``departures`` reports once a finished job is removed, like RQ's ``cutover:ended``.
+    ended: dict[str, Departure] = dataclasses.field(default_factory=dict)
     seq: itertools.count[int] = dataclasses.field(default_factory=itertools.count)
 
 
@@ -109,6 +113,7 @@ class InMemoryBackend:
     def _insert(self, record: JobRecord) -> None:
         self._store.jobs[record.id] = record
         self._store.order[record.id] = next(self._store.seq)
+        self._store.ended.pop(record.id, None)  # a new stay: an earlier end no longer counts
         if record.job_key is not None and record.state.live:
             self._store.keys[record.job_key] = record.id
 
@@ -226,6 +231,11 @@ class InMemoryBackend:
                 tx_hook(None)
         return removed
 
+    def departures(self, job_ids: Sequence[str]) -> dict[str, Departure]:
+        with self._store.lock:
+            return {job_id: self._store.ended[job_id] for job_id in job_ids
+                    if job_id in self._store.ended and job_id not in self._store.jobs}
+
     def pause(self, queues: Collection[str] | None = None) -> None:
         with self._store.lock:
             self._store.paused.update(queues or {"*"})
@@ -289,6 +299,9 @@ class InMemoryBackend:
             self._store.jobs[job.id] = current.replace(
                 state=state, attempts=current.attempts + 1, result=result, error=error,
                 updated_at=utcnow())
+            self._store.ended[job.id] = Departure(
+                finished=True, status="succeeded" if state is JobState.FINISHED else "failed",
+                evidence="the memory store's record of ended jobs", at=utcnow())
             if current.job_key and self._store.keys.get(current.job_key) == job.id:
                 del self._store.keys[current.job_key]
 
@@ -309,3 +322,4 @@ class InMemoryBackend:
             self._store.keys.clear()
             self._store.held.clear()
             self._store.paused.clear()
+            self._store.ended.clear()

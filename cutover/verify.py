@@ -4,12 +4,16 @@ Both backends' snapshots are streamed (constant memory) into a temporary table o
 plane's database with COPY; the comparison with the ledger is then SQL. First a cheap
 order-independent fingerprint per queue (count and sum of digests) of what the ledger says was
 moved against what the target holds; only queues whose fingerprints differ are compared id by
-id. In-flight moves are reported as pending, never as lost.
+id. In-flight moves are reported as pending, never as lost. A moved job that neither backend
+holds is lost unless the target's own records say it finished before it was deleted (its
+retention at work): then it is reported as ``finished, since deleted``.
+
+A pair the ledger has no history for is refused (exit 3): nothing was moved between those two
+stores, so "nothing was lost" would be an empty promise (a typo'd database, a swapped pair).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -21,60 +25,18 @@ from cutover.control import ControlPlane, backend_key
 from cutover.errors import PreconditionError
 from cutover.held import find_stuck
 from cutover.record import JobState
+from cutover.verify_report import VerifyReport
+
+__all__ = ["VerifyReport", "verify"]
 
 log = logging.getLogger("cutover.verify")
 
 _WAITING = {JobState.QUEUED.value, JobState.SCHEDULED.value, JobState.HELD.value}
 
 
-@dataclasses.dataclass
-class VerifyReport:
-    source: str
-    target: str
-    read: dict[str, int] = dataclasses.field(default_factory=dict)
-    queues: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    lost: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    duplicated: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    mismatched: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    pending: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    stuck: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # held, no live drain
-    ran_on_target: int = 0
-    verified: int = 0
-    seconds: float = 0.0
-
-    @property
-    def clean(self) -> bool:
-        return not (self.lost or self.duplicated or self.mismatched or self.pending
-                    or self.stuck)
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.lost or self.duplicated or self.mismatched)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "target": self.target, "clean": self.clean,
-                "verified": self.verified, "ran_on_target": self.ran_on_target,
-                "read": self.read, "queues": self.queues, "lost": self.lost,
-                "duplicated": self.duplicated, "mismatched": self.mismatched,
-                "pending": self.pending, "stuck": self.stuck, "seconds": round(self.seconds, 3)}
-
-    def summary(self) -> str:
-        lines = [f"verify {self.source} -> {self.target}: "
-                 + ("CLEAN" if self.clean else "NOT CLEAN"),
-                 f"  jobs read: source {self.read.get('s', 0)}, target {self.read.get('t', 0)}; "
-                 f"moved jobs verified: {self.verified} ({self.ran_on_target} ran on the target "
-                 "since)"]
-        for name in ("lost", "duplicated", "mismatched", "pending", "stuck"):
-            items: list[dict[str, Any]] = getattr(self, name)
-            if items:
-                ids = ", ".join(str(i["id"]) for i in items[:20])
-                more = f" (+{len(items) - 20} more)" if len(items) > 20 else ""
-                lines.append(f"  {name}: {len(items)}: {ids}{more}")
-        return "\n".join(lines)
-
-
 def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_url: str,
            control: ControlPlane, batch_size: int = 5000) -> VerifyReport:
+    """Reconcile the ledger's moves from source to target with both backends."""
     started = time.monotonic()
     skey, tkey = backend_key(source_url), backend_key(target_url)
     report = VerifyReport(source=skey, target=tkey)
@@ -82,6 +44,8 @@ def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_u
         raise PreconditionError("a drain between these two backends is running; verify once "
                                 "it is done", source=skey, target=tkey)
     try:
+        _require_history(control, skey, tkey)
+        missing: list[tuple[str, str]] = []
         with control.tx("verifying") as conn:
             conn.execute(control.query("verify_tables"))
             report.read["s"] = control.copy_snapshot(conn, "s",
@@ -99,7 +63,7 @@ def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_u
                 if not same:
                     differing.append(queue)
             if differing:
-                _compare(conn, control, pair, differing, target, report)
+                missing = _compare(conn, control, pair, differing, target, report)
             # Released jobs whose source copy is still there are duplicates, whatever the
             # fingerprints say (fingerprints cover the target side only).
             seen = {d["id"] for d in report.duplicated}
@@ -115,14 +79,33 @@ def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_u
             # Held by no live drain: no worker of either side runs them (cutover release).
             held = [(str(r[0]), str(r[1])) for r in conn.execute(control.query("verify_held"))]
             report.stuck = find_stuck(control, {"s": (source, skey), "t": (target, tkey)}, held)
+        _account_for_missing(missing, target, report, batch_size)
     finally:
         control.unlock_pair(skey, tkey)
     report.seconds = time.monotonic() - started
     return report
 
 
+def _require_history(control: ControlPlane, skey: str, tkey: str) -> None:
+    """Refuse a pair the ledger never saw a job moved between (exit 3)."""
+    moved, reverse = control.pair_history(skey, tkey)
+    if moved:
+        return
+    hint = ("check that --source and --target name the stores the drain used (host, port, "
+            "database number)")
+    if reverse:
+        hint = (f"the ledger has {reverse} job(s) moved the other way, from {tkey} to {skey}: "
+                "to verify that move, swap --source and --target")
+    raise PreconditionError(f"nothing was moved between these two stores: the ledger has no "
+                            f"job moved from {skey} to {tkey}, so there is nothing to verify; "
+                            f"{hint}")
+
+
 def _compare(conn: Any, control: ControlPlane, pair: dict[str, str], queues: list[str],
-             target: QueueBackend, report: VerifyReport) -> None:
+             target: QueueBackend, report: VerifyReport) -> list[tuple[str, str]]:
+    """Compare the queues whose fingerprints differ id by id. Returns the (id, queue) of moved
+    jobs neither backend holds, for :func:`_account_for_missing`."""
+    missing: list[tuple[str, str]] = []
     rows = conn.execute(control.query("verify_settled"), {**pair, "queues": queues}).fetchall()
     for job_id, queue, ldigest, tstate, tdigest, sstate, content, tattempts in rows:
         if sstate is not None:
@@ -130,12 +113,13 @@ def _compare(conn: Any, control: ControlPlane, pair: dict[str, str], queues: lis
                                       "target_state": tstate})
             continue
         if tstate is None:
-            report.lost.append({"id": job_id, "queue": queue,
-                                "reason": "the ledger says it moved; neither backend has it"})
+            missing.append((job_id, queue))
             continue
         if tdigest == ldigest:
             continue
         expected = json.loads(content) if content else {}
+        # A job that has run on the target since (it is no longer waiting, or has used
+        # attempts) has a new digest: that is the target doing its work, not an alteration.
         if tstate not in _WAITING or tattempts > int(expected.get("attempts", 0)):
             report.ran_on_target += 1
             continue
@@ -146,3 +130,29 @@ def _compare(conn: Any, control: ControlPlane, pair: dict[str, str], queues: lis
             fields = {k: {"ledger": expected.get(k), "target": actual.get(k)} for k in actual
                       if actual.get(k) != expected.get(k)}
         report.mismatched.append({"id": job_id, "queue": queue, "fields": fields})
+    return missing
+
+
+def _account_for_missing(missing: list[tuple[str, str]], target: QueueBackend,
+                         report: VerifyReport, batch_size: int) -> None:
+    """A moved job neither backend holds: finished and since deleted when the target's own
+    records say so, lost otherwise (no record, or a record of a deletion before it ended)."""
+    for start in range(0, len(missing), batch_size):
+        chunk = missing[start:start + batch_size]
+        departures = target.departures([job_id for job_id, _ in chunk])
+        for job_id, queue in chunk:
+            gone = departures.get(job_id)
+            if gone is not None and gone.finished:
+                report.finished_deleted.append({
+                    "id": job_id, "queue": queue, "status": gone.status,
+                    "at": gone.at.isoformat() if gone.at else None, "evidence": gone.evidence})
+            elif gone is not None:
+                report.lost.append({
+                    "id": job_id, "queue": queue,
+                    "reason": f"deleted from the target while {gone.status}, before it "
+                              f"finished ({gone.evidence})"})
+            else:
+                report.lost.append({
+                    "id": job_id, "queue": queue,
+                    "reason": "the ledger says it moved; neither backend has it, and the "
+                              "target has no record that it finished"})

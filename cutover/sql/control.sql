@@ -132,6 +132,14 @@ SELECT cutover_id, state, digest FROM {schema}.ledger
 WHERE source = %(source)s AND target = %(target)s AND state IN ('moving', 'moved')
 ORDER BY cutover_id;
 
+-- name: ledger_pair_history
+-- Whether the ledger holds any job moved from source to target, and how many were moved the
+-- other way (verify refuses a pair with no history, and hints at the reverse one).
+SELECT EXISTS (SELECT 1 FROM {schema}.ledger
+               WHERE source = %(source)s AND target = %(target)s),
+       (SELECT count(*) FROM {schema}.ledger
+        WHERE source = %(target)s AND target = %(source)s);
+
 -- name: ledger_summary
 SELECT source, target, state, count(*) FROM {schema}.ledger GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
 

@@ -422,3 +422,32 @@ class BackendContract:
         worker.run(install_signal_handlers=False)
         assert sorted(c[1]["a"] for c in tasks.calls) == list(range(40))
         assert total(cutover_backend.counts(), JobState.FINISHED) == 40
+
+    # -- departures (what verify reads once a job is gone) -----------------------------------
+    def test_departures_tell_a_finished_job_from_a_removed_waiting_one(
+            self, cutover_backend: QueueBackend) -> None:
+        done, waiting = make("add", 1, 2), make("add", 3, 4)
+        cutover_backend.put([done, waiting])
+        claimed = cutover_backend.claim(None, "w", lambda r: None if r.id == done.id else "no")
+        assert claimed is not None and claimed.id == done.id
+        cutover_backend.complete(claimed, "w", 3)
+        assert cutover_backend.departures([done.id, waiting.id]) == {}  # both still here
+        cutover_backend.remove([done.id, waiting.id])
+        gone = cutover_backend.departures([done.id, waiting.id, "never-here"])
+        assert gone[done.id].finished and gone[done.id].status == "succeeded"
+        assert not (waiting.id in gone and gone[waiting.id].finished)
+        assert "never-here" not in gone  # absence is never evidence
+        # Put again, the job starts a new stay: the earlier end no longer speaks for it.
+        cutover_backend.put([done])
+        cutover_backend.remove([done.id])
+        assert not (done.id in cutover_backend.departures([done.id])
+                    and cutover_backend.departures([done.id])[done.id].finished)
+
+    def test_departures_record_a_job_that_failed_for_good(self, cutover_backend: QueueBackend
+                                                         ) -> None:
+        record = make("boom").replace(max_attempts=1)
+        cutover_backend.put([record])
+        run_burst(cutover_backend)
+        cutover_backend.remove([record.id])
+        gone = cutover_backend.departures([record.id])
+        assert gone[record.id].finished and gone[record.id].status == "failed"

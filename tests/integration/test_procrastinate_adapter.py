@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from cutover.record import JobRecord, JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
 from cutover.worker import Worker
+from tests.integration.plain_workers import run_plain_procrastinate_worker
 from tests.threads import errors_in_threads
 
 pytestmark = pytest.mark.pg
@@ -64,19 +64,7 @@ def test_jobs_put_by_cutover_run_on_a_plain_procrastinate_worker(
         backend: ProcrastinateBackend, cutover_database_url: str) -> None:
     record = registry.make_record(tasks.add, (40, 2), job_key="k1", priority=7)
     backend.put([record])
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(
-        conninfo=cutover_database_url))
-
-    @app.task(name="cutover.testing.tasks.add")
-    def add(a: int, b: int) -> int:
-        return tasks.add(a, b)
-
-    async def work() -> None:
-        async with app.open_async():
-            await app.run_worker_async(wait=False, install_signal_handlers=False,
-                                       listen_notify=False)
-
-    asyncio.run(work())
+    run_plain_procrastinate_worker(cutover_database_url)
     assert tasks.calls == [("add", {"a": 40, "b": 2})]
     rows = sql(cutover_database_url, "SELECT status, queueing_lock, priority FROM "
                "procrastinate_jobs")

@@ -29,6 +29,7 @@ from cutover import codec
 from cutover.backend import (
     Acceptor,
     Capabilities,
+    Departure,
     Partition,
     StoreIdentity,
     TakeResult,
@@ -369,6 +370,7 @@ class ProcrastinateBackend:
                          positional, r.origin or self.name, r.created_at or now, r.error,
                          result))
         with conn.cursor() as cur:
+            cur.execute(sql.query("clear_departures"), {"ids": _lines([r.id for r in records])})
             with cur.copy(sql.query("copy_jobs")) as copy:
                 for row in jobs:
                     copy.write_row(row)
@@ -477,12 +479,28 @@ class ProcrastinateBackend:
                                     {"owner": owner, "ids": natives}).fetchall())
 
     def remove(self, job_ids: Sequence[str], *, tx_hook: TxHook | None = None) -> int:
+        """Delete jobs. Removing a job that has not ended leaves no departure record (it is the
+        toolkit moving it away), so verify can never read it as an end."""
         with self._tx("removing jobs") as conn:
             natives = list(self._resolve(conn, job_ids).values()) if job_ids else []
+            conn.execute(sql.query("moving_away"))
             removed = conn.execute(sql.query("delete_jobs"), {"ids": natives}).rowcount
             if tx_hook is not None:
                 tx_hook(conn)
             return removed
+
+    def departures(self, job_ids: Sequence[str]) -> dict[str, Departure]:
+        """From ``cutover_departed``, written by a trigger on every deletion of a job cutover
+        put here (see sql/schema.sql): finished when the row was in a final state, or was
+        deleted by procrastinate's own finish or cancel."""
+        if not job_ids:
+            return {}
+        with self._tx("reading departures") as conn:
+            rows = conn.execute(sql.query("departures"), {"ids": _lines(job_ids)}).fetchall()
+        return {job_id: Departure(finished=bool(finished), status=status,
+                                  evidence=f"procrastinate job {how} (cutover_departed)",
+                                  at=at)
+                for job_id, status, finished, how, at in rows}
 
     def pause(self, queues: Collection[str] | None = None) -> None:
         with self._tx("pausing") as conn:

@@ -37,6 +37,7 @@ from cutover.audit import MISPLACED
 from cutover.backend import (
     Acceptor,
     Capabilities,
+    Departure,
     Partition,
     StoreIdentity,
     TakeResult,
@@ -133,6 +134,32 @@ class _Claim:
     member: str  # the rq:wip member, "{id}:{execution id}"
     serializer: Any  # the job's own (its payload's) serializer: results are written with it
     started: float
+
+
+#: rq.results.Result.Type values that end a job (4 RETRIED does not).
+_RESULT_STATUS = {b"1": "succeeded", b"2": "failed", b"3": "stopped", b"5": "failed"}
+
+
+def _departure(ended: bytes | None, results: list[Any],
+               registries: list[tuple[float | None, float | None]]) -> Departure | None:
+    """How a job whose hash is gone ended, from the traces in Redis (see ``departures``)."""
+    if ended:
+        status, _, epoch = _s(ended).partition(" ")
+        return Departure(finished=True, status=status, evidence="cutover:ended",
+                         at=dt.datetime.fromtimestamp(int(epoch), dt.UTC) if epoch else None)
+    if results:
+        entry, fields = results[0]
+        kind = _RESULT_STATUS.get(cast(dict[bytes, bytes], fields).get(b"type", b""))
+        if kind is not None:  # the entry id is the time it was written, in ms
+            at = dt.datetime.fromtimestamp(int(_s(entry).split("-")[0]) / 1000, dt.UTC)
+            return Departure(finished=True, status=kind, evidence="rq:results (RQ's worker)",
+                             at=at)
+    for finished, failed in registries:
+        if finished is not None or failed is not None:
+            return Departure(finished=True,
+                             status="succeeded" if finished is not None else "failed",
+                             evidence="RQ's finished/failed registry (RQ's worker)")
+    return None
 
 
 def _losses(h: dict[bytes, bytes]) -> tuple[str, ...]:
@@ -397,11 +424,12 @@ class RQBackend:
             mapping["cutover_error"] = record.error
         return mapping
 
-    def _write_many(self, writes: Sequence[tuple[JobRecord, JobState]]
+    def _write_many(self, writes: Sequence[tuple[JobRecord, JobState]], *, moved: bool = False
                     ) -> list[tuple[str, str]]:
         """Create RQ jobs, never overwriting: the enqueue script once per job, all in one
         pipeline (run in order on the server, so a job key taken by an earlier record of the
-        batch is seen by a later one). Returns (outcome, id) per record."""
+        batch is seen by a later one). Returns (outcome, id) per record. ``moved`` marks the
+        jobs (``cutover_moved``) so that finishing them leaves a record in ``cutover:ended``."""
         if not writes:
             return []
         script = self._script("enqueue")
@@ -419,7 +447,7 @@ class RQBackend:
                 score += _DEFAULT_RESULT_TTL
             elif state is JobState.FAILED:
                 score += _DEFAULT_FAILURE_TTL
-            flat: list[Any] = []
+            flat: list[Any] = ["cutover_moved", 1] if moved else []
             for key, value in self._mapping(record, status).items():
                 flat += [key, value]
             script(args=[record.id, record.queue, placement,
@@ -451,7 +479,8 @@ class RQBackend:
                                    job_id=record.id)
                 writes.append((record, state))
             conflict: JobConflictError | None = None
-            for (record, _), (outcome, _) in zip(writes, self._write_many(writes), strict=True):
+            for (record, _), (outcome, _) in zip(writes, self._write_many(writes, moved=True),
+                                                 strict=True):
                 if outcome == "created":
                     inserted.append(record.id)
                     continue
@@ -784,6 +813,37 @@ class RQBackend:
         if tx_hook is not None:
             tx_hook(None)
         return removed
+
+    def departures(self, job_ids: Sequence[str]) -> dict[str, Departure]:
+        """What Redis still remembers of jobs whose hash is gone: ``cutover:ended`` (written by
+        the cutover worker when a job cutover moved here ends; never expires), else RQ's own
+        traces, which a plain RQ worker leaves and which expire with the job's result or
+        failure TTL: the last entry of ``rq:results:{id}``, membership of a finished or failed
+        registry (until RQ's cleanup). All are cleared when a job with the same id is
+        created again (enqueue.lua)."""
+        out: dict[str, Departure] = {}
+        if not job_ids:
+            return out
+        with self._errors("reading departures"):
+            queues = self._queues()
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.exists(f"rq:job:{job_id}")
+                pipe.hget("cutover:ended", job_id)
+                pipe.xrevrange(f"rq:results:{job_id}", count=1)
+                for q in queues:
+                    pipe.zscore(f"rq:finished:{q}", job_id)
+                    pipe.zscore(f"rq:failed:{q}", job_id)
+            answers = iter(pipe.execute())
+            for job_id in job_ids:
+                exists, ended, results = next(answers), next(answers), next(answers)
+                registries = [(next(answers), next(answers)) for _ in queues]
+                if exists:
+                    continue
+                found = _departure(ended, results, registries)
+                if found is not None:
+                    out[job_id] = found
+        return out
 
     def pause(self, queues: Collection[str] | None = None) -> None:
         with self._errors("pausing"):

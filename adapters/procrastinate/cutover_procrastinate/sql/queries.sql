@@ -1,10 +1,13 @@
 -- name: schema_present
 -- Read pg_class through an MVCC snapshot (to_regclass may use a stale catalog snapshot right
 -- after the advisory lock was granted, and see no table that another session just committed).
+-- The adapter's part counts as present only when its newest table (cutover_departed) is there,
+-- so that a database set up by an older version gets the rest (the DDL is idempotent).
 SELECT COALESCE(bool_or(c.relname = 'procrastinate_jobs'), false) AS present,
-       COALESCE(bool_or(c.relname = 'cutover_jobs'), false) AS adapter_present
+       COALESCE(bool_or(c.relname = 'cutover_departed'), false) AS adapter_present
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = current_schema() AND c.relname IN ('procrastinate_jobs', 'cutover_jobs');
+WHERE n.nspname = current_schema()
+  AND c.relname IN ('procrastinate_jobs', 'cutover_departed');
 
 -- name: schema_lock
 SELECT pg_advisory_xact_lock(hashtext('cutover_procrastinate.schema'));
@@ -107,6 +110,20 @@ RETURNING j.id;
 
 -- name: delete_jobs
 DELETE FROM procrastinate_jobs WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: moving_away
+-- For the rest of the transaction, deletions are moves (no departure row; see schema.sql).
+SELECT set_config('cutover.moving_away', 'on', true);
+
+-- name: clear_departures
+-- A job put again starts a new stay: what became of an earlier one no longer speaks for it.
+DELETE FROM cutover_departed
+WHERE cutover_id = ANY(string_to_array(%(ids)s, E'\n'));
+
+-- name: departures
+SELECT d.cutover_id, d.status, d.finished, d.how, d.deleted_at
+FROM unnest(string_to_array(%(ids)s, E'\n')) AS u(id)
+JOIN cutover_departed d ON d.cutover_id = u.id;
 
 -- name: claim_candidates
 SELECT j.id FROM procrastinate_jobs j

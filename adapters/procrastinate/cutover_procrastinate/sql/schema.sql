@@ -18,3 +18,74 @@ CREATE TABLE IF NOT EXISTS cutover_jobs (
 CREATE INDEX IF NOT EXISTS cutover_jobs_held_by_idx ON cutover_jobs (held_by)
     WHERE held_by IS NOT NULL;
 CREATE TABLE IF NOT EXISTS cutover_paused (queue text PRIMARY KEY);
+-- Departures: what became of a job cutover put here once its row is deleted, so that verify can
+-- tell a job procrastinate's retention removed after it finished (`procrastinate ...
+-- remove_old_jobs`, JobManager.delete_old_jobs, a worker with delete_jobs=successful|always)
+-- from a job deleted before it ran. One row per cutover id (its latest stay: put clears it).
+-- Written by a BEFORE DELETE row trigger: only a row trigger still sees the job's cutover_jobs
+-- row (the cascade removes it before any AFTER trigger runs), and procrastinate's own BEFORE
+-- DELETE trigger already makes every deletion row by row. Plain procrastinate jobs (no
+-- cutover_jobs row) cost one index probe and leave no row.
+CREATE TABLE IF NOT EXISTS cutover_departed (
+    cutover_id text PRIMARY KEY,
+    job_id bigint NOT NULL,
+    status text NOT NULL,
+    finished boolean NOT NULL,
+    how text NOT NULL,
+    deleted_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE OR REPLACE FUNCTION cutover_record_departure() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    _cutover_id text;
+    _status text := OLD.status::text;
+    _finished boolean := OLD.status IN ('succeeded', 'failed', 'cancelled', 'aborted');
+    _how text := 'deleted after it ended';
+    _stack text;
+BEGIN
+    -- The adapter's own remove of a job that has not ended (a drain releasing what it moved
+    -- away) is a move, not an end: no row (a drain then writes nothing more per job).
+    IF NOT _finished AND current_setting('cutover.moving_away', true) = 'on' THEN
+        RETURN OLD;
+    END IF;
+    SELECT c.cutover_id INTO _cutover_id FROM cutover_jobs c WHERE c.job_id = OLD.id;
+    IF _cutover_id IS NULL THEN
+        RETURN OLD;
+    END IF;
+    IF NOT _finished THEN
+        -- Procrastinate's finish (worker option delete_jobs) and cancel (delete_job=True)
+        -- delete the row while it is still doing / todo: the call stack says which function
+        -- deletes it. A plain DELETE of a waiting or running job is recorded as not finished.
+        GET DIAGNOSTICS _stack = PG_CONTEXT;
+        IF OLD.status = 'doing'
+                AND _stack LIKE '%function procrastinate_finish_job_v1(%' THEN
+            _status := 'succeeded or failed';
+            _finished := true;
+            _how := 'deleted by its procrastinate worker as it finished';
+        ELSIF OLD.status = 'todo'
+                AND _stack LIKE '%function procrastinate_cancel_job_v1(%' THEN
+            _status := 'cancelled';
+            _finished := true;
+            _how := 'cancelled and deleted through procrastinate';
+        ELSE
+            _how := 'deleted while ' || _status;
+        END IF;
+    END IF;
+    INSERT INTO cutover_departed (cutover_id, job_id, status, finished, how)
+    VALUES (_cutover_id, OLD.id, _status, _finished, _how)
+    ON CONFLICT (cutover_id) DO UPDATE
+        SET job_id = EXCLUDED.job_id, status = EXCLUDED.status, finished = EXCLUDED.finished,
+            how = EXCLUDED.how, deleted_at = EXCLUDED.deleted_at;
+    RETURN OLD;
+END
+$$;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgname = 'cutover_departure'
+                     AND tgrelid = 'procrastinate_jobs'::regclass) THEN
+        CREATE TRIGGER cutover_departure BEFORE DELETE ON procrastinate_jobs
+            FOR EACH ROW EXECUTE FUNCTION cutover_record_departure();
+    END IF;
+END
+$$;

@@ -18,7 +18,16 @@ if redis.call('EXISTS', h) == 1 then return {'exists', id} end
 local fields = {}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', h, unpack(fields))
+-- A new job with this id: whatever records an earlier job of that id left of how it ended
+-- (cutover's record, RQ's results and finished/failed registries) no longer speak for it.
+redis.call('HDEL', 'cutover:ended', id)
+redis.call('DEL', 'rq:results:' .. id)
 redis.call('SADD', 'rq:queues', 'rq:queue:' .. queue)
+for _, qkey in ipairs(redis.call('SMEMBERS', 'rq:queues')) do
+  local q = string.sub(qkey, 10)
+  redis.call('ZREM', 'rq:finished:' .. q, id)
+  redis.call('ZREM', 'rq:failed:' .. q, id)
+end
 if placement == 'queue' then
   redis.call('RPUSH', 'rq:queue:' .. queue, id)
 else

@@ -12,8 +12,9 @@
 local id, member, placement, score, now, n =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local h = 'rq:job:' .. id
-local f = redis.call('HMGET', h, 'origin', 'cutover_job_key', 'result_ttl', 'failure_ttl')
-local origin, jobkey = f[1], f[2]
+local f = redis.call('HMGET', h, 'origin', 'cutover_job_key', 'result_ttl', 'failure_ttl',
+                     'cutover_moved')
+local origin, jobkey, moved = f[1], f[2], f[5]
 if not origin then return 0 end
 redis.call('ZREM', 'rq:wip:' .. origin, member)
 local stream = {}
@@ -61,5 +62,11 @@ if jobkey and placement ~= 'scheduled' and placement ~= 'queue' then
   if redis.call('GET', 'cutover:key:' .. jobkey) == id then
     redis.call('DEL', 'cutover:key:' .. jobkey)
   end
+end
+-- A job cutover moved here leaves a record of how it ended that never expires (RQ deletes the
+-- job itself after its result or failure TTL): verify reads it as "finished, since deleted".
+if moved and (placement == 'finished' or placement == 'failed') then
+  redis.call('HSET', 'cutover:ended', id,
+             (placement == 'finished' and 'succeeded' or 'failed') .. ' ' .. math.floor(now))
 end
 return 1
