@@ -18,6 +18,9 @@ from cutover_rq.backend import RQBackend
 
 from cutover import adapters
 from cutover.backend import QueueBackend
+from cutover.control import ControlPlane
+from cutover.dependencies import DependencyView
+from cutover.drain import Drain, DrainOptions
 from cutover.record import JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
@@ -270,6 +273,36 @@ def test_drain_keeps_dependency_groups_whole_and_moves_dependents_once_released(
     assert code == 0 and verdict["clean"], verdict
     code, doc = invoke_json(rq_url, dsn, "audit")
     assert code == 0 and not doc["left_behind"], doc
+
+
+def test_a_dependent_enqueued_while_the_drain_reads_keeps_its_parent_on_rq(
+        dsn: str, conn: redis.Redis, rq_url: str, source: RQBackend, target: QueueBackend,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drain read the dependency facts before b existed; b is enqueued (deferred on a)
+    before the drain takes a: the take refuses a, the drain says why, and the group resolves on
+    RQ as usual."""
+    a = enqueue(conn, dsn, "a")
+    read = DependencyView.read
+
+    def read_then_enqueue(*args: Any, **kwargs: Any) -> DependencyView:
+        view = read(*args, **kwargs)
+        if not conn.exists("rq:job:b"):
+            enqueue(conn, dsn, "b", depends_on=a)
+        return view
+
+    monkeypatch.setattr(DependencyView, "read", read_then_enqueue)
+    control = ControlPlane(dsn)
+    report = Drain(source, rq_url, target, dsn, control, registry, DrainOptions()).run(
+        install_signal_handlers=False)
+    control.close()
+    monkeypatch.undo()
+
+    assert report.moved == 0
+    reasons = {j["id"]: j["reason"] for j in report.left["in_place"]}
+    assert reasons["a"] == "not taken: deferred job b waits on it"
+    assert "b" in reasons and target.get("a") is None
+    native_rq_worker(conn, ["default"])
+    assert_ran_once_in_order(dsn, {"a", "b"}, [("a", "b")])
 
 
 def split(source: RQBackend, target: QueueBackend, conn: redis.Redis, job_id: str, *,
