@@ -1,0 +1,138 @@
+"""The public producer facade, ``cutover.Router``, on every backend an application can start on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from cutover import Router, adapters
+from cutover.errors import ConfigurationError, UnknownTaskError
+from cutover.record import JobState, utcnow
+from cutover.testing import tasks
+from cutover.testing.tasks import registry
+
+
+@pytest.fixture(params=["memory", "rq", "procrastinate"])
+def source_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL an application would give the router (memory: a store this test names)."""
+    if request.param == "memory":
+        yield f"memory://router-{uuid.uuid4().hex[:8]}"
+    else:
+        fixture = "cutover_redis_url" if request.param == "rq" else "cutover_database_url"
+        yield request.getfixturevalue(fixture)
+
+
+def test_enqueue_by_function_and_by_name_lands_on_the_source(source_url: str) -> None:
+    with Router(registry, source=source_url) as router:
+        by_func = router.enqueue(tasks.add, 1, 2)
+        by_name = router.enqueue("cutover.testing.tasks.add", 3, b=4)
+        by_alias = router.enqueue("cutover.testing.tasks.old_echo", x=[1, 2])
+    backend = adapters.open_backend(source_url)
+    try:
+        found = {i: backend.get(i) for i in (by_func, by_name, by_alias)}
+        assert len(set(found)) == 3
+        first, second, third = (found[i] for i in (by_func, by_name, by_alias))
+        assert first is not None and second is not None and third is not None
+        assert (first.task, dict(first.kwargs)) == ("cutover.testing.tasks.add", {"a": 1, "b": 2})
+        assert (second.task, dict(second.kwargs)) == ("cutover.testing.tasks.add",
+                                                       {"a": 3, "b": 4})
+        assert third.task == "cutover.testing.tasks.echo"  # the alias resolves to the task
+        for record in (first, second, third):
+            assert record.state is JobState.QUEUED and record.queue == "default"
+    finally:
+        backend.close()
+
+
+def test_job_key_enqueues_one_live_job_and_returns_its_id(source_url: str) -> None:
+    with Router(registry, source=source_url) as router:
+        first = router.enqueue(tasks.add, 1, 1, job_key="invoice-42")
+        again = router.enqueue(tasks.add, 2, 2, job_key="invoice-42")
+        other = router.enqueue(tasks.add, 3, 3, job_key="invoice-43")
+    assert again == first and other != first
+    backend = adapters.open_backend(source_url)
+    try:
+        jobs = list(backend.snapshot())
+        assert sorted(r.job_key or "" for r in jobs) == ["invoice-42", "invoice-43"]
+        kept = backend.get(first)
+        assert kept is not None and dict(kept.kwargs) == {"a": 1, "b": 1}
+    finally:
+        backend.close()
+
+
+def test_queue_run_at_and_priority_are_kept(source_url: str) -> None:
+    later = (utcnow() + dt.timedelta(hours=3)).replace(microsecond=0)
+    with Router(registry, source=source_url) as router:
+        routed = router.enqueue(tasks.add, 1, 2, queue="reports")
+        by_task = router.enqueue(tasks.elsewhere, 5)  # the task's own default queue
+        scheduled = router.enqueue(tasks.add, 3, 4, run_at=later)
+        urgent = router.enqueue(tasks.add, 5, 6, priority=7)
+    backend = adapters.open_backend(source_url)
+    try:
+        got = {name: backend.get(i) for name, i in (("routed", routed), ("by_task", by_task),
+                                                   ("scheduled", scheduled),
+                                                   ("urgent", urgent))}
+        assert got["routed"] is not None and got["routed"].queue == "reports"
+        assert got["by_task"] is not None and got["by_task"].queue == "other"
+        record = got["scheduled"]
+        assert record is not None and record.state is JobState.SCHEDULED
+        assert record.run_at == later
+        record = got["urgent"]
+        assert record is not None and record.state is JobState.QUEUED
+        if backend.capabilities.priority:
+            assert record.priority == 7
+    finally:
+        backend.close()
+
+
+def test_an_unknown_task_is_refused_with_a_suggestion(source_url: str) -> None:
+    with Router(registry, source=source_url) as router, \
+            pytest.raises(UnknownTaskError, match="did you mean"):
+        router.enqueue("cutover.testing.tasks.ad", 1, 2)
+
+
+def test_close_releases_the_connections_and_the_router_can_enqueue_again(
+        cutover_database_url: str) -> None:
+    def connections() -> int:
+        with psycopg.connect(cutover_database_url, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                               "current_database() AND pid <> pg_backend_pid()").fetchone()
+        return int(row[0]) if row else 0
+
+    before = connections()
+    router = Router(registry, source=cutover_database_url)
+    router.enqueue(tasks.add, 1, 2)
+    opened = router.source  # kept alive here: closing must not rely on garbage collection
+    assert connections() > before
+    router.close()
+    assert connections() == before
+    assert router.source is not opened
+    router.close()  # twice is fine
+    job = router.enqueue(tasks.add, 3, 4)  # opens again on demand
+    with router:
+        assert router.source.get(job) is not None
+    assert connections() == before
+
+
+def test_from_env_reads_source_and_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUTOVER_SOURCE", "memory://router-env")
+    monkeypatch.setenv("CUTOVER_TARGET", "postgresql://app@db.example/app")
+    router = Router.from_env(registry)
+    assert router.source_url == "memory://router-env"
+    assert router.target_url == "postgresql://app@db.example/app"
+    job = router.enqueue(tasks.add, 1, 2)  # the target is not opened while the phase is off
+    assert router.source.get(job) is not None
+    router.close()
+    monkeypatch.setenv("CUTOVER_TARGET", "")
+    assert Router.from_env(registry).target_url is None
+
+
+def test_from_env_without_a_source_is_a_configuration_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUTOVER_SOURCE", raising=False)
+    with pytest.raises(ConfigurationError, match="CUTOVER_SOURCE") as err:
+        Router.from_env(registry)
+    assert err.value.exit_code == 2
