@@ -86,14 +86,21 @@ def _outcome(done: JobRecord | None, calls: list[dict[str, Any]], *, result: Any
                    done.attempts if attempts is None else attempts, calls)
 
 
+def _enqueue_spied(backend: QueueBackend, registry: TaskRegistry,
+                   task: str | Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
+                   ) -> tuple[TaskRegistry, list[dict[str, Any]], JobRecord, str]:
+    """One job enqueued as the Router does, with a spy registry recording its calls."""
+    spy, calls = spy_registry(registry)
+    record = spy.make_record(task, args, kwargs)
+    return spy, calls, record, backend.enqueue([record])[0]
+
+
 def _run_procrastinate(backend: QueueBackend, url: str, registry: TaskRegistry,
                        task: str | Callable[..., Any], args: Sequence[Any],
                        kwargs: dict[str, Any]) -> Outcome:
     from cutover_procrastinate import make_app
 
-    spy, calls = spy_registry(registry)
-    record = spy.make_record(task, args, kwargs)
-    job_id = backend.enqueue([record])[0]
+    spy, calls, record, job_id = _enqueue_spied(backend, registry, task, args, kwargs)
     app = make_app(spy, url)
     for _ in range(record.max_attempts + 1):  # a one-shot worker may leave a retry behind
         app.run_worker(wait=False, install_signal_handlers=False, listen_notify=False)
@@ -109,9 +116,7 @@ def _run_rq(backend: QueueBackend, url: str, registry: TaskRegistry,
     import redis
     import rq
 
-    spy, calls = spy_registry(registry)
-    record = spy.make_record(task, args, kwargs)
-    job_id = backend.enqueue([record])[0]
+    spy, calls, record, job_id = _enqueue_spied(backend, registry, task, args, kwargs)
     conn = redis.Redis.from_url(url)
     # RQ's worker imports the function by its path: point that path at the spy for the run.
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -277,3 +277,36 @@ def test_audit_names_what_a_plain_procrastinate_app_would_misread(
         plain = conn.execute("SELECT args FROM procrastinate_jobs WHERE task_name = %s AND "
                              "args->>'amount' = '1.50'", (f"{APP}.charge",)).fetchone()
     assert plain is not None and plain[0] == {"amount": "1.50", "when": None}
+
+
+def test_the_webhook_example_runs_under_procrastinates_own_cli(cutover_database_url: str) -> None:
+    """examples/webhooks/pg.py: a Router job with a Decimal and an aware datetime, and a job
+    deferred by plain procrastinate code through the example app, run by the real CLI."""
+    from cutover import Router
+    from examples.webhooks.app import process_event
+    from examples.webhooks.app import registry as webhooks
+
+    with Router(webhooks, source=cutover_database_url) as router:
+        routed = router.enqueue(process_event, "evt_1", "charge.refunded",
+                                decimal.Decimal("12.50"), AWARE)
+    app = make_app(webhooks, cutover_database_url)  # as examples/webhooks/pg.py builds it
+    with app.open():
+        app.tasks["examples.webhooks.app.process_event"].defer(
+            event_id="evt_2", kind="invoice.paid", amount=decimal.Decimal("9.90"),
+            received_at=OFFSET)
+    done = subprocess.run([str(Path(sys.executable).parent / "procrastinate"), "--app",
+                           "examples.webhooks.pg.app", "worker", "--one-shot"], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT),
+                               "DATABASE_URL": cutover_database_url},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    backend = ProcrastinateBackend(cutover_database_url)
+    try:
+        job = backend.get(routed)
+        assert job is not None and job.state is JobState.FINISHED
+        assert job.result == "2026-03-04 charge.refunded -12.50"
+        assert job.max_attempts == 5
+        states = {r.kwargs.get("event_id"): r.state for r in backend.snapshot()}
+        assert states == {"evt_1": JobState.FINISHED, "evt_2": JobState.FINISHED}
+    finally:
+        backend.close()
