@@ -54,7 +54,7 @@ def fork_once() -> object:
         os._exit(0)
     os.close(write)
     with os.fdopen(read, "rb") as pipe:
-        outcome = pickle.loads(pipe.read())  # noqa: S301 - our own child
+        outcome = pickle.loads(pipe.read())  # our own child wrote it
     os.waitpid(pid, 0)
     return outcome
 
