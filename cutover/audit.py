@@ -108,6 +108,9 @@ def _dependency_verdict(record: JobRecord, view: DependencyView) -> Verdict | No
     waiters = view.waiting_on(record.id)
     shown = ", ".join(waiters[:5]) + (f" and {len(waiters) - 5} more" if len(waiters) > 5 else "")
     if record.state is JobState.DEFERRED:
+        if not record.depends_on:
+            return Verdict(JobClass.IN_PLACE, "deferred, but waits on no job: RQ will never "
+                           "queue it; requeue it on RQ to have it moved, or delete it")
         blocking = view.blocking(record)
         if blocking:
             return Verdict(JobClass.IN_PLACE, "waits on " + ", ".join(blocking) + ": it moves "
@@ -150,8 +153,10 @@ class Classifier:
     def read_dependencies(self, source: QueueBackend, batch_size: int = 1000) -> DependencyView:
         """Read the source's deferred jobs and where their parents are (source, then target)
         for the jobs classified next. Changes nothing."""
-        self.dependencies = DependencyView.read(source, self.target, batch_size=batch_size)
-        return self.dependencies
+        view = DependencyView.read(source, self.target, batch_size=batch_size)
+        # A backend that cannot say what a deferred job waits on: deferred jobs stay in place.
+        self.dependencies = view if source.capabilities.dependencies else None
+        return view
 
     def limits(self, record: JobRecord) -> list[str]:
         """The reasons the ledger or the target cannot hold ``record`` (empty: it can)."""

@@ -80,13 +80,18 @@ def hostile_backlog(rq_url: str) -> dict[str, Any]:
                                                           error="ValueError: boom")
     b.put([failed])
     made["failed"] = failed.id
+    # A dependency group: it resolves on RQ (parent in place, dependent deferred in place).
+    parent = queue.enqueue(tasks.add, 60, 1)
+    made["dep_parent"] = parent.id
+    made["dep_child"] = queue.enqueue(tasks.add, 61, 1, depends_on=parent).id
     b.close()
     return made
 
 
 EXPECTED = {"newline": "unsupported", "no_status": "quarantined", "misplaced": "in_place",
             "long_queue": "unsupported", "hostile_id": "quarantined", "unknown": "unknown_task",
-            "running": "in_place", "failed": "failed"}
+            "running": "in_place", "failed": "failed", "dep_parent": "in_place",
+            "dep_child": "in_place"}
 
 
 def _moves(cls: str) -> str:
@@ -114,7 +119,7 @@ def test_audit_dry_run_and_drain_agree_job_by_job(urls: tuple[str, str]) -> None
 
     code, audit_doc = invoke_json(rq_url, pg_url, "audit")
     assert code == 3 and audit_doc["left_behind"] == {"unsupported": 2, "quarantined": 2,
-                                                      "in_place": 2, "unknown_task": 1,
+                                                      "in_place": 4, "unknown_task": 1,
                                                       "failed": 1}
     code, dry = invoke_json(rq_url, pg_url, "drain", "--dry-run", "--batch-size", "4")
     assert code == 0 and {j["id"] for js in dry["jobs"].values() for j in js} == \
