@@ -41,7 +41,7 @@ def test_a_worker_that_differs_is_named_in_the_diff(monkeypatch: pytest.MonkeyPa
     """A procrastinate App without the wrapper (here: one that skips decoding) is caught."""
     from cutover_procrastinate import native
 
-    monkeypatch.setattr(native, "_kwargs", lambda raw, job_id: raw)
+    monkeypatch.setattr(native._Side, "call", lambda self, raw, job_id: ((), raw))
     with pytest.raises(ParityError) as err:
         assert_native_parity(registry, tasks.echo, _ways=["cutover:procrastinate",
                                                           "procrastinate"], **SAMPLE_KWARGS)

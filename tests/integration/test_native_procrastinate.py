@@ -310,3 +310,27 @@ def test_the_webhook_example_runs_under_procrastinates_own_cli(cutover_database_
         assert states == {"evt_1": JobState.FINISHED, "evt_2": JobState.FINISHED}
     finally:
         backend.close()
+
+
+def test_undecodable_args_fail_once_with_the_reason_never_reach_the_task(
+        cutover_database_url: str) -> None:
+    """The cutover worker leaves such a job in place; procrastinate's worker cannot, so the job
+    fails at once (a retry cannot decode it either), its error says why, the task never runs."""
+    native_tasks.reset()
+    ProcrastinateBackend(cutover_database_url).close()  # the adapter's tables
+    with psycopg.connect(cutover_database_url) as conn:
+        row = conn.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, args) VALUES ('default', "
+            "%s, '{\"amount\": {\"$cutover\": \"nope\", \"v\": 1}, \"when\": null}') "
+            "RETURNING id", (f"{APP}.charge",)).fetchone()
+        assert row is not None
+        conn.execute("INSERT INTO cutover_jobs (job_id, cutover_id, max_attempts) "
+                     "VALUES (%s, 'bad-1', 3)", (row[0],))
+    run_app_worker(make_app(registry, cutover_database_url), cutover_database_url)
+    assert native_tasks.calls == []
+    with psycopg.connect(cutover_database_url) as conn:
+        status, attempts, error = conn.execute(
+            "SELECT j.status::text, j.attempts, c.error FROM procrastinate_jobs j "
+            "JOIN cutover_jobs c ON c.job_id = j.id").fetchone() or (None, None, None)
+    assert (status, attempts) == ("failed", 1)
+    assert "unknown codec tag 'nope'" in error

@@ -97,7 +97,8 @@ class JobBudget(BaseRetryStrategy):
                            job: procrastinate_jobs.Job) -> RetryDecision | None:
         budget = self._budgets.pop(job.id) or Budget()
         made = job.attempts + 1
-        if made >= budget.max_attempts:
+        if made >= budget.max_attempts or isinstance(exception, DecodeError):
+            # (undecodable args stay undecodable: retrying cannot help)
             return None
         return RetryDecision(retry_at=dt.datetime.now(dt.UTC)
                              + dt.timedelta(seconds=budget.delay(made)))
@@ -107,20 +108,33 @@ class JobBudget(BaseRetryStrategy):
 class _Side:
     """What ``cutover_jobs`` keeps for one job that the worker needs."""
 
-    positional: tuple[Any, ...]
+    positional: Any  # encoded, as stored
     budget: Budget
     stored: bool  # a cutover_jobs row exists (outcomes are written there)
+
+    def call(self, raw: dict[str, Any], job_id: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The task's positional and keyword args, decoded (DecodeError if they cannot be)."""
+        args = codec.decode(self.positional) if self.positional else []
+        kwargs = _kwargs(raw, job_id)
+        if not isinstance(args, list):
+            raise DecodeError(f"positional args of job {job_id} are not a list")
+        return tuple(args), kwargs
+
+    def outcome(self, job_id: int, error: BaseException | None = None,
+                result: Any = None) -> dict[str, Any]:
+        """The parameters of ``native_outcome`` for this job's error or result."""
+        return {"job_id": job_id, "error": None if error is None else _error(error),
+                "result": None if error is not None else _result(result)}
 
 
 def _side(rows: list[dict[str, Any]], attempts: int) -> _Side:
     if not rows:
-        return _Side((), Budget(max(1, attempts + 1)), stored=False)
+        return _Side(None, Budget(max(1, attempts + 1)), stored=False)
     row = rows[0]
-    positional = tuple(codec.decode(row["positional"])) if row["positional"] else ()
     # The same reading as ProcrastinateBackend._record for a running job.
     budget = Budget(max(row["max_attempts"] or 1, attempts + 1, 1),
                     tuple(float(i) for i in row["retry_intervals"] or ()))
-    return _Side(positional, budget, stored=True)
+    return _Side(row["positional"], budget, stored=True)
 
 
 def _kwargs(raw: dict[str, Any], job_id: int) -> dict[str, Any]:
@@ -157,18 +171,19 @@ def _sync_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Calla
                      job.attempts)
         budgets.put(job.id, side.budget)
         try:
-            result = func(*side.positional, **_kwargs(raw, job.id))
+            args, kwargs = side.call(raw, job.id)
+            result = func(*args, **kwargs)
             if inspect.isawaitable(result):  # a sync function returning a coroutine: as the
                 result = asyncio.run(_await(result))  # cutover worker, run it in this thread
         except BaseException as exc:
             if side.stored:
-                app.connector.execute_query(sql.query("native_outcome"), job_id=job.id,
-                                            error=_error(exc), result=None)
+                app.connector.execute_query(sql.query("native_outcome"),
+                                            **side.outcome(job.id, error=exc))
             raise
         budgets.pop(job.id)
         if side.stored:
-            app.connector.execute_query(sql.query("native_outcome"), job_id=job.id, error=None,
-                                        result=_result(result))
+            app.connector.execute_query(sql.query("native_outcome"),
+                                        **side.outcome(job.id, result=result))
         return result
 
     return run
@@ -186,17 +201,17 @@ def _async_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Call
         side = _side(rows, job.attempts)
         budgets.put(job.id, side.budget)
         try:
-            result = await func(*side.positional, **_kwargs(raw, job.id))
+            args, kwargs = side.call(raw, job.id)
+            result = await func(*args, **kwargs)
         except BaseException as exc:
             if side.stored:
                 await app.connector.execute_query_async(sql.query("native_outcome"),
-                                                        job_id=job.id, error=_error(exc),
-                                                        result=None)
+                                                        **side.outcome(job.id, error=exc))
             raise
         budgets.pop(job.id)
         if side.stored:
-            await app.connector.execute_query_async(sql.query("native_outcome"), job_id=job.id,
-                                                    error=None, result=_result(result))
+            await app.connector.execute_query_async(sql.query("native_outcome"),
+                                                    **side.outcome(job.id, result=result))
         return result
 
     return run
