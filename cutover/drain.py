@@ -319,6 +319,7 @@ class Drain:
         failed: list[JobRecord] = []
         with self._inflight_lock:
             batch = [r for r in batch if r.id not in self._inflight and r.id not in self._refused]
+        ours_staying: list[str] = []
         for raw in batch:
             record, cls, reason = self._verdict(raw)
             if cls.moves or (cls is JobClass.FAILED and self.options.include_failed):
@@ -326,6 +327,14 @@ class Drain:
             else:
                 self._leave(cls.value, {"id": record.id, "task": record.task,
                                         "queue": record.queue, "reason": reason})
+                if record.state is JobState.HELD and record.holder == self.owner:
+                    ours_staying.append(record.id)
+        if ours_staying:
+            # Held for this pair by an earlier run (killed, or older than a limit that now
+            # keeps them here): this run will not move them, so no run would ever let them go.
+            log.warning("giving back %d job(s) an earlier drain held and this one leaves in "
+                        "place", len(ours_staying))
+            self.source.give_back(ours_staying, self.owner)
         ready: list[JobRecord] = []
         if movable:
             by_id = {r.id: r for r in movable}

@@ -242,3 +242,25 @@ def test_memory_source_poison_job_is_unsupported_up_front_and_isolated_when_miss
     assert {r.id for r in target.snapshot()} == {r.id for r in ordinary}
     control.close()
     target.close()
+
+
+def test_jobs_an_older_run_held_and_this_one_leaves_are_given_back(
+        urls: tuple[str, str]) -> None:
+    """What the defect left behind: a poison job (and its batch) held for the pair by runs
+    that failed on it. The next drain moves the batch and gives the poison back."""
+    rq_url, pg_url = urls
+    conn = redis.Redis.from_url(rq_url)
+    queue = rq.Queue("default", connection=conn)
+    ids = [queue.enqueue(tasks.add, i, 1).id for i in range(4)]
+    _raw_copy(conn, queue.enqueue(tasks.add, 50, 1), "poison\nnewline", ids[2])
+    source = adapters.open_backend(rq_url)
+    owner = drain_owner(backend_key(pg_url))
+    assert len(source.take([*ids, "poison\nnewline"], owner).taken_ids) == 5
+    code, report = invoke_json(rq_url, pg_url, "drain", "--yes")
+    assert code == 3 and report["moved"] == 4, report
+    assert [j["id"] for j in report["left"]["unsupported"]] == ["poison\nnewline"]
+    assert conn.keys("cutover:held:*") == []
+    assert conn.lrange("rq:queue:default", 0, -1) == [b"poison\nnewline"]
+    back = source.get("poison\nnewline")
+    assert back is not None and back.state is JobState.QUEUED
+    source.close()
