@@ -345,7 +345,8 @@ def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | 
              "\n".join(lines))
         return
     lines = [f"moved {report.moved} jobs in {report.seconds:.1f} s ({report.rate:,.0f} jobs/s)"
-             + (f"; finished {report.recovered} interrupted moves" if report.recovered else "")]
+             + (f"; finished {report.recovered} interrupted moves" if report.recovered else "")
+             + f" [run {report.run_id}]"]
     for cls, jobs in report.left.items():
         lines.append(f"left in place: {cls} {len(jobs)}: "
                      + ", ".join(f"{j['id']!r} ({j['reason']})" for j in jobs[:20])

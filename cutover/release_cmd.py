@@ -13,8 +13,8 @@ from cutover.held import release as run_release
 
 @cli.command()
 @click.option("--run", "run_id", default=None, metavar="RUN",
-              help="Give back the jobs held for this drain run's pair (its run id, as drain "
-                   "and status print it).")
+              help="Give back the jobs held for this drain run's pair (its run id, as the "
+                   "drain prints it: [run drain-...]).")
 @click.option("--all-stale", is_flag=True,
               help="Give back every job on --source held by no running drain.")
 @click.option("--dry-run", is_flag=True, help="List what would be given back; change nothing.")
