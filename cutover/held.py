@@ -77,6 +77,20 @@ def find_stuck(control: ControlPlane, sides: dict[str, tuple[QueueBackend, str]]
     return stuck
 
 
+def stuck_on(control: ControlPlane,
+             sides: dict[str, tuple[QueueBackend, str]]) -> list[dict[str, Any]]:
+    """The stuck jobs of these backends, read from the backends themselves (for a caller
+    without a snapshot at hand)."""
+    held = [(side, r.id) for side, (backend, _) in sides.items() for r in held_jobs(backend)]
+    return find_stuck(control, sides, held)
+
+
+def stuck_message(stuck: Sequence[dict[str, Any]]) -> str:
+    ids = ", ".join(repr(j["id"]) for j in stuck[:20]) + (" ..." if len(stuck) > 20 else "")
+    return (f"{len(stuck)} job(s) held by no running drain (stuck: no worker of either side "
+            f"runs them): {ids}; re-run that drain, or `cutover release --all-stale`")
+
+
 @dataclasses.dataclass
 class ReleaseReport:
     """What ``cutover release`` gave back, and what it left held (with the reason)."""

@@ -23,7 +23,7 @@ from cutover import codec
 from cutover.backend import QueueBackend
 from cutover.control import ControlPlane, backend_key
 from cutover.errors import PreconditionError
-from cutover.held import find_stuck
+from cutover.held import find_stuck, stuck_message, stuck_on
 from cutover.record import JobState
 from cutover.verify_report import VerifyReport
 
@@ -44,7 +44,14 @@ def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_u
         raise PreconditionError("a drain between these two backends is running; verify once "
                                 "it is done", source=skey, target=tkey)
     try:
-        _require_history(control, skey, tkey)
+        try:
+            _require_history(control, skey, tkey)
+        except PreconditionError as exc:
+            # Nothing moved, yet jobs may be held by a drain that died before moving any.
+            stuck = stuck_on(control, {"s": (source, skey), "t": (target, tkey)})
+            if stuck:
+                raise PreconditionError(f"{exc.message}; and {stuck_message(stuck)}") from exc
+            raise
         missing: list[tuple[str, str]] = []
         with control.tx("verifying") as conn:
             conn.execute(control.query("verify_tables"))

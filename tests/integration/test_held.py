@@ -106,8 +106,12 @@ def test_release_gives_procrastinate_jobs_back_with_their_schedule(
     pg.put(records)
     before = {r.id: r.run_at for r in pg.snapshot()}
     pg.take([r.id for r in records], drain_owner(backend_key(rq_url)))
-    code, verdict = invoke_json(pg_url, rq_url, "verify", "--report", os.devnull)
-    assert code == 3 and len(verdict["stuck"]) == 3
+    # A drain that died before it moved anything: the ledger has no history for the pair, and
+    # verify's refusal names the stuck jobs all the same.
+    said = invoke(pg_url, rq_url, "verify", "--report", os.devnull)
+    assert said.exit_code == 3 and "nothing was moved" in said.output
+    assert "3 job(s) held by no running drain" in said.output
+    assert all(repr(r.id) in said.output for r in records)
     code, done = invoke_json(pg_url, rq_url, "release", "--all-stale", "--yes")
     assert code == 0 and len(done["released"]) == 3, done
     after = {r.id: (r.state, r.run_at, r.holder) for r in pg.snapshot()}
