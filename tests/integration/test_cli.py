@@ -94,14 +94,19 @@ def test_unreachable_backend_error_hides_the_password() -> None:
 
 
 @pytest.mark.rq
-def test_sigterm_finishes_the_running_job_then_exits(cutover_redis_url: str) -> None:
+@pytest.mark.parametrize("to_group", [False, True], ids=["SIGTERM", "Ctrl-C to the group"])
+def test_sigterm_finishes_the_running_job_then_exits(cutover_redis_url: str,
+                                                     to_group: bool) -> None:
+    """Also when the whole process group gets it (Ctrl-C in a terminal, a cgroup's SIGTERM): the
+    child process running the job ignores it, the worker decides."""
     backend = RQBackend(cutover_redis_url)
     record = registry.make_record(tasks.sleepy, (2.0,))
     backend.enqueue([record])
     env = {**os.environ, "CUTOVER_APP": APP, "CUTOVER_SOURCE": cutover_redis_url}
     proc = subprocess.Popen([sys.executable, "-m", "cutover", "--log-format", "json", "worker",
                              "--backend", "rq", "--poll-interval", "0.1"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=to_group)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -111,7 +116,10 @@ def test_sigterm_finishes_the_running_job_then_exits(cutover_redis_url: str) -> 
             time.sleep(0.05)
         else:
             pytest.fail("the worker never started the job")
-        proc.send_signal(signal.SIGTERM)
+        if to_group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -122,7 +130,7 @@ def test_sigterm_finishes_the_running_job_then_exits(cutover_redis_url: str) -> 
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     lifecycle = [e.get("event") for e in events if e.get("job_id") == record.id]
     assert lifecycle == ["started", "succeeded"]
-    assert any("SIGTERM" in e["message"] for e in events)
+    assert any(("SIGINT" if to_group else "SIGTERM") in e["message"] for e in events)
     backend.close()
 
 

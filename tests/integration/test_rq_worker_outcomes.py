@@ -112,10 +112,22 @@ def test_the_jobs_own_ttls_win(backend: RQBackend) -> None:
     assert conn.ttl(f"rq:results:{forever.id}") == -1
     assert conn.zscore("rq:finished:default", forever.id) == float("inf")
     assert rq.job.Job.fetch(forever.id, connection=conn).return_value() == 4
-    assert not conn.exists(f"rq:job:{gone.id}", f"rq:results:{gone.id}")
+    # result_ttl=0: nothing kept (the hash lingers a second, for its dependents' release).
+    assert not conn.exists(f"rq:results:{gone.id}")
+    assert conn.ttl(f"rq:job:{gone.id}") in (-2, 0, 1)
     assert conn.zscore("rq:finished:default", gone.id) is None
     assert 40 <= conn.ttl(f"rq:job:{failed.id}") <= 50
     assert 40 <= conn.ttl(f"rq:results:{failed.id}") <= 50
+
+
+def test_a_dependent_of_a_job_with_result_ttl_0_still_runs(backend: RQBackend) -> None:
+    conn = backend.redis
+    parent = enqueue(conn, "pickle", "w.double", 1, result_ttl=0)
+    child = enqueue(conn, "pickle", "w.double", 2, depends_on=parent)
+    burst(backend)
+    assert rq.job.Job.fetch(child.id, connection=conn).return_value() == 4
+    time.sleep(1.1)
+    assert not conn.exists(f"rq:job:{parent.id}")
 
 
 def test_the_jobs_rq_timeout_is_honoured(backend: RQBackend) -> None:

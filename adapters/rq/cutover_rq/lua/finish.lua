@@ -4,7 +4,7 @@
 --       RQ's result stream (none for a retry, as RQ writes none), then field/value pairs of the
 --       job hash.
 -- As RQ's worker does (handle_job_success / handle_job_failure): a finished job and its result
--- stream expire after the job's result_ttl (default 500 s; -1 never; 0 deletes the job at once),
+-- stream expire after the job's result_ttl (default 500 s; -1 never; 0: within a second),
 -- a failed one after its failure_ttl (default one year); the registry score is when that
 -- happens (+inf for never). Unlike RQ, the stream of a failure with no failure_ttl expires with
 -- the job instead of never.
@@ -44,8 +44,13 @@ if placement == 'queue' then
 elseif ttl == nil then
   redis.call('ZADD', 'rq:' .. placement .. ':' .. origin, score, id)
 elseif ttl == 0 then
-  -- RQ keeps nothing of a job whose TTL is 0.
-  redis.call('DEL', h, dependents, dependencies, results)
+  -- RQ keeps nothing of a job whose TTL is 0. It deletes it in the step that queues its
+  -- dependents; here that is dependents.lua, called right after this script and reading this
+  -- job's status and dependents set: so they go a second later instead of at once.
+  redis.call('DEL', results)
+  redis.call('EXPIRE', h, 1)
+  redis.call('EXPIRE', dependents, 1)
+  redis.call('EXPIRE', dependencies, 1)
 else
   local expires = '+inf'
   if ttl > 0 then expires = math.floor(now) + ttl end
