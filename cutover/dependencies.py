@@ -30,6 +30,11 @@ class ReleasesDeferred(Protocol):
         """Queue these deferred jobs (``check``: only when met by the backend's own rules)."""
         ...
 
+    def dependency_states(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        """The states of those of these jobs the backend has, read in bulk (no job's place is
+        looked up: only whether it is done matters here)."""
+        ...
+
     def keep_waiting(self, waiters: Mapping[str, Sequence[str]]) -> None:
         """Record that these deferred jobs wait on these parents (parent id -> job ids), which
         are no longer on this backend."""
@@ -83,8 +88,11 @@ class DependencyView:
         for child in children:
             for parent_id in child.depends_on:
                 view.waiters.setdefault(parent_id, []).append(child.id)
+        on_source = _states(source, list(view.waiters))
         for parent_id in view.waiters:
-            view.parents[parent_id] = _locate(parent_id, source, target)
+            state = on_source.get(parent_id)
+            view.parents[parent_id] = (Parent(parent_id, state, source.name, on_source=True)
+                                       if state is not None else _on_target(parent_id, target))
         for child in children:
             if child.id in view.waiters and not view.blocking(child):
                 view.releasable.append(child.id)
@@ -109,14 +117,18 @@ class DependencyView:
         return self.waiters.get(job_id, [])
 
 
-def _locate(job_id: str, source: QueueBackend, target: QueueBackend | None) -> Parent:
-    for backend in (source, target):
-        if backend is None:
-            continue
-        record = backend.get(job_id)
-        if record is not None:
-            return Parent(job_id, record.state, backend.name, on_source=backend is source)
-    return Parent(job_id, None, "")
+def _states(source: QueueBackend, job_ids: list[str]) -> dict[str, JobState]:
+    """The states of the jobs the source has (read in bulk where the backend can)."""
+    if isinstance(source, ReleasesDeferred):
+        return source.dependency_states(job_ids)
+    return {r.id: r.state for r in map(source.get, job_ids) if r is not None}
+
+
+def _on_target(job_id: str, target: QueueBackend | None) -> Parent:
+    record = target.get(job_id) if target is not None else None
+    if record is None or target is None:
+        return Parent(job_id, None, "")
+    return Parent(job_id, record.state, target.name)
 
 
 def release(source: QueueBackend, view: DependencyView) -> list[str]:

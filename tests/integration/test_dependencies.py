@@ -383,3 +383,16 @@ def test_remove_keeps_a_dependents_set_only_while_a_deferred_job_needs_it(
     assert conn.exists("rq:job:a:dependents") and not conn.exists("rq:job:x:dependents")
     assert source.remove(["b"]) == 1
     assert not conn.exists("rq:job:a:dependents")  # b's removal took it out of a's set
+
+
+def test_parent_states_come_from_the_hashes_and_a_statusless_parent_is_not_done(
+        dsn: str, conn: redis.Redis, source: RQBackend, cutover_redis_url: str) -> None:
+    a = enqueue(conn, dsn, "a")
+    enqueue(conn, dsn, "b", depends_on=a)
+    finished = enqueue(conn, dsn, "f")
+    conn.hset(f"rq:job:{finished.id}", "status", "finished")
+    conn.hdel("rq:job:a", "status")
+    assert source.dependency_states(["a", "f", "gone"]) == {"a": JobState.QUEUED,
+                                                           "f": JobState.FINISHED}
+    code, doc = invoke_json(cutover_redis_url, dsn, "audit")
+    assert code == 3 and "waits on a (queued on rq)" in audited(doc)["b"]
