@@ -19,18 +19,21 @@ def run_plain_rq_worker(rq_url: str, queue: str = "default") -> None:
     assert worker.work(burst=True)
 
 
-def run_plain_procrastinate_worker(pg_url: str, delete_jobs: str | None = None) -> None:
+def run_plain_procrastinate_worker(pg_url: str, delete_jobs: str | None = None,
+                                   app: procrastinate.App | None = None) -> None:
     """procrastinate's own worker (wait=False: until nothing is left to fetch) running
-    ``cutover.testing.tasks.add``; ``delete_jobs`` as procrastinate's worker option."""
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=pg_url))
+    ``cutover.testing.tasks.add`` on a plain App, or every task of ``app`` (make_app);
+    ``delete_jobs`` as procrastinate's worker option."""
+    if app is None:
+        app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=pg_url))
 
-    @app.task(name="cutover.testing.tasks.add")
-    def add(a: int, b: int) -> int:
-        return tasks.add(a, b)
+        @app.task(name="cutover.testing.tasks.add")
+        def add(a: int, b: int) -> int:
+            return tasks.add(a, b)
 
-    async def work() -> None:
+    async def work(app: procrastinate.App) -> None:
         async with app.open_async():
             await app.run_worker_async(wait=False, install_signal_handlers=False,
                                        listen_notify=False, delete_jobs=delete_jobs)
 
-    asyncio.run(work())
+    asyncio.run(work(app))

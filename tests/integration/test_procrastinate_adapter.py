@@ -203,3 +203,13 @@ def test_positional_only_args_survive_in_the_side_table(backend: ProcrastinateBa
     backend.put([record])
     back = backend.get("varargs")
     assert back is not None and back.args == (1, 2, 3) and back.digest() == record.digest()
+
+
+def test_departure_trigger_comes_back_when_the_adapter_opens(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    """A procrastinate migration that recreates procrastinate_jobs (or an operator) may drop
+    the trigger that records departures; the adapter puts it back the next time it opens."""
+    sql(cutover_database_url, "DROP TRIGGER cutover_departure ON procrastinate_jobs")
+    ProcrastinateBackend(cutover_database_url).close()
+    assert sql(cutover_database_url, "SELECT tgenabled FROM pg_trigger "
+               "WHERE tgname = 'cutover_departure'") == [("O",)]

@@ -14,6 +14,7 @@ import procrastinate
 import psycopg
 import pytest
 import redis
+from cutover_procrastinate import make_app
 from procrastinate import sql as procrastinate_sql
 
 from cutover import adapters
@@ -183,17 +184,20 @@ def test_procrastinate_retention_gives_finished_since_deleted_and_a_deleted_wait
     assert len(report["finished_deleted"]) == 4
 
 
-def test_plain_procrastinate_worker_deleting_jobs_as_they_finish_is_not_a_loss(
-        urls: tuple[str, str], cutover_database_url: str) -> None:
+@pytest.mark.parametrize("app", ["plain App", "make_app"])
+def test_procrastinate_worker_deleting_jobs_as_they_finish_is_not_a_loss(
+        urls: tuple[str, str], app: str) -> None:
     rq_url, pg_url = urls
     done = [registry.make_record(tasks.add, (i, 5)) for i in range(2)]
     cancelled = registry.make_record(tasks.add, (7, 7), run_at=utcnow() + dt.timedelta(hours=1))
     drained(rq_url, pg_url, [*done, cancelled])
     cancel_id = native_id(pg_url, cancelled.id)
-    run_plain_procrastinate_worker(pg_url, delete_jobs="always")
-    app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=pg_url))
-    with app.open():
-        assert app.job_manager.cancel_job_by_id(cancel_id, delete_job=True)
+    run_plain_procrastinate_worker(pg_url, delete_jobs="always",
+                                   app=make_app(registry, pg_url) if app == "make_app" else None)
+    assert len(tasks.calls) == 2
+    plain = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=pg_url))
+    with plain.open():
+        assert plain.job_manager.cancel_job_by_id(cancel_id, delete_job=True)
     code, report = verify(rq_url, pg_url)
     assert code == 0 and report["lost"] == [], report
     statuses = {i["id"]: i["status"] for i in report["finished_deleted"]}

@@ -1,10 +1,16 @@
 -- name: schema_present
 -- Read pg_class through an MVCC snapshot (to_regclass may use a stale catalog snapshot right
 -- after the advisory lock was granted, and see no table that another session just committed).
--- The adapter's part counts as present only when its newest table (cutover_departed) is there,
--- so that a database set up by an older version gets the rest (the DDL is idempotent).
+-- The adapter's part counts as present only when its newest table (cutover_departed) and the
+-- trigger that fills it are there: a database set up by an older version, or whose
+-- procrastinate_jobs was recreated by a migration, gets them back (the DDL is idempotent).
 SELECT COALESCE(bool_or(c.relname = 'procrastinate_jobs'), false) AS present,
-       COALESCE(bool_or(c.relname = 'cutover_departed'), false) AS adapter_present
+       COALESCE(bool_or(c.relname = 'cutover_departed'), false)
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                   JOIN pg_catalog.pg_class r ON r.oid = t.tgrelid
+                   JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+                   WHERE t.tgname = 'cutover_departure' AND r.relname = 'procrastinate_jobs'
+                     AND rn.nspname = current_schema()) AS adapter_present
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = current_schema()
   AND c.relname IN ('procrastinate_jobs', 'cutover_departed');
