@@ -153,20 +153,21 @@ def test_the_cli_worker_survives_a_poison_pill_and_exits_0(cutover_redis_url: st
 
 
 def test_log_lines_carry_the_traceback_in_text_format() -> None:
-    from cutover import logs
+    from cutover import InMemoryBackend, logs
 
     stream = io.StringIO()
+    logger = logging.getLogger("cutover")
     logs.setup("INFO", "text")
-    handler = logging.getLogger("cutover").handlers[-1]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(stream)
-    record = registry.make_record("w.boom", ("secret postgresql://u:pw@h/db",))
-    from cutover import InMemoryBackend
-
-    backend = InMemoryBackend()
-    backend.enqueue([record])
-    burst(backend, "thread")
+    handler = logger.handlers[-1]
+    try:
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(stream)
+        backend = InMemoryBackend()
+        backend.enqueue([registry.make_record("w.boom", ("secret postgresql://u:pw@h/db",))])
+        burst(backend, "thread")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
     text = stream.getvalue()
-    logging.getLogger("cutover").propagate = True
     assert "Traceback (most recent call last)" in text and "ValueError: secret" in text
     assert "pw@" not in text
