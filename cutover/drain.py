@@ -33,6 +33,7 @@ from cutover.audit import AuditReport, Classifier, JobClass
 from cutover.backend import Partition, QueueBackend
 from cutover.control import ControlPlane, backend_key
 from cutover.errors import (
+    BackendError,
     BackendUnavailableError,
     ConfigurationError,
     JobConflictError,
@@ -395,7 +396,14 @@ class Drain:
                 record = record.replace(state=state, holder=None)  # a fresh memo: only if needed
             ready.append(record)
 
-        done = self._put_isolating(ready)
+        refusals: list[str] = []
+        done = self._put_isolating(ready, refusals)
+        if len(ready) > 1 and len(refusals) == len(ready) and len(set(refusals)) == 1:
+            # Every job of the batch, for one reason: that is the store (read-only, no
+            # rights...), not the jobs. Stop here rather than try the whole source job by job.
+            raise BackendError(f"the target refused all {len(ready)} jobs of a batch for one "
+                               f"reason: {refusals[0]}; they were given back to the source "
+                               "(failure rows recorded)", target=self.target_key)
         if recovered:
             self.report.recovered += len(done)
         else:
@@ -418,12 +426,13 @@ class Drain:
         if not self._shared_target:
             mark(None)
 
-    def _put_isolating(self, records: list[JobRecord]) -> list[JobRecord]:
+    def _put_isolating(self, records: list[JobRecord],
+                       refusals: list[str]) -> list[JobRecord]:
         """Put a batch; if the target refuses it, find the jobs it refuses by halves (a batch
         of n with one poison job costs about 2 log2 n puts, not n), put every other one, and
         give each refused job back to the source with a failure row. Only an unreachable
         backend stops the run (the jobs stay held; the next run finishes them). Returns the
-        records now on the target."""
+        records now on the target; ``refusals`` gets each refused job's reason."""
         if not records:
             return []
         try:
@@ -437,9 +446,11 @@ class Drain:
         except Exception as exc:  # whatever the target says, it is about these jobs
             if len(records) == 1:
                 self._refuse(records[0], exc)
+                refusals.append(str(exc))
                 return []
         half = len(records) // 2
-        return self._put_isolating(records[:half]) + self._put_isolating(records[half:])
+        return (self._put_isolating(records[:half], refusals)
+                + self._put_isolating(records[half:], refusals))
 
     def _conflict(self, record: JobRecord, exc: JobConflictError) -> list[JobRecord]:
         """The target has a different job with this id: ours if an earlier, interrupted run

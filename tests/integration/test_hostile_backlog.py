@@ -17,6 +17,7 @@ from cutover import audit as audit_module
 from cutover.audit import Classifier, audit
 from cutover.control import ControlPlane, backend_key
 from cutover.drain import Drain, DrainOptions
+from cutover.errors import BackendError
 from cutover.held import drain_owner
 from cutover.record import JobRecord, JobState
 from cutover.testing import tasks
@@ -125,8 +126,9 @@ def test_audit_dry_run_and_drain_agree_job_by_job(urls: tuple[str, str]) -> None
     assert code == 0 and {j["id"] for js in dry["jobs"].values() for j in js} == \
         {i for i, c in expected.items() if c != "movable" and i != made["running"]}
 
-    for attempt in range(2):  # the re-run says the same, and moves nothing more
-        code, report = invoke_json(rq_url, pg_url, "drain", "--yes", "--batch-size", "4")
+    for attempt, workers in enumerate(("1", "2")):  # the re-run says the same, moves no more
+        code, report = invoke_json(rq_url, pg_url, "drain", "--yes", "--batch-size", "4",
+                                   "--workers", workers)
         assert code == 3, report
         drained = {j["id"]: cls for cls, jobs in report["left"].items() for j in jobs}
         drained.update(dict.fromkeys(report["running"], "in_place"))
@@ -154,12 +156,14 @@ def test_audit_dry_run_and_drain_agree_job_by_job(urls: tuple[str, str]) -> None
 
 def _blind(backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The adapter (and the ledger's check) forget a limit: the put is the first to find it."""
-    monkeypatch.setattr(backend, "cannot_hold", lambda record: [])
+    # On the class: drain worker processes open their own backends.
+    monkeypatch.setattr(type(backend), "cannot_hold", lambda self, record: [])
     monkeypatch.setattr(audit_module, "ledger_limits", lambda record: [])
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_poison_job_the_limits_missed_costs_only_itself_rq_to_procrastinate(
-        urls: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+        urls: tuple[str, str], monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
     rq_url, pg_url = urls
     conn = redis.Redis.from_url(rq_url)
     queue = rq.Queue("default", connection=conn)
@@ -169,7 +173,8 @@ def test_a_poison_job_the_limits_missed_costs_only_itself_rq_to_procrastinate(
     source, target = adapters.open_backend(rq_url), adapters.open_backend(pg_url)
     _blind(target, monkeypatch)
     control = ControlPlane(pg_url)
-    drain = Drain(source, rq_url, target, pg_url, control, registry, DrainOptions(batch_size=20))
+    drain = Drain(source, rq_url, target, pg_url, control, registry,
+                  DrainOptions(batch_size=20, workers=workers))
     report = drain.run(install_signal_handlers=False)
     assert report.moved == 12
     assert [j["id"] for j in report.left["unsupported"]] == [poison]
@@ -264,3 +269,39 @@ def test_jobs_an_older_run_held_and_this_one_leaves_are_given_back(
     back = source.get("poison\nnewline")
     assert back is not None and back.state is JobState.QUEUED
     source.close()
+
+
+def test_a_target_that_refuses_every_job_stops_the_drain_with_nothing_held(
+        urls: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only or rights-less store is not a poison job: the first batch refused whole,
+    for one reason, stops the run (exit 2), its jobs given back, rather than trying the whole
+    source job by job."""
+    rq_url, pg_url = urls
+    conn = redis.Redis.from_url(rq_url)
+    queue = rq.Queue("default", connection=conn)
+    ids = [queue.enqueue(tasks.add, i, 1).id for i in range(10)]
+    source, target = adapters.open_backend(rq_url), adapters.open_backend(pg_url)
+
+    def refuse(records: Any, **kwargs: Any) -> list[str]:
+        raise BackendError("permission denied for table procrastinate_jobs")
+
+    monkeypatch.setattr(target, "put", refuse)
+    control = ControlPlane(pg_url)
+    drain = Drain(source, rq_url, target, pg_url, control, registry, DrainOptions(batch_size=4))
+    with pytest.raises(BackendError, match="refused all 4 jobs of a batch for one reason"):
+        drain.run(install_signal_handlers=False)
+    with control.tx("reading failures") as c:
+        assert c.execute("SELECT count(*) FROM cutover.failures").fetchone() == (4,)
+    # The refused batch is back in its list; batches the reader had taken meanwhile stay held
+    # for the pair, and the next run (the store fixed) moves them all.
+    queued = {i.decode() for i in conn.lrange("rq:queue:default", 0, -1)}
+    assert set(ids[:4]) <= queued
+    monkeypatch.undo()
+    again = Drain(source, rq_url, target, pg_url, control, registry,
+                  DrainOptions(batch_size=4)).run(install_signal_handlers=False)
+    assert again.moved == 10 and again.left == {}
+    assert {r.id for r in target.snapshot()} == set(ids)
+    assert conn.keys("cutover:held:*") == []
+    control.close()
+    source.close()
+    target.close()
