@@ -95,6 +95,13 @@ class JobRecord:
     its dependencies are met. ``problem`` is set on a job read
     from a backend that cannot be decoded or run (quarantined payload, malformed hash): such a
     record is reported and never executed.
+
+    ``native`` is how the job's origin backend stored it, so that it can go back the same way:
+    plain JSON data only, never part of the content (see docs/architecture.md, "Native format").
+    Keys: ``positional`` (the names, in order, of the keyword args the producer passed
+    positionally: :meth:`TaskRegistry.normalize` binds them to names and records them here) and
+    one mapping per adapter (``rq``: serializer, description, timeout, TTLs, meta). Every
+    backend carries it unchanged.
     """
 
     id: str
@@ -124,6 +131,7 @@ class JobRecord:
     timeout: float | None = None
     depends_on: tuple[str, ...] = ()
     dependency_failures_allowed: bool = False
+    native: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # Encodings computed once per record (not a field; replace() keeps them unless the content
     # changes).
     _memo: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)

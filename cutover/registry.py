@@ -209,4 +209,10 @@ class TaskRegistry:
             args, kwargs = task.bind(record.args, record.kwargs)
         except UnsupportedValueError:
             return record.replace(task=task.name)
+        if record.args and not args:
+            # Remember which names came from positional args, in order, so a backend that has
+            # positional args (RQ) can write the job back as its producer wrote it.
+            positional = [name for name in kwargs if name not in record.kwargs]
+            return record.replace(task=task.name, args=args, kwargs=kwargs,
+                                  native={**record.native, "positional": positional})
         return record.replace(task=task.name, args=args, kwargs=kwargs)

@@ -224,7 +224,7 @@ class ProcrastinateBackend:
     def _record(self, row: tuple[Any, ...]) -> JobRecord:
         (job_id, queue, task, priority, key, args, status, scheduled_at, attempts, cutover_id,
          max_attempts, intervals, positional, origin, created_at, updated_at, held_by,
-         held_scheduled_at, error, result, lock) = row
+         held_scheduled_at, error, result, lock, job_native) = row
         problem = None
         try:
             kwargs = codec.decode(args or {})
@@ -251,6 +251,10 @@ class ProcrastinateBackend:
             decoded_result = codec.decode(result) if result is not None else None
         except DecodeError:
             decoded_result = result
+        try:
+            native = codec.decode(job_native) if isinstance(job_native, dict) else {}
+        except DecodeError:
+            native = {}  # format memory only: the job itself is intact
         return JobRecord(
             id=cutover_id or f"pg-{job_id}", task=task, args=pos, kwargs=kwargs, queue=queue,
             priority=priority, run_at=run_at if run_at != _FAR and run_at is not None else None,
@@ -260,7 +264,7 @@ class ProcrastinateBackend:
             origin=origin or "procrastinate", created_at=created_at, updated_at=updated_at,
             error=error, result=decoded_result, native_id=str(job_id), problem=problem,
             location=f"procrastinate_jobs:{job_id}", holder=held_by,
-            losses=(f"procrastinate lock {lock!r}",) if lock else ())
+            losses=(f"procrastinate lock {lock!r}",) if lock else (), native=native)
 
     def _select(self, conn: psycopg.Connection[TupleRow], where: LiteralString,
                 params: dict[str, Any]) -> list[JobRecord]:
@@ -361,6 +365,7 @@ class ProcrastinateBackend:
                 positional = _json(r.encoded_args()) if r.args else None
                 result = _json(codec.encode(r.result, "result")) if r.result is not None \
                     else None
+                memory = _json(codec.encode(dict(r.native), "native")) if r.native else None
             except CutoverError as exc:
                 raise JobError(str(exc), job_id=r.id) from exc
             jobs.append((native, r.queue, r.task, r.priority,
@@ -368,7 +373,7 @@ class ProcrastinateBackend:
                          status))
             meta.append((native, r.id, r.max_attempts, _json(list(r.retry_intervals)),
                          positional, r.origin or self.name, r.created_at or now, r.error,
-                         result))
+                         result, memory))
         with conn.cursor() as cur:
             cur.execute(sql.query("clear_departures"), {"ids": _lines([r.id for r in records])})
             with cur.copy(sql.query("copy_jobs")) as copy:

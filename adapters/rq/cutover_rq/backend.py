@@ -7,7 +7,8 @@ owns a job is one Lua script (``lua/``): take, give back, claim, finish, remove,
 
 Cutover-only facts live in extra hash fields that RQ leaves alone: ``cutover_priority``,
 ``cutover_attempts``, ``cutover_max_attempts``, ``cutover_retry_intervals``, ``cutover_job_key``,
-``cutover_run_at``, ``cutover_error``, ``cutover_result``, ``cutover_held*``. Other keys:
+``cutover_run_at``, ``cutover_error``, ``cutover_result``, ``cutover_held*``,
+``cutover_positional`` (see native.py). Other keys:
 ``cutover:key:{job_key}`` (live holder of a job key), ``cutover:held:{queue}`` (held jobs),
 ``cutover:paused`` and ``cutover:worker:{name}`` (heartbeats).
 """
@@ -57,8 +58,8 @@ from cutover.errors import (
 from cutover.limits import size_limits
 from cutover.record import JobRecord, JobState, utcnow
 from cutover.urls import redact, redact_text, secrets_of
-from cutover_rq import scripts, store
-from cutover_rq.decode import decode_data, payload_kind
+from cutover_rq import native, scripts, store
+from cutover_rq.decode import decode_job, payload_kind
 
 _TS = "%Y-%m-%dT%H:%M:%S.%fZ"
 _REGISTRIES = ("scheduled", "deferred", "failed", "finished", "canceled")
@@ -162,19 +163,22 @@ def _departure(ended: bytes | None, results: list[Any],
     return None
 
 
-def _losses(h: dict[bytes, bytes]) -> tuple[str, ...]:
-    """RQ-only features of a job that no other backend keeps."""
+def _losses(h: dict[bytes, bytes], meta_carried: bool = True) -> tuple[str, ...]:
+    """RQ-only features of a job that no other backend keeps. The TTLs, timeout and plain-data
+    meta are remembered (``record.native``) and restored by a move back to RQ; the others are
+    gone once the job leaves RQ."""
     out = []
     for field in ("result_ttl", "failure_ttl", "ttl"):
         if h.get(field.encode()):
-            out.append(f"rq {field}={_s(h[field.encode()])}")
+            out.append(f"rq {field}={_s(h[field.encode()])} (restored on a move back to RQ)")
     if h.get(b"timeout") not in (None, b"", _DEFAULT_TIMEOUT):
-        out.append(f"rq job timeout={_s(h[b'timeout'])}s")
+        out.append(f"rq job timeout={_s(h[b'timeout'])}s (restored on a move back to RQ)")
     for field in ("success_callback_name", "failure_callback_name", "stopped_callback_name"):
         if h.get(field.encode()):
             out.append(f"rq {field.replace('_name', '')} {_s(h[field.encode()])}")
     if h.get(b"meta"):
-        out.append("rq meta")
+        out.append("rq meta (restored on a move back to RQ)" if meta_carried else
+                   "rq meta (not plain data: not carried)")
     if h.get(b"enqueue_at_front") == b"1":
         out.append("rq at_front")
     if h.get(b"repeats_left"):
@@ -225,9 +229,10 @@ class _ListIndex:
 class RQBackend:
     """RQ (rq 2.x and 3.x) on Redis.
 
-    URL: ``redis://[:password@]host:port/db``, ``rediss://...`` or ``unix:///path?db=N``; the
-    query parameter ``serializer=json`` writes payloads with RQ's JSONSerializer instead of pickle
-    (match what your RQ workers use). Payloads of either kind are read.
+    URL: ``redis://[:password@]host:port/db``, ``rediss://...`` or ``unix:///path?db=N``.
+    Payloads of either serializer are read; a job is written in the serializer it remembers
+    (``record.native``), else in its queue's (learned from the queue's jobs), else in the URL's
+    ``serializer=json|pickle`` (default pickle): match what your RQ workers use.
     """
 
     name = "rq"
@@ -241,8 +246,6 @@ class RQBackend:
         if self.serializer_name not in ("pickle", "json"):
             raise ConfigurationError(f"serializer must be pickle or json, not "
                                      f"{self.serializer_name!r}", url=redact(url))
-        self._serializer: Any = (rq.serializers.JSONSerializer if self.serializer_name == "json"
-                                 else rq.serializers.DefaultSerializer)
         base = url.split("?", 1)[0]
         self._raw_url = f"{base}?{urlencode(params)}" if params else base
         self._url = redact(url)
@@ -257,6 +260,7 @@ class RQBackend:
                                      f"{redact_text(str(exc), *self._secrets)}") from exc
         self._scripts: dict[str, Script] = {}
         self._claims: dict[str, _Claim] = {}
+        self._learned: dict[str, tuple[str, float]] = {}  # queue -> (serializer, valid until)
         self._lock = threading.Lock()
 
     @property
@@ -332,14 +336,21 @@ class RQBackend:
         task: str = ""
         args: tuple[Any, ...] = ()
         kwargs: dict[str, Any] = {}
+        serializer: str | None = None
+        positional: list[str] | None = None
         raw = h.get(b"data")
         if raw is None:
             problem = "malformed job hash: no data field"
         else:
             try:
-                task, args, kwargs = decode_data(raw)
+                serializer, task, args, kwargs = decode_job(raw)
+                args, kwargs, positional = native.read_positional(h, args, kwargs)
             except DecodeError as exc:
                 problem = exc.message
+        memory, meta_carried = native.read_memory(h, serializer)
+        job_native: dict[str, Any] = {"rq": memory}
+        if positional is not None:
+            job_native["positional"] = positional
         if not status:
             # RQ's take, claim and give back all start from the status: a job without one would
             # be counted and then silently skipped. Quarantined, with the reason.
@@ -380,28 +391,35 @@ class RQBackend:
             or "rq", created_at=_parse_ts(h.get(b"created_at")),
             updated_at=_parse_ts(h.get(b"ended_at")) or _parse_ts(h.get(b"started_at")),
             error=error, result=result, native_id=job_id, problem=problem, location=location,
-            holder=_text(h, "cutover_held"), losses=_losses(h), timeout=_timeout(h),
+            holder=_text(h, "cutover_held"), losses=_losses(h, meta_carried), timeout=_timeout(h),
             depends_on=_depends_on(h),
-            dependency_failures_allowed=h.get(b"allow_dependency_failures") == b"1")
+            dependency_failures_allowed=h.get(b"allow_dependency_failures") == b"1",
+            native=job_native)
 
     def _mapping(self, record: JobRecord, status: str) -> dict[str, Any]:
-        """The job hash of ``record`` in RQ's own format (built by RQ's Job class)."""
+        """The job hash of ``record`` in RQ's own format (built by RQ's Job class), written as
+        the job remembers RQ stored it (``native``), else with its queue's serializer."""
         if record.task == "" or record.problem:
             raise JobError(f"cannot write a job with a problem: {record.problem}",
                            job_id=record.id)
-        args: Any = list(record.args)
-        kwargs: Any = dict(record.kwargs)
-        if self.serializer_name == "json":
-            args, kwargs = codec.encode(args), codec.encode(kwargs)
+        memory = record.native.get("rq") or {}
+        learned = (self.serializer_name if memory.get("serializer") in native.SERIALIZERS
+                   else self.queue_serializer(record.queue))
+        try:
+            fmt = native.write_format(record, learned)
+        except CutoverError as exc:
+            raise JobError(f"cannot write the job in RQ's format: {exc}",
+                           job_id=record.id) from exc
         retry = None
         if record.retries_left > 0:
             intervals = [math.ceil(i) for i in record.retry_intervals] or 0
             retry = rq.Retry(max=record.retries_left, interval=intervals)
         try:
-            job = rq.job.Job.create(record.task, args=args, kwargs=kwargs,
+            job = rq.job.Job.create(record.task, args=fmt.args, kwargs=fmt.kwargs,
                                     connection=self.redis, id=record.id, origin=record.queue,
-                                    serializer=self._serializer, retry=retry,
-                                    status=rq.job.JobStatus(status))
+                                    serializer=native.SERIALIZERS[fmt.serializer],
+                                    retry=retry, status=rq.job.JobStatus(status),
+                                    **fmt.options)
         except (TypeError, ValueError) as exc:
             raise JobError(f"RQ refused the job: {exc}", job_id=record.id) from exc
         now = utcnow()
@@ -416,6 +434,8 @@ class RQBackend:
             "cutover_retry_intervals": json.dumps(list(record.retry_intervals)),
             "cutover_origin": record.origin or self.name,
         })
+        if fmt.positional:
+            mapping[native.POSITIONAL_FIELD] = json.dumps(fmt.positional)
         if record.job_key is not None:
             mapping["cutover_job_key"] = record.job_key
         if record.run_at is not None:
@@ -454,6 +474,38 @@ class RQBackend:
                          int(score) if placement == "scheduled" else score,
                          record.job_key or "", *flat], client=pipe)
         return [(outcome.decode(), job_id.decode()) for outcome, job_id in pipe.execute()]
+
+    # -- serializers -----------------------------------------------------------------------
+    def queue_serializer(self, queue: str) -> str:
+        """The serializer a new job of ``queue`` is written with: the one its jobs use (read
+        from up to ten of them: waiting, scheduled, finished and failed; the majority wins),
+        else the URL's ``serializer`` option. Learned answers are kept a minute, the fallback a
+        few seconds (a queue that was empty may fill)."""
+        now = time.monotonic()
+        with self._lock:
+            known = self._learned.get(queue)
+        if known is not None and known[1] > now:
+            return known[0]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lrange(f"rq:queue:{queue}", 0, 9)
+        for registry in ("scheduled", "finished", "failed"):
+            pipe.zrevrange(f"rq:{registry}:{queue}", 0, 9)
+        ids = list(dict.fromkeys(_s(i) for found in pipe.execute() for i in found))[:10]
+        votes = {"pickle": 0, "json": 0}
+        if ids:
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hget(f"rq:job:{job_id}", "data")
+            for data in pipe.execute():
+                if data:
+                    votes[payload_kind(data)] += 1
+        if votes["pickle"] != votes["json"]:
+            learned, keep = max(votes, key=lambda k: votes[k]), 60.0
+        else:
+            learned, keep = self.serializer_name, 5.0
+        with self._lock:
+            self._learned[queue] = (learned, now + keep)
+        return learned
 
     # -- producing -------------------------------------------------------------------------
     def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
@@ -926,7 +978,7 @@ class RQBackend:
     def _serializer_of(self, job_id: str) -> Any:
         with self._lock:
             claim = self._claims.get(job_id)
-        return claim.serializer if claim else self._serializer
+        return claim.serializer if claim else native.SERIALIZERS[self.serializer_name]
 
     # -- dependencies (a step of its own after finish: see lua/dependents.lua) --------------
     def _dependents(self, mode: str, ids: Sequence[str]) -> list[str]:

@@ -78,9 +78,32 @@ def loads(payload: bytes) -> Any:
     raise DecodeError("payload is neither pickle nor JSON")
 
 
+def decode_meta(raw: bytes) -> dict[str, Any]:
+    """A job's ``meta`` (RQ writes it with the job's serializer, uncompressed), through the
+    restricted unpickler: raises QuarantinedJobError for anything but plain data."""
+    if raw[:1] == b"\x80":
+        value = loads(raw)
+    else:
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise DecodeError(f"corrupt JSON meta: {exc}") from exc
+    if not isinstance(value, dict):
+        raise DecodeError(f"meta is not a dict but {type(value).__name__}")
+    return value
+
+
 def decode_data(raw: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
     """``(func_name, args, kwargs)`` of a job's ``data`` field."""
-    value = loads(decompress(raw))
+    return decode_job(raw)[1:]
+
+
+def decode_job(raw: bytes) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
+    """``(serializer, func_name, args, kwargs)`` of a job's ``data`` field; the serializer is
+    ``"pickle"`` or ``"json"``."""
+    payload = decompress(raw)
+    serializer = "pickle" if payload[:1] == b"\x80" else "json"
+    value = loads(payload)
     if not isinstance(value, list | tuple) or len(value) != 4:
         raise DecodeError("payload is not (func_name, instance, args, kwargs)")
     func_name, instance, args, kwargs = value
@@ -93,4 +116,4 @@ def decode_data(raw: bytes) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
         raise DecodeError("payload args/kwargs have the wrong types")
     if not all(isinstance(k, str) for k in kwargs):
         raise DecodeError("payload kwargs have non-string names")
-    return func_name, tuple(args), dict(kwargs)
+    return serializer, func_name, tuple(args), dict(kwargs)

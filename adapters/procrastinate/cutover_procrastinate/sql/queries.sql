@@ -10,10 +10,15 @@ SELECT COALESCE(bool_or(c.relname = 'procrastinate_jobs'), false) AS present,
                    JOIN pg_catalog.pg_class r ON r.oid = t.tgrelid
                    JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
                    WHERE t.tgname = 'cutover_departure' AND r.relname = 'procrastinate_jobs'
-                     AND rn.nspname = current_schema()) AS adapter_present
+                     AND rn.nspname = current_schema())
+       -- and cutover_jobs with its newest column (an older table gets the columns it lacks)
+       AND COALESCE(bool_or(c.relname = 'cutover_jobs' AND EXISTS (
+           SELECT 1 FROM pg_catalog.pg_attribute a
+           WHERE a.attrelid = c.oid AND a.attname = 'native' AND NOT a.attisdropped)), false)
+           AS adapter_present
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = current_schema()
-  AND c.relname IN ('procrastinate_jobs', 'cutover_departed');
+  AND c.relname IN ('procrastinate_jobs', 'cutover_departed', 'cutover_jobs');
 
 -- name: schema_lock
 SELECT pg_advisory_xact_lock(hashtext('cutover_procrastinate.schema'));
@@ -60,13 +65,13 @@ COPY procrastinate_jobs (id, queue_name, task_name, priority, queueing_lock, arg
 
 -- name: copy_meta
 COPY cutover_jobs (job_id, cutover_id, max_attempts, retry_intervals, positional, origin,
-                   created_at, error, result) FROM STDIN;
+                   created_at, error, result, native) FROM STDIN;
 
 -- name: select_jobs
 SELECT j.id, j.queue_name, j.task_name, j.priority, j.queueing_lock, j.args, j.status::text,
        j.scheduled_at, j.attempts, c.cutover_id, c.max_attempts, c.retry_intervals, c.positional,
        c.origin, c.created_at, c.updated_at, c.held_by, c.held_scheduled_at, c.error, c.result,
-       j.lock
+       j.lock, c.native
 FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
 
 -- name: counts
