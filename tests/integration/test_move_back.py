@@ -263,3 +263,34 @@ def test_an_older_cutover_jobs_table_gains_the_native_column(cutover_database_ur
         assert found is not None and found.native == memory
     finally:
         backend.close()
+
+
+def test_values_json_cannot_hold_stay_in_place_rather_than_reach_a_json_worker_tagged(
+        cutover_redis_url: str, cutover_database_url: str, conn: redis.Redis) -> None:
+    rq_url, pg_url = cutover_redis_url, cutover_database_url
+    rq.Queue("jq", connection=conn, serializer=JSON).enqueue(capture, 0)  # jq: a JSON queue
+    rq.Queue("pq", connection=conn).enqueue(capture, 0)  # pq: a pickle queue
+    pg = ProcrastinateBackend(pg_url)
+    plain = registry.make_record(capture, (1,), {"b": [2, {"c": None}]}, queue="jq")
+    rich = registry.make_record(capture, (decimal.Decimal("1.5"),), {"b": (1, 2)}, queue="jq")
+    pickled = rich.replace(id="rich-for-pickle", queue="pq")
+    try:
+        pg.put([plain, rich, pickled])
+    finally:
+        pg.close()
+    assert invoke(rq_url, pg_url, "init", "--yes").exit_code == 0
+    result = invoke(pg_url, rq_url, "--json", "audit")
+    report = json.loads(result.stdout)
+    unsupported = {j["id"]: j["reason"] for j in report["jobs"].get("unsupported", [])}
+    assert list(unsupported) == [rich.id], report
+    assert "JSON cannot hold kwargs['a'] (a Decimal), kwargs['b'] (a tuple)" in \
+        unsupported[rich.id]
+    result = invoke(pg_url, rq_url, "drain", "--yes")
+    assert result.exit_code == 3, result.output
+    assert not conn.exists(f"rq:job:{rich.id}")
+    assert conn.exists(f"rq:job:{plain.id}") and conn.exists("rq:job:rich-for-pickle")
+    run_natively(conn, "jq", JSON)
+    run_natively(conn, "pq", PICKLE)
+    assert roundtrip_tasks.seen[plain.id]["kwargs"] == {"a": 1, "b": [2, {"c": None}]}
+    assert typed(roundtrip_tasks.seen["rich-for-pickle"]["kwargs"]) == typed(
+        {"a": decimal.Decimal("1.5"), "b": (1, 2)})

@@ -323,6 +323,10 @@ class RQBackend:
             out.append("queue name is empty")
         if not all(math.isfinite(i) and i >= 0 for i in record.retry_intervals):
             out.append("a retry wait is negative or not finite (RQ's Retry refuses it)")
+        if record.queue:
+            with self._errors("learning a queue's serializer"):
+                if native.serializer_for(record, self.queue_serializer) == "json":
+                    out += native.json_problems(record)
         return out + size_limits(record, "a Redis value", _VALUE_MAX)
 
     # -- records ---------------------------------------------------------------------------
@@ -402,11 +406,9 @@ class RQBackend:
         if record.task == "" or record.problem:
             raise JobError(f"cannot write a job with a problem: {record.problem}",
                            job_id=record.id)
-        memory = record.native.get("rq") or {}
-        learned = (self.serializer_name if memory.get("serializer") in native.SERIALIZERS
-                   else self.queue_serializer(record.queue))
         try:
-            fmt = native.write_format(record, learned)
+            fmt = native.write_format(record, native.serializer_for(record,
+                                                                    self.queue_serializer))
         except CutoverError as exc:
             raise JobError(f"cannot write the job in RQ's format: {exc}",
                            job_id=record.id) from exc

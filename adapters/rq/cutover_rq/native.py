@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
+from collections.abc import Callable
 from typing import Any
 
 import rq
@@ -31,6 +33,56 @@ SERIALIZERS: dict[str, Any] = {"pickle": rq.serializers.DefaultSerializer,
 _INT_FIELDS = ("timeout", "result_ttl", "failure_ttl", "ttl")
 #: The hash field that says which keyword args were positional when the job was written.
 POSITIONAL_FIELD = "cutover_positional"
+
+
+def serializer_for(record: JobRecord, learned: Callable[[str], str]) -> str:
+    """The serializer ``record`` is written with: its own memory, else ``learned(queue)``."""
+    memory = record.native.get("rq") or {}
+    remembered = memory.get("serializer")
+    return remembered if remembered in SERIALIZERS else learned(record.queue)
+
+
+def json_problems(record: JobRecord) -> list[str]:
+    """What a JSON queue's RQ workers would not receive as written (checked before a move to a
+    JSON queue): every value must be plain JSON, so that RQ's JSONSerializer gives it back
+    unchanged. A Decimal, datetime, UUID, bytes, tuple or set would reach the task as the codec's
+    tagged object (and a tuple as a list)."""
+    out: list[tuple[str, str]] = []
+    for name, value in (("args", list(record.args)), ("kwargs", dict(record.kwargs))):
+        _json_walk(value, name, out)
+    if not out:
+        return []
+    listed = ", ".join(f"{where} (a {kind})" for where, kind in out[:5])
+    more = f" and {len(out) - 5} more" if len(out) > 5 else ""
+    return [f"queue {record.queue!r} is a JSON queue (its jobs, or the URL, say so) and JSON "
+            f"cannot hold {listed}{more}: left in place rather than reach RQ's worker as "
+            "something else"]
+
+
+def _json_walk(value: Any, where: str, out: list[tuple[str, str]]) -> None:
+    kind = type(value)
+    if value is None or kind is bool or kind is int:
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            out.append((where, f"non-finite float {value!r}"))
+        return
+    if kind is str:
+        if codec.encode(value) != value:  # text the codec must tag (NUL, lone surrogates)
+            out.append((where, "string JSON cannot carry unchanged"))
+        return
+    if kind is list:
+        for i, item in enumerate(value):
+            _json_walk(item, f"{where}[{i}]", out)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or key == codec.TAG:
+                out.append((f"{where}[{key!r}]", f"dict key {key!r}"))
+            else:
+                _json_walk(item, f"{where}[{key!r}]", out)
+        return
+    out.append((where, kind.__name__))
 
 
 def read_memory(h: dict[bytes, bytes], serializer: str | None) -> tuple[dict[str, Any], bool]:
@@ -87,12 +139,10 @@ class WriteFormat:
     positional: list[str]
 
 
-def write_format(record: JobRecord, learned: str) -> WriteFormat:
-    """The job's own memory first; ``learned`` (the queue's serializer) for a job without one."""
+def write_format(record: JobRecord, serializer: str) -> WriteFormat:
+    """How to write ``record`` in ``serializer`` (see :func:`serializer_for`), with the
+    description, timeout, TTLs, meta and positional args it remembers."""
     memory: dict[str, Any] = dict(record.native.get("rq") or {})
-    serializer = memory.get("serializer")
-    if serializer not in SERIALIZERS:
-        serializer = learned
     args: list[Any] = list(record.args)
     kwargs: dict[str, Any] = dict(record.kwargs)
     names = record.native.get("positional") or []
