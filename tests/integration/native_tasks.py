@@ -77,6 +77,17 @@ def refuse(key: str) -> None:
     raise RuntimeError(f"refused {key}")
 
 
+@registry.task
+def once(key: str) -> None:
+    """Fails the first time for ``key``, then succeeds with no result."""
+    record("once", (), {"key": key})
+    with _lock:
+        _attempts[key] += 1
+        first = _attempts[key] == 1
+    if first:
+        raise RuntimeError(f"first try of {key}")
+
+
 @registry.task(queue="native")
 async def gather(**named: Any) -> dict[str, Any]:
     """A coroutine task."""

@@ -334,3 +334,21 @@ def test_undecodable_args_fail_once_with_the_reason_never_reach_the_task(
             "JOIN cutover_jobs c ON c.job_id = j.id").fetchone() or (None, None, None)
     assert (status, attempts) == ("failed", 1)
     assert "unknown codec tag 'nope'" in error
+
+
+def test_a_success_after_a_failure_clears_the_error_as_the_cutover_worker_does(
+        cutover_database_url: str) -> None:
+    native_tasks.reset()
+    backend = ProcrastinateBackend(cutover_database_url)
+    try:
+        backend.put([JobRecord(id="once", task=f"{APP}.once", kwargs={"key": "o"},
+                               max_attempts=2),
+                     JobRecord(id="ok", task=f"{APP}.once", kwargs={"key": "p"})])
+        native_tasks._attempts["p"] = 1  # "p" succeeds at once: no outcome row write needed
+        run_app_worker(make_app(registry, cutover_database_url), cutover_database_url)
+        once, ok = backend.get("once"), backend.get("ok")
+        assert once is not None and ok is not None
+        assert (once.state, once.attempts, once.error) == (JobState.FINISHED, 2, None)
+        assert (ok.state, ok.attempts, ok.error, ok.result) == (JobState.FINISHED, 1, None, None)
+    finally:
+        backend.close()

@@ -111,6 +111,7 @@ class _Side:
     positional: Any  # encoded, as stored
     budget: Budget
     stored: bool  # a cutover_jobs row exists (outcomes are written there)
+    has_outcome: bool = False  # the row holds an error or result (of an earlier attempt)
 
     def call(self, raw: dict[str, Any], job_id: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The task's positional and keyword args, decoded (DecodeError if they cannot be)."""
@@ -119,6 +120,11 @@ class _Side:
         if not isinstance(args, list):
             raise DecodeError(f"positional args of job {job_id} are not a list")
         return tuple(args), kwargs
+
+    def keeps(self, error: BaseException | None = None, result: Any = None) -> bool:
+        """Whether the outcome changes the row: a success with no result over a row with no
+        outcome (most jobs) needs no write."""
+        return self.stored and (error is not None or result is not None or self.has_outcome)
 
     def outcome(self, job_id: int, error: BaseException | None = None,
                 result: Any = None) -> dict[str, Any]:
@@ -134,7 +140,7 @@ def _side(rows: list[dict[str, Any]], attempts: int) -> _Side:
     # The same reading as ProcrastinateBackend._record for a running job.
     budget = Budget(max(row["max_attempts"] or 1, attempts + 1, 1),
                     tuple(float(i) for i in row["retry_intervals"] or ()))
-    return _Side(row["positional"], budget, stored=True)
+    return _Side(row["positional"], budget, stored=True, has_outcome=row["has_outcome"])
 
 
 def _kwargs(raw: dict[str, Any], job_id: int) -> dict[str, Any]:
@@ -176,12 +182,12 @@ def _sync_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Calla
             if inspect.isawaitable(result):  # a sync function returning a coroutine: as the
                 result = asyncio.run(_await(result))  # cutover worker, run it in this thread
         except BaseException as exc:
-            if side.stored:
+            if side.keeps(error=exc):
                 app.connector.execute_query(sql.query("native_outcome"),
                                             **side.outcome(job.id, error=exc))
             raise
         budgets.pop(job.id)
-        if side.stored:
+        if side.keeps(result=result):
             app.connector.execute_query(sql.query("native_outcome"),
                                         **side.outcome(job.id, result=result))
         return result
@@ -204,12 +210,12 @@ def _async_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Call
             args, kwargs = side.call(raw, job.id)
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            if side.stored:
+            if side.keeps(error=exc):
                 await app.connector.execute_query_async(sql.query("native_outcome"),
                                                         **side.outcome(job.id, error=exc))
             raise
         budgets.pop(job.id)
-        if side.stored:
+        if side.keeps(result=result):
             await app.connector.execute_query_async(sql.query("native_outcome"),
                                                     **side.outcome(job.id, result=result))
         return result

@@ -200,7 +200,9 @@ SELECT queue FROM cutover_paused;
 -- name: native_job
 -- make_app's wrapper, before running a job: what procrastinate_jobs cannot hold (positional
 -- args, the job's own retry budget). No row: a job deferred by plain procrastinate code.
-SELECT positional, max_attempts, retry_intervals FROM cutover_jobs WHERE job_id = %(job_id)s;
+SELECT positional, max_attempts, retry_intervals, error IS NOT NULL OR result IS NOT NULL AS
+       has_outcome
+FROM cutover_jobs WHERE job_id = %(job_id)s;
 
 -- name: native_outcome
 -- make_app's wrapper, after running a job: the error or result, as the cutover worker keeps
