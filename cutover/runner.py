@@ -152,6 +152,12 @@ class ProcessSlot:
         self.spawned += 1
         return proc, parent
 
+    def start(self) -> None:
+        """Fork the child now (the worker does it before its threads start; a child killed on
+        timeout is forked again by the next job)."""
+        if self._conn is None:
+            self._spawn()
+
     def run(self, task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
             timeout: float | None) -> Outcome:
         """Run one job in the child; past ``timeout`` seconds kill it and report a timeout."""

@@ -142,12 +142,16 @@ class Worker:
         try:
             self.backend.heartbeat(self.name)
             self._recover()
-            beat = threading.Thread(target=self._beat, name=f"{self.name}-heartbeat", daemon=True)
-            beat.start()
             if self.isolation == "process":
+                # Forked before this worker's own threads start (fewer locks that a fork could
+                # copy while held).
                 self._slots = [ProcessSlot(self.registry, f"{self.name}-slot-{i}")
                                for i in range(self.concurrency)]
-            else:
+                for slot in self._slots:
+                    slot.start()
+            beat = threading.Thread(target=self._beat, name=f"{self.name}-heartbeat", daemon=True)
+            beat.start()
+            if self.isolation == "thread":
                 threading.Thread(target=self._watchdog, name=f"{self.name}-watchdog",
                                  daemon=True).start()
             threads = [threading.Thread(target=self._loop, args=(i,), name=f"{self.name}-{i}",
