@@ -79,16 +79,22 @@ def sleepy(seconds: float) -> float:
 
 
 @registry.task
-def mark(dsn: str, name: str, fail: bool = False) -> str:
+def mark(dsn: str, name: str, fail: bool = False, after: list[str] | None = None) -> str:
     """Records one execution of ``name`` in the table ``cutover_runs (seq serial, name text)``
     of the PostgreSQL database ``dsn`` (the caller creates it): the task's own record, in
-    execution order, whichever worker of whichever backend runs it. Fails after recording when
-    ``fail``."""
+    execution order, whichever worker of whichever backend runs it. ``after``: the jobs that
+    must have run to the end before this one started; if one had not, the record says
+    ``NAME!early``. The record is written when the body ends; then it fails when ``fail``."""
     import psycopg  # here, so that importing the tasks opens nothing
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO cutover_runs (name) VALUES (%s)", (name,))
-    _record("mark", {"name": name})
+        wanted = sorted(set(after or ()))
+        row = conn.execute("SELECT count(DISTINCT name) FROM cutover_runs WHERE name = ANY(%s)",
+                           (wanted,)).fetchone()
+        early = row is not None and row[0] != len(wanted)
+        _record("mark", {"name": name})
+        conn.execute("INSERT INTO cutover_runs (name) VALUES (%s)",
+                     (f"{name}!early" if early else name,))
     if fail:
         raise RuntimeError(f"{name} fails, as asked")
     return name

@@ -86,11 +86,17 @@ def assert_ran_once_in_order(dsn: str, names: set[str],
 
 def enqueue(conn: redis.Redis, dsn: str, name: str, *, queue: str = "default",
             depends_on: Any = None, fail: bool = False) -> rq.job.Job:
-    """A job of `mark` enqueued by plain RQ, with its name as id."""
-    kwargs: dict[str, Any] = {"job_id": name}
+    """A job of `mark` enqueued by plain RQ, with its name as id; it records itself as
+    ``NAME!early`` if one of its parents had not run to the end when it started."""
+    options: dict[str, Any] = {"job_id": name}
+    after: list[str] = []
     if depends_on is not None:
-        kwargs["depends_on"] = depends_on
-    return rq.Queue(queue, connection=conn).enqueue(tasks.mark, dsn, name, fail, **kwargs)
+        options["depends_on"] = depends_on
+        parents = depends_on.dependencies if isinstance(depends_on, rq.job.Dependency) \
+            else depends_on if isinstance(depends_on, list) else [depends_on]
+        after = [p if isinstance(p, str) else p.id for p in parents]
+    return rq.Queue(queue, connection=conn).enqueue(tasks.mark, dsn, name, fail, after=after,
+                                                    **options)
 
 
 def status(conn: redis.Redis, job_id: str) -> str | None:
@@ -113,8 +119,8 @@ def native_procrastinate_worker(dsn: str) -> None:
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
 
     @app.task(name="cutover.testing.tasks.mark")
-    def mark(dsn: str, name: str, fail: bool = False) -> str:
-        return tasks.mark(dsn, name, fail)
+    def mark(dsn: str, name: str, fail: bool = False, after: list[str] | None = None) -> str:
+        return tasks.mark(dsn, name, fail, after)
 
     async def work() -> None:
         async with app.open_async():
@@ -155,9 +161,7 @@ def test_dependent_enqueued_at_front_goes_to_the_head_of_its_queue(
         dsn: str, conn: redis.Redis, source: RQBackend) -> None:
     a = enqueue(conn, dsn, "a", queue="parents")
     enqueue(conn, dsn, "filler")
-    rq.Queue("default", connection=conn).enqueue(
-        tasks.mark, dsn, "urgent", job_id="urgent",
-        depends_on=rq.job.Dependency(jobs=[a], enqueue_at_front=True))
+    enqueue(conn, dsn, "urgent", depends_on=rq.job.Dependency(jobs=[a], enqueue_at_front=True))
     enqueue(conn, dsn, "late", depends_on=a)
 
     cutover_worker(source, queues=["parents"])
@@ -189,9 +193,7 @@ def test_a_failed_parent_keeps_its_dependent_deferred_unless_failures_are_allowe
         cutover_redis_url: str) -> None:
     a = enqueue(conn, dsn, "a", fail=True)
     enqueue(conn, dsn, "b", depends_on=a)
-    rq.Queue("default", connection=conn).enqueue(
-        tasks.mark, dsn, "tolerant", job_id="tolerant",
-        depends_on=rq.job.Dependency(jobs=[a], allow_failure=True))
+    enqueue(conn, dsn, "tolerant", depends_on=rq.job.Dependency(jobs=[a], allow_failure=True))
 
     if worker == "cutover":
         cutover_worker(source)
