@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cutover import adapters
+from cutover import adapters, stores
 from cutover.audit import Classifier, JobClass, audit
-from cutover.backend import QueueBackend
+from cutover.backend import QueueBackend, StoreIdentity
 from cutover.cli import Context, cli, emit, fail
-from cutover.control import backend_key
+from cutover.control import ControlPlane, backend_key
 from cutover.drain import Drain, DrainOptions
 from cutover.errors import ConfigurationError, CutoverError
 from cutover.held import drain_owner
@@ -30,6 +30,14 @@ from cutover.verify import verify as run_verify
 
 log = logging.getLogger("cutover.cli")
 stderr = Console(stderr=True)
+
+
+def console() -> Console:
+    """Where tables go: the terminal's width on a terminal; elsewhere (a CI log, a pipe, a file)
+    as wide as the content, so no cell is cut to fit 80 columns."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=100_000, soft_wrap=True)
 
 CLASSES = [c.value for c in JobClass]
 
@@ -139,7 +147,7 @@ def _status(ctx: Context, backends: dict[str, QueueBackend]) -> dict[str, Any]:
 
 
 def _print_status(doc: dict[str, Any]) -> None:
-    out = Console()
+    out = console()
     phase = doc.get("phase", {})
     out.print(f"phase: [bold]{phase.get('phase')}[/bold] (epoch {phase.get('epoch')})"
               + (f" - {phase['note']}" if phase.get("note") else ""))
@@ -188,11 +196,14 @@ def audit_cmd(ctx: Context, queues: tuple[str, ...], allow: tuple[str, ...],
             # another drain holds stay in place). Without --target: the source's capabilities
             # and the ledger's limits only.
             target = backends[1] if len(backends) > 1 else None
+            owner = (drain_owner(stores.distinct(backends[0], target, "audit")[1].key)
+                     if target is not None else None)
+            stores.require_queues(backends[0], queues)
             to_procrastinate = target is not None and target.name == "procrastinate"
             classifier = Classifier(
                 registry, target, capabilities=None if target else backends[0].capabilities,
                 include_failed=include_failed,
-                owner=drain_owner(backend_key(ctx.target)) if ctx.target else None)
+                owner=owner)
             result = audit(backends[0], classifier, queues=list(queues) or None)
     except CutoverError as exc:
         fail(exc)
@@ -211,7 +222,7 @@ def audit_cmd(ctx: Context, queues: tuple[str, ...], allow: tuple[str, ...],
 
 
 def _print_audit(doc: dict[str, Any]) -> None:
-    out = Console()
+    out = console()
     out.print(f"audit of {doc['source']}: {doc['total']} jobs")
     for label in ("queue", "task"):
         table = Table(title=f"jobs by {label} and class")
@@ -313,10 +324,9 @@ def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | 
         control = ctx.control_plane()
         control.require()
         if send is not None:
-            value = {"pause": "pause", "resume": "run", "stop": "stop"}[send]
-            runs = control.set_switch(backend_key(ctx.source), backend_key(ctx.target), value)
-            if not runs:
-                raise ConfigurationError("no drain is running between these backends")
+            with opened(ctx.source, ctx.target) as (source, target):
+                runs = _signal(control, *stores.distinct(source, target, "signal a drain"),
+                               send)
             emit(ctx, {"signal": send, "runs": runs}, f"{send}: {', '.join(runs)}")
             return
         registry = ctx.registry()
@@ -365,10 +375,34 @@ def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | 
         raise click.exceptions.Exit(3)
 
 
+def _signal(control: ControlPlane, source: StoreIdentity, target: StoreIdentity,
+            send: str) -> list[str]:
+    """Flip the switch of the drain running between two stores; say so when none is."""
+    if control.lock_pair(source.key, target.key):
+        # Nobody holds the pair's lock: no drain process is alive, whatever the runs say.
+        try:
+            stale = control.abandon_runs(source.key, target.key)
+        finally:
+            control.unlock_pair(source.key, target.key)
+        if stale:
+            raise ConfigurationError(
+                f"no drain is running between {source.url} and {target.url}: run(s) "
+                f"{', '.join(stale)} were recorded as running, but their process is gone "
+                "(killed?); marked interrupted now. The next drain of this pair finishes "
+                "what they left under way; `cutover release` gives their held jobs back")
+        raise ConfigurationError(f"no drain is running between {source.url} and {target.url}")
+    value = {"pause": "pause", "resume": "run", "stop": "stop"}[send]
+    runs = control.set_switch(source.key, target.key, value)
+    if not runs:
+        raise ConfigurationError(f"no drain is running between {source.url} and {target.url} "
+                                 "(a verify or release holds the pair)")
+    return runs
+
+
 @cli.command()
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Where to write the JSON report [default: "
-                                 "cutover-verify-<time>.json in the current folder].")
+              default=None, help="Also write the full JSON report here (--json prints it "
+                                 "on stdout; nothing is written unless asked).")
 @click.pass_obj
 def verify(ctx: Context, report_path: Path | None) -> None:
     """Prove that the jobs the ledger says moved from --source to --target are on the target,
@@ -390,10 +424,12 @@ def verify(ctx: Context, report_path: Path | None) -> None:
         control.close()
     except CutoverError as exc:
         fail(exc)
-    path = report_path or Path(f"cutover-verify-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json")
     doc = result.as_dict()
-    path.write_text(json.dumps(doc, default=str, indent=2))
-    emit(ctx, {**doc, "report": str(path)}, result.summary() + f"\n  report: {path}")
+    if report_path is not None:
+        report_path.write_text(json.dumps(doc, default=str, indent=2))
+        doc["report"] = str(report_path)
+    emit(ctx, doc, result.summary()
+         + (f"\n  report: {report_path}" if report_path is not None else ""))
     if result.failed:
         raise click.exceptions.Exit(1)
     if not result.clean:

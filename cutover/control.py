@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import re
 import threading
@@ -20,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from cutover import adapters
+from cutover.backend import StoreIdentity
 from cutover.errors import (
     BackendError,
     BackendUnavailableError,
@@ -29,6 +31,7 @@ from cutover.errors import (
 from cutover.record import JobRecord
 from cutover.urls import ambiguity, redact, redact_text, secrets_of
 
+log = logging.getLogger("cutover.control")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 PG_SCHEMES = ("postgresql", "postgres")
@@ -42,7 +45,9 @@ def _blocks() -> dict[str, str]:
 
 
 def backend_key(url: str) -> str:
-    """How the ledger names a backend: adapter and redacted URL."""
+    """A backend as a person reads it: adapter and redacted URL. (The ledger, the runs and the
+    pair lock key on :class:`~cutover.backend.StoreIdentity` instead; earlier versions keyed
+    them on this.)"""
     name, inner = adapters.split(url)
     return f"{name}+{redact(inner)}"
 
@@ -155,6 +160,24 @@ class ControlPlane:
         if not self.initialized():
             raise ConfigurationError(f"the control schema {self.schema!r} does not exist at "
                                      f"{self._redacted}: run `cutover init` first")
+        with self.tx("reading the control schema") as conn:
+            row = conn.execute(self.query("identity_ready"), {
+                "stores": f"{self.schema}.stores", "schema": self.schema}).fetchone()
+        if not (row and row[0]):
+            raise ConfigurationError(f"the control schema {self.schema!r} at {self._redacted} "
+                                     "is from an earlier version (no store identities): run "
+                                     "`cutover init` to upgrade it (additive, safe)")
+
+    def meet(self, store: StoreIdentity, url: str) -> None:
+        """Record the URL a store was reached by, for reports; rows an earlier version keyed on
+        this URL's spelling (``backend_key``) are moved to the store's identity key."""
+        with self.tx("recording the store") as conn:
+            conn.execute(self.query("store_seen"), {"key": store.key, "url": store.url})
+            row = conn.execute(self.query("adopt_legacy"), {
+                "legacy": backend_key(url), "key": store.key}).fetchone()
+        if row and row[0]:
+            log.warning("ledger rows of %s (an earlier version's key) now belong to the store "
+                        "%s: %d", store.url, store.key, row[1])
 
     # -- phase -----------------------------------------------------------------------------
     def phase(self) -> dict[str, Any]:
@@ -258,6 +281,14 @@ class ControlPlane:
             conn.execute(self.query("run_start"), {
                 "run_id": run_id, "kind": kind, "source": source, "target": target,
                 "options": json.dumps(options, default=str)})
+
+    def abandon_runs(self, source: str, target: str) -> list[str]:
+        """Mark the runs of a pair recorded as running ``interrupted`` (call it holding the pair
+        lock: then none of them is alive); returns their ids."""
+        with self.tx("recording the run") as conn:
+            rows = conn.execute(self.query("abandon_runs"),
+                                {"source": source, "target": target}).fetchall()
+        return [r[0] for r in rows]
 
     def finish_run(self, run_id: str, state: str, moved: int, left: int) -> None:
         with self.tx("recording the run") as conn:

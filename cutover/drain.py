@@ -28,10 +28,10 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from cutover import dependencies, faults
+from cutover import dependencies, faults, stores
 from cutover.audit import AuditReport, Classifier, JobClass
 from cutover.backend import Partition, QueueBackend
-from cutover.control import ControlPlane, backend_key
+from cutover.control import ControlPlane
 from cutover.errors import (
     BackendError,
     BackendUnavailableError,
@@ -98,7 +98,10 @@ class Drain:
                  options: DrainOptions, progress: Progress | None = None) -> None:
         self.source, self.target = source, target
         self.source_url, self.target_url = source_url, target_url
-        self.source_key, self.target_key = backend_key(source_url), backend_key(target_url)
+        # The ledger, the runs, the pair lock and the owner of held jobs know the stores by
+        # identity (one key whatever the URL's spelling); refused when both are one store.
+        self.stores = stores.distinct(source, target, "drain")
+        self.source_key, self.target_key = self.stores[0].key, self.stores[1].key
         self.control = control
         self.registry = registry
         self.options = options
@@ -177,6 +180,7 @@ class Drain:
         hand, like ``--signal stop``; a second one stops it at once (nothing is lost either way).
         """
         started = time.monotonic()
+        stores.require_queues(self.source, self.options.queues)
         if self.options.dry_run:
             plan = self.plan()
             self.report.planned, self.report.plan_jobs = dict(plan.by_class), plan.details
@@ -184,7 +188,13 @@ class Drain:
         self._check_workers()
         if not self.control.lock_pair(self.source_key, self.target_key):
             raise PreconditionError("another drain between these two backends is running",
-                                    source=self.source_key, target=self.target_key)
+                                    source=self.stores[0].url, target=self.stores[1].url)
+        try:
+            self.control.meet(self.stores[0], self.source_url)
+            self.control.meet(self.stores[1], self.target_url)
+        except BaseException:
+            self.control.unlock_pair(self.source_key, self.target_key)
+            raise
         previous: dict[signal.Signals, Any] = {}
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -84,3 +84,7 @@ class PreconditionError(CutoverError):
     """A precondition refused the step."""
 
     exit_code = 3
+
+
+class SameStoreError(ConfigurationError):
+    """Source and target are the same store."""

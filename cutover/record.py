@@ -44,6 +44,8 @@ SUMMARY_STATES: dict[str, tuple[JobState, ...]] = {
     "active": (JobState.STARTED,),
     "completed": (JobState.FINISHED,),
     "failed": (JobState.FAILED,),
+    # by an operator: RQ canceled or stopped, procrastinate cancelled or aborted
+    "canceled": (JobState.CANCELED,),
 }
 
 

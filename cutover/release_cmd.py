@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
+from cutover import stores
 from cutover.cli import Context, cli, emit, fail
 from cutover.commands import confirm, opened
-from cutover.control import backend_key
 from cutover.errors import ConfigurationError, CutoverError
 from cutover.held import release as run_release
 
@@ -43,10 +43,13 @@ def release(ctx: Context, run_id: str | None, all_stale: bool, dry_run: bool,
         with opened(*urls) as backends:
             if not dry_run:
                 confirm(ctx, yes, f"Give back held jobs on {backends[0].url}?")
+            # The runs, the ledger and the holders of held jobs name stores by identity.
+            target_key = (stores.distinct(backends[0], backends[1], "release")[1].key
+                          if ctx.target else None)
             report = run_release(
-                backends[0], backend_key(ctx.source), control, run_id=run_id,
-                target=backends[1] if ctx.target else None,
-                target_key=backend_key(ctx.target) if ctx.target else None, dry_run=dry_run)
+                backends[0], backends[0].identity().key, control, run_id=run_id,
+                target=backends[1] if ctx.target else None, target_key=target_key,
+                dry_run=dry_run)
         control.close()
     except CutoverError as exc:
         fail(exc)

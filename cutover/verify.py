@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any
 
-from cutover import codec
+from cutover import codec, stores
 from cutover.backend import QueueBackend
 from cutover.control import ControlPlane, backend_key
 from cutover.errors import PreconditionError
@@ -38,12 +38,16 @@ def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_u
            control: ControlPlane, batch_size: int = 5000) -> VerifyReport:
     """Reconcile the ledger's moves from source to target with both backends."""
     started = time.monotonic()
-    skey, tkey = backend_key(source_url), backend_key(target_url)
-    report = VerifyReport(source=skey, target=tkey)
+    # The ledger and the lock know the stores by identity; the report names them by URL.
+    sid, tid = stores.distinct(source, target, "verify")
+    skey, tkey = sid.key, tid.key
+    report = VerifyReport(source=backend_key(source_url), target=backend_key(target_url))
     if not control.lock_pair(skey, tkey):
         raise PreconditionError("a drain between these two backends is running; verify once "
-                                "it is done", source=skey, target=tkey)
+                                "it is done", source=report.source, target=report.target)
     try:
+        control.meet(sid, source_url)
+        control.meet(tid, target_url)
         try:
             _require_history(control, skey, tkey)
         except PreconditionError as exc:

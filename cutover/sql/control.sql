@@ -75,11 +75,56 @@ CREATE TABLE IF NOT EXISTS {schema}.runs (
     started_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz
 );
+-- Store identities (additive, safe on a control schema of an earlier version). The ledger,
+-- the runs and the pair lock name a backend by its store's identity key (see StoreIdentity),
+-- so that two spellings of one store share one history and one lock; `stores` keeps the
+-- redacted URL each key was last reached by, for reports.
+DO $$
+BEGIN
+    IF to_regclass('{schema}.stores') IS NULL THEN
+        -- The keys an earlier version wrote (adapter+redacted URL): a drain, verify or release
+        -- that meets its own spelling of one moves its rows to the identity (ControlPlane.adopt).
+        CREATE TABLE {schema}.legacy_keys (key text PRIMARY KEY);
+        INSERT INTO {schema}.legacy_keys
+        SELECT source FROM {schema}.ledger UNION SELECT target FROM {schema}.ledger
+        UNION SELECT source FROM {schema}.runs UNION SELECT target FROM {schema}.runs;
+        CREATE TABLE {schema}.stores (
+            key text PRIMARY KEY,
+            url text NOT NULL,
+            seen_at timestamptz NOT NULL DEFAULT now()
+        );
+    END IF;
+END $$;
+ALTER TABLE {schema}.runs ADD COLUMN IF NOT EXISTS source_url text;
+ALTER TABLE {schema}.runs ADD COLUMN IF NOT EXISTS target_url text;
 INSERT INTO {schema}.schema_version (version)
 SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM {schema}.schema_version);
 
 -- name: present
 SELECT to_regclass(%(table)s) IS NOT NULL;
+
+-- name: identity_ready
+-- Whether `cutover init` of this version ran (stores and the runs' URL columns exist).
+SELECT to_regclass(%(stores)s) IS NOT NULL AND EXISTS (
+    SELECT 1 FROM information_schema.columns
+    WHERE table_schema = %(schema)s AND table_name = 'runs' AND column_name = 'target_url');
+
+-- name: store_seen
+INSERT INTO {schema}.stores (key, url) VALUES (%(key)s, %(url)s)
+ON CONFLICT (key) DO UPDATE SET url = EXCLUDED.url, seen_at = now();
+
+-- name: adopt_legacy
+-- Rows an earlier version keyed on this spelling's URL now belong to the store's identity.
+WITH gone AS (DELETE FROM {schema}.legacy_keys WHERE key = %(legacy)s RETURNING key),
+     l1 AS (UPDATE {schema}.ledger SET source = %(key)s WHERE source IN (SELECT key FROM gone)
+            RETURNING 1),
+     l2 AS (UPDATE {schema}.ledger SET target = %(key)s WHERE target IN (SELECT key FROM gone)
+            RETURNING 1),
+     r1 AS (UPDATE {schema}.runs SET source = %(key)s WHERE source IN (SELECT key FROM gone)
+            RETURNING 1),
+     r2 AS (UPDATE {schema}.runs SET target = %(key)s WHERE target IN (SELECT key FROM gone)
+            RETURNING 1)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM l1) + (SELECT count(*) FROM l2);
 
 -- name: phase
 SELECT phase, epoch, changed_at, changed_by, reason FROM {schema}.phase WHERE id = 1;
@@ -141,7 +186,11 @@ SELECT EXISTS (SELECT 1 FROM {schema}.ledger
         WHERE source = %(target)s AND target = %(source)s);
 
 -- name: ledger_summary
-SELECT source, target, state, count(*) FROM {schema}.ledger GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+SELECT COALESCE(s.url, l.source), COALESCE(t.url, l.target), l.state, l.n
+FROM (SELECT source, target, state, count(*) AS n FROM {schema}.ledger GROUP BY 1, 2, 3) l
+LEFT JOIN {schema}.stores s ON s.key = l.source
+LEFT JOIN {schema}.stores t ON t.key = l.target
+ORDER BY 1, 2, 3;
 
 -- name: failure_add
 INSERT INTO {schema}.failures (run_id, cutover_id, backend, class, reason)
@@ -152,8 +201,10 @@ SELECT %(run_id)s, * FROM unnest(%(id)s::text[], %(backend)s::text[], %(class)s:
 SELECT class, count(*) FROM {schema}.failures GROUP BY 1 ORDER BY 1;
 
 -- name: run_start
-INSERT INTO {schema}.runs (run_id, kind, source, target, options)
-VALUES (%(run_id)s, %(kind)s, %(source)s, %(target)s, %(options)s);
+INSERT INTO {schema}.runs (run_id, kind, source, target, options, source_url, target_url)
+VALUES (%(run_id)s, %(kind)s, %(source)s, %(target)s, %(options)s,
+        (SELECT url FROM {schema}.stores WHERE key = %(source)s),
+        (SELECT url FROM {schema}.stores WHERE key = %(target)s));
 
 -- name: run_finish
 UPDATE {schema}.runs SET state = %(state)s, moved = %(moved)s, left_behind = %(left)s,
@@ -179,7 +230,8 @@ SELECT pg_advisory_unlock(hashtext('cutover.drain:' || %(source)s || '->' || %(t
 
 -- name: abandon_runs
 UPDATE {schema}.runs SET state = 'interrupted', finished_at = now()
-WHERE source = %(source)s AND target = %(target)s AND state = 'running';
+WHERE source = %(source)s AND target = %(target)s AND state = 'running'
+RETURNING run_id;
 
 -- name: verify_tables
 CREATE TEMPORARY TABLE cutover_snap (

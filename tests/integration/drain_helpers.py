@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from typing import Any
 
 from click.testing import CliRunner, Result
@@ -42,3 +43,17 @@ def ids_by_state(backend: QueueBackend) -> dict[str, JobState]:
 
 def open_pair(source: str, target: str) -> tuple[QueueBackend, QueueBackend]:
     return adapters.open_backend(source), adapters.open_backend(target)
+
+
+def slow_drain_in_thread(source: str, target: str) -> tuple[threading.Thread, dict[str, Any]]:
+    """A CLI drain of 2-job batches at 20 jobs/s in a thread (to be paused, stopped, or locked
+    against); its (exit code, JSON report) lands in ``outcome["result"]``."""
+    outcome: dict[str, Any] = {}
+
+    def drain() -> None:
+        outcome["result"] = invoke_json(source, target, "drain", "--yes", "--batch-size", "2",
+                                        "--rate", "20")
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    return thread, outcome

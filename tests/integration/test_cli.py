@@ -158,3 +158,30 @@ def test_an_app_module_that_fails_to_import_exits_2_with_one_line(
     assert len(lines) == 1, result.output
     assert lines[0].startswith(f"Error: --app '{name}:registry': cannot import '{name}': ")
     assert error in lines[0]
+
+
+def test_tables_are_not_cut_to_80_columns_when_output_is_not_a_terminal() -> None:
+    queue = "shopify-webhooks-with-a-name-as-long-as-production-ones"
+    memory = InMemoryBackend("memory://cli-wide")
+    memory.flush()
+    memory.enqueue([registry.make_record(tasks.add, (1, 2), queue=queue)])
+    for command in (["audit"], ["status"]):
+        result = CliRunner().invoke(cli, ["--app", APP, "--source", "memory://cli-wide",
+                                          *command])
+        assert result.exit_code == 0, result.output
+        assert queue in result.output and "…" not in result.output
+    audit = CliRunner().invoke(cli, ["--app", APP, "--source", "memory://cli-wide", "audit"])
+    assert "cutover.testing.tasks.add" in audit.output
+
+
+def test_status_shows_canceled_jobs() -> None:
+    memory = InMemoryBackend("memory://cli-canceled")
+    memory.flush()
+    kept, canceled = (registry.make_record(tasks.add, (i, 0)) for i in range(2))
+    memory.put([kept, canceled.replace(state=JobState.CANCELED)])
+    result = CliRunner().invoke(cli, ["--source", "memory://cli-canceled", "--json", "status"])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.stdout)["backends"]["memory+memory://cli-canceled"]["default"]
+    assert counts["canceled"] == 1 and counts["waiting"] == 1
+    text = CliRunner().invoke(cli, ["--source", "memory://cli-canceled", "status"]).output
+    assert "canceled" in text

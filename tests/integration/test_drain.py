@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import pickle
-import threading
 import time
 import zlib
 from typing import Any
@@ -24,7 +23,7 @@ from cutover.testing import tasks
 from cutover.testing.contract import SAMPLE_KWARGS
 from cutover.testing.tasks import registry
 from cutover.worker import Worker
-from tests.integration.drain_helpers import invoke, invoke_json
+from tests.integration.drain_helpers import invoke, invoke_json, slow_drain_in_thread
 from tests.threads import errors_in_threads
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
@@ -218,14 +217,7 @@ def test_operator_can_pause_and_stop_a_running_drain(urls: tuple[str, str]) -> N
     rq_url, pg_url = urls
     source = adapters.open_backend(rq_url)
     source.enqueue([registry.make_record(tasks.add, (i, 0)) for i in range(60)])
-    outcome: dict[str, object] = {}
-
-    def drain() -> None:
-        outcome["result"] = invoke_json(rq_url, pg_url, "drain", "--yes", "--batch-size", "2",
-                                        "--rate", "20")
-
-    thread = threading.Thread(target=drain)
-    thread.start()
+    thread, outcome = slow_drain_in_thread(rq_url, pg_url)
     time.sleep(1.0)
     code, sent = invoke_json(rq_url, pg_url, "drain", "--signal", "pause")
     assert code == 0 and len(sent["runs"]) == 1
@@ -235,7 +227,7 @@ def test_operator_can_pause_and_stop_a_running_drain(urls: tuple[str, str]) -> N
     assert sum(per[JobState.QUEUED] for per in source.counts().values()) == paused_at
     assert invoke_json(rq_url, pg_url, "drain", "--signal", "stop")[0] == 0
     thread.join(timeout=30)
-    code, report = outcome["result"]  # type: ignore[misc]
+    code, report = outcome["result"]
     assert code == 3 and report["stopped"] is True
     assert 0 < report["moved"] < 60
     # What is left is intact and a second run finishes it.

@@ -1,0 +1,237 @@
+"""Stores, not URL strings: one store spelled two ways is one store (refused as source and
+target, one lock, one ledger history); a store's identity survives its spellings."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cutover import adapters
+from cutover.control import ControlPlane, backend_key
+from cutover.record import JobState
+from cutover.testing import tasks
+from cutover.testing.tasks import registry
+from tests.integration.drain_helpers import invoke, invoke_json, slow_drain_in_thread
+
+pytestmark = [pytest.mark.rq, pytest.mark.pg]
+SOCKET = "/var/run/postgresql"
+
+
+def respell(url: str) -> str:
+    """The same store by another name: the host name instead of the address."""
+    assert "127.0.0.1" in url
+    return url.replace("127.0.0.1", "localhost")
+
+
+def ids(url: str) -> set[str]:
+    backend = adapters.open_backend(url)
+    try:
+        return {r.id for r in backend.snapshot()}
+    finally:
+        backend.close()
+
+
+def fill(url: str, n: int, queue: str = "default") -> set[str]:
+    backend = adapters.open_backend(url)
+    try:
+        return set(backend.enqueue([registry.make_record(tasks.add, (i, 1), queue=queue)
+                                    for i in range(n)]))
+    finally:
+        backend.close()
+
+
+def test_every_spelling_of_a_store_has_one_identity(cutover_redis_url: str,
+                                                    cutover_database_url: str) -> None:
+    spellings = {
+        "redis": [cutover_redis_url, respell(cutover_redis_url),
+                  "rq+" + cutover_redis_url.replace("redis://", "redis://:@")],
+        "pg": [cutover_database_url, respell(cutover_database_url)],
+    }
+    if os.path.exists(SOCKET):
+        name = cutover_database_url.rsplit("/", 1)[1]
+        spellings["pg"].append(f"postgresql:///{name}?host={SOCKET}&user=postgres")
+    for urls in spellings.values():
+        keys = set()
+        for url in urls:
+            backend = adapters.open_backend(url)
+            keys.add(backend.identity().key)
+            assert backend.identity().url == backend.url
+            backend.close()
+        assert len(keys) == 1, keys
+    other_db = cutover_redis_url.rsplit("/", 1)[0] + "/" + str(
+        (int(cutover_redis_url.rsplit("/", 1)[1]) + 1) % 16)
+    a, b = adapters.open_backend(cutover_redis_url), adapters.open_backend(other_db)
+    assert a.identity().key != b.identity().key  # the db number is part of the store
+    assert a.identity().key.endswith("/db" + cutover_redis_url.rsplit("/", 1)[1])
+    pg = adapters.open_backend(cutover_database_url)
+    assert pg.identity().key.startswith("postgresql:") and pg.identity().key.endswith("/public")
+    for backend in (a, b, pg):
+        backend.close()
+
+
+@pytest.mark.parametrize("side", ["redis", "pg"])
+@pytest.mark.parametrize("command", [["drain", "--yes"], ["drain", "--dry-run"], ["verify"],
+                                     ["audit"]])
+def test_a_store_spelled_two_ways_is_refused_as_source_and_target(
+        cutover_redis_url: str, cutover_database_url: str, side: str,
+        command: list[str]) -> None:
+    url = cutover_redis_url if side == "redis" else cutover_database_url
+    control = ["--control", cutover_database_url]
+    assert invoke(url, cutover_database_url, *control, "init", "--yes").exit_code == 0
+    before = fill(url, 25)
+    result = invoke(url, respell(url), *control, *command)
+    assert result.exit_code == 2, result.output
+    assert "they are the same store" in result.output
+    assert url in result.output and respell(url) in result.output
+    assert ids(url) == before  # nothing was lost, nothing held
+    backend = adapters.open_backend(url)
+    assert all(r.state is JobState.QUEUED for r in backend.snapshot())
+    backend.close()
+
+
+def test_two_spellings_of_one_pair_share_one_lock_and_one_history(
+        cutover_redis_url: str, cutover_database_url: str) -> None:
+    tasks.reset()
+    rq_a, pg_a = cutover_redis_url, cutover_database_url
+    rq_b, pg_b = respell(rq_a), respell(pg_a)
+    assert invoke(rq_a, pg_a, "init", "--yes").exit_code == 0
+    jobs = fill(rq_a, 40)
+    thread, outcome = slow_drain_in_thread(rq_a, pg_a)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(ids(pg_a)) == 0:
+            time.sleep(0.05)
+        second = invoke(rq_b, pg_b, "drain", "--yes")
+        assert second.exit_code == 3, second.output
+        assert "another drain between these two backends is running" in second.output
+        # The switch is found through the other spelling too.
+        code, sent = invoke_json(rq_b, pg_b, "drain", "--signal", "stop")
+        assert code == 0 and len(sent["runs"]) == 1
+    finally:
+        thread.join(timeout=60)
+    code, report = outcome["result"]
+    assert code == 3 and report["stopped"] is True and 0 < report["moved"] < 40
+    # The second spelling finishes the drain the first began, then verifies all of it.
+    code, report = invoke_json(rq_b, pg_b, "drain", "--yes")
+    assert code == 0, report
+    assert ids(pg_a) == jobs and ids(rq_a) == set()
+    code, verdict = invoke_json(rq_b, pg_b, "verify", "--report", os.devnull)
+    assert code == 0 and verdict["verified"] == 40, verdict
+    control = ControlPlane(pg_a)
+    with control.tx("test") as conn:
+        keys = conn.execute("SELECT DISTINCT source, target FROM cutover.ledger").fetchall()
+        urls = dict(conn.execute("SELECT key, url FROM cutover.stores").fetchall())
+    control.close()
+    assert len(keys) == 1 and "://" not in keys[0][0]  # identities, no URL spelling
+    assert set(urls) == set(keys[0])
+
+
+def test_signal_stop_for_a_drain_whose_process_is_gone_says_so(
+        cutover_redis_url: str, cutover_database_url: str) -> None:
+    rq_url, pg_url = cutover_redis_url, cutover_database_url
+    assert invoke(rq_url, pg_url, "init", "--yes").exit_code == 0
+    control = ControlPlane(pg_url)
+    source, target = adapters.open_backend(rq_url), adapters.open_backend(pg_url)
+    # What a drain killed with -9 leaves: its run recorded as running, no lock held.
+    control.start_run("drain-killed", "drain", source.identity().key, target.identity().key, {})
+    result = invoke(respell(rq_url), pg_url, "drain", "--signal", "stop")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "no drain is running" in text and "drain-killed" in text
+    assert "process is gone" in text
+    assert control.run("drain-killed")["state"] == "interrupted"  # type: ignore[index]
+    for closable in (control, source, target):
+        closable.close()
+
+
+@pytest.mark.parametrize("command", [["drain", "--yes"], ["drain", "--dry-run"], ["audit"]])
+def test_a_queue_that_is_not_on_the_source_exits_3_naming_those_that_are(
+        cutover_redis_url: str, cutover_database_url: str, command: list[str]) -> None:
+    assert invoke(cutover_redis_url, cutover_database_url, "init", "--yes").exit_code == 0
+    jobs = fill(cutover_redis_url, 3, queue="emails") | fill(cutover_redis_url, 2)
+    result = invoke(cutover_redis_url, cutover_database_url, *command, "--queue", "emials")
+    assert result.exit_code == 3, result.output
+    assert "no queue named 'emials'" in result.output
+    assert "default, emails" in result.output
+    assert ids(cutover_redis_url) == jobs
+
+
+def test_an_earlier_control_schema_is_upgraded_by_init_and_keeps_its_history(
+        cutover_redis_url: str, cutover_database_url: str) -> None:
+    rq_url, pg_url = cutover_redis_url, cutover_database_url
+    assert invoke(rq_url, pg_url, "init", "--yes").exit_code == 0
+    fill(rq_url, 10)
+    assert invoke(rq_url, pg_url, "drain", "--yes").exit_code == 0
+    # Turn the schema and its rows back into what the earlier version wrote: URL keys.
+    source, target = adapters.open_backend(rq_url), adapters.open_backend(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for column, backend, url in (("source", source, rq_url), ("target", target, pg_url)):
+            for table in ("ledger", "runs"):
+                conn.execute(f"UPDATE cutover.{table} SET {column} = %s WHERE {column} = %s",
+                             (backend_key(url), backend.identity().key))
+        conn.execute("DROP TABLE cutover.stores, cutover.legacy_keys")
+        conn.execute("ALTER TABLE cutover.runs DROP COLUMN source_url, DROP COLUMN target_url")
+    source.close()
+    target.close()
+    refused = invoke(rq_url, pg_url, "verify", "--report", os.devnull)
+    assert refused.exit_code == 2 and "cutover init" in refused.output
+    assert invoke(rq_url, pg_url, "init", "--yes").exit_code == 0
+    code, verdict = invoke_json(rq_url, pg_url, "verify", "--report", os.devnull)
+    assert code == 0 and verdict["verified"] == 10, verdict
+
+
+def test_without_pg_control_system_a_marker_identifies_the_database(
+        cutover_database_url: str) -> None:
+    role = f"identity_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cutover_database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+        conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        conn.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+    try:
+        as_role = cutover_database_url.replace("postgres@", f"{role}@")
+        keys = set()
+        for url in (as_role, respell(as_role)):
+            backend = adapters.open_backend(url)
+            keys.add(backend.identity().key)
+            backend.close()
+        assert len(keys) == 1 and keys.pop().startswith("postgresql-marker:")
+    finally:
+        with psycopg.connect(cutover_database_url, autocommit=True) as conn:
+            conn.execute("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_memory_stores_are_known_by_name() -> None:
+    a, b = adapters.open_backend("memory://ident-a"), adapters.open_backend("memory://ident-a")
+    assert a.identity().key == b.identity().key == "memory:ident-a"
+    private = [adapters.open_backend("memory://") for _ in range(2)]
+    assert private[0].identity().key != private[1].identity().key
+
+
+def test_verify_writes_a_report_file_only_when_asked(
+        cutover_redis_url: str, cutover_database_url: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rq_url, pg_url = cutover_redis_url, cutover_database_url
+    assert invoke(rq_url, pg_url, "init", "--yes").exit_code == 0
+    fill(rq_url, 3)
+    assert invoke(rq_url, pg_url, "drain", "--yes").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    plain = invoke(rq_url, pg_url, "verify")
+    assert plain.exit_code == 0 and "CLEAN" in plain.output
+    assert list(tmp_path.iterdir()) == [] and "report:" not in plain.output
+    code, doc = invoke_json(rq_url, pg_url, "verify")
+    assert code == 0 and doc["clean"] and "report" not in doc
+    assert list(tmp_path.iterdir()) == []
+    asked = invoke(rq_url, pg_url, "verify", "--report", "verify.json")
+    assert asked.exit_code == 0 and "report: verify.json" in asked.output
+    assert [p.name for p in tmp_path.iterdir()] == ["verify.json"]
+    assert json.loads((tmp_path / "verify.json").read_text())["clean"] is True
