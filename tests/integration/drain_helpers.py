@@ -57,3 +57,12 @@ def slow_drain_in_thread(source: str, target: str) -> tuple[threading.Thread, di
     thread = threading.Thread(target=drain)
     thread.start()
     return thread, outcome
+
+
+def store_key(url: str) -> str:
+    """How the ledger, the runs, the pair lock and held jobs' owners name the store at ``url``."""
+    backend = adapters.open_backend(url)
+    try:
+        return backend.identity().key
+    finally:
+        backend.close()

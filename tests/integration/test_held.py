@@ -18,7 +18,7 @@ from cutover.held import drain_owner
 from cutover.record import JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
-from tests.integration.drain_helpers import APP, invoke, invoke_json
+from tests.integration.drain_helpers import APP, invoke, invoke_json, store_key
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
@@ -33,7 +33,7 @@ def urls(cutover_redis_url: str, cutover_database_url: str) -> tuple[str, str]:
 def test_stuck_jobs_are_shown_reported_and_released_on_the_operators_word(
         urls: tuple[str, str]) -> None:
     rq_url, pg_url = urls
-    skey, tkey = backend_key(rq_url), backend_key(pg_url)
+    skey, tkey = store_key(rq_url), store_key(pg_url)  # how the ledger names the stores
     conn = redis.Redis.from_url(rq_url)
     queue = rq.Queue("default", connection=conn)
     ids = [queue.enqueue(tasks.add, i, 1).id for i in range(6)]
@@ -48,9 +48,9 @@ def test_stuck_jobs_are_shown_reported_and_released_on_the_operators_word(
 
     code, status = invoke_json(rq_url, pg_url, "status")
     assert code == 0
-    assert status["backends"][skey]["default"]["held"] == 4
-    assert status["backends"][skey]["default"]["scheduled"] == 0
-    assert status["backends"][skey]["default"]["waiting"] == 2
+    assert status["backends"][backend_key(rq_url)]["default"]["held"] == 4
+    assert status["backends"][backend_key(rq_url)]["default"]["scheduled"] == 0
+    assert status["backends"][backend_key(rq_url)]["default"]["waiting"] == 2
 
     code, verdict = invoke_json(rq_url, pg_url, "verify", "--report", os.devnull)
     assert code == 3 and not verdict["clean"], verdict
@@ -105,7 +105,7 @@ def test_release_gives_procrastinate_jobs_back_with_their_schedule(
     records = [registry.make_record(tasks.add, (i, 1)) for i in range(3)]
     pg.put(records)
     before = {r.id: r.run_at for r in pg.snapshot()}
-    pg.take([r.id for r in records], drain_owner(backend_key(rq_url)))
+    pg.take([r.id for r in records], drain_owner(store_key(rq_url)))
     # A drain that died before it moved anything: the ledger has no history for the pair, and
     # verify's refusal names the stuck jobs all the same.
     said = invoke(pg_url, rq_url, "verify", "--report", os.devnull)

@@ -15,14 +15,14 @@ import rq
 from cutover import adapters
 from cutover import audit as audit_module
 from cutover.audit import Classifier, audit
-from cutover.control import ControlPlane, backend_key
+from cutover.control import ControlPlane
 from cutover.drain import Drain, DrainOptions
 from cutover.errors import BackendError
 from cutover.held import drain_owner
 from cutover.record import JobRecord, JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
-from tests.integration.drain_helpers import invoke, invoke_json
+from tests.integration.drain_helpers import invoke, invoke_json, store_key
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
@@ -105,7 +105,7 @@ def test_audit_dry_run_and_drain_agree_job_by_job(urls: tuple[str, str]) -> None
     made["hostile_id"] = "hostile"
     source, target = adapters.open_backend(rq_url), adapters.open_backend(pg_url)
     before = {r.id for r in source.snapshot()}
-    classifier = Classifier(registry, target, owner=drain_owner(backend_key(pg_url)))
+    classifier = Classifier(registry, target, owner=drain_owner(store_key(pg_url)))
     audited = audit(source, classifier, every_job=True).verdicts
     expected = {made[k]: cls for k, cls in EXPECTED.items()}
     expected.update(dict.fromkeys(made["ordinary"], "movable"))
@@ -216,7 +216,7 @@ def test_a_poison_job_the_limits_missed_costs_only_itself_procrastinate_to_rq(
     back = pg.get(poison.id)
     assert back is not None and back.state is JobState.QUEUED and back.holder is None
     assert {r.id for r in rq_backend.snapshot()} == {r.id for r in records} - {poison.id}
-    assert control.unfinished(backend_key(pg_url), backend_key(rq_url)) == []
+    assert control.unfinished(store_key(pg_url), store_key(rq_url)) == []
     code, verdict = invoke_json(pg_url, rq_url, "verify", "--report", os.devnull)
     assert code == 0 and verdict["verified"] == 8, verdict
     control.close()
@@ -259,7 +259,7 @@ def test_jobs_an_older_run_held_and_this_one_leaves_are_given_back(
     ids = [queue.enqueue(tasks.add, i, 1).id for i in range(4)]
     _raw_copy(conn, queue.enqueue(tasks.add, 50, 1), "poison\nnewline", ids[2])
     source = adapters.open_backend(rq_url)
-    owner = drain_owner(backend_key(pg_url))
+    owner = drain_owner(store_key(pg_url))
     assert len(source.take([*ids, "poison\nnewline"], owner).taken_ids) == 5
     code, report = invoke_json(rq_url, pg_url, "drain", "--yes")
     assert code == 3 and report["moved"] == 4, report
