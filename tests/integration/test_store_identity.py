@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from cutover_rq.store import database_of
 
 from cutover import adapters
 from cutover.control import ControlPlane, backend_key
@@ -24,9 +26,19 @@ SOCKET = "/var/run/postgresql"
 
 
 def respell(url: str) -> str:
-    """The same store by another name: the host name instead of the address."""
-    assert "127.0.0.1" in url
-    return url.replace("127.0.0.1", "localhost")
+    """The same store by another name: the host name instead of the address (on a TCP URL),
+    the adapter's prefix, and a connection option that changes nothing about the store."""
+    adapter = "rq" if url.startswith(("redis", "unix", "rq+")) else "procrastinate"
+    other = url.replace("127.0.0.1", "localhost")
+    other = other if other.startswith(adapter + "+") else f"{adapter}+{other}"
+    option = "socket_connect_timeout=7" if adapter == "rq" else "connect_timeout=7"
+    return f"{other}{'&' if '?' in other else '?'}{option}"
+
+
+def as_user(url: str, user: str) -> str:
+    """``url`` with another user name (and no password)."""
+    head, rest = url.split("://", 1)
+    return f"{head}://{user}@{rest.rsplit('@', 1)[-1]}"
 
 
 def ids(url: str) -> set[str]:
@@ -53,7 +65,8 @@ def test_every_spelling_of_a_store_has_one_identity(cutover_redis_url: str,
                   "rq+" + cutover_redis_url.replace("redis://", "redis://:@")],
         "pg": [cutover_database_url, respell(cutover_database_url)],
     }
-    if os.path.exists(SOCKET):
+    if "@127.0.0.1:5432/" in cutover_database_url and os.path.exists(f"{SOCKET}/.s.PGSQL.5432"):
+        # The same server through its unix socket (when the test server is the machine's own)
         name = cutover_database_url.rsplit("/", 1)[1]
         spellings["pg"].append(f"postgresql:///{name}?host={SOCKET}&user=postgres")
     for urls in spellings.values():
@@ -64,11 +77,13 @@ def test_every_spelling_of_a_store_has_one_identity(cutover_redis_url: str,
             assert backend.identity().url == backend.url
             backend.close()
         assert len(keys) == 1, keys
-    other_db = cutover_redis_url.rsplit("/", 1)[0] + "/" + str(
-        (int(cutover_redis_url.rsplit("/", 1)[1]) + 1) % 16)
+    db = database_of(cutover_redis_url)
+    other_db = (re.sub(r"db=\d+", f"db={(db + 1) % 16}", cutover_redis_url)
+                if "db=" in cutover_redis_url
+                else f"{cutover_redis_url.rsplit('/', 1)[0]}/{(db + 1) % 16}")
     a, b = adapters.open_backend(cutover_redis_url), adapters.open_backend(other_db)
     assert a.identity().key != b.identity().key  # the db number is part of the store
-    assert a.identity().key.endswith("/db" + cutover_redis_url.rsplit("/", 1)[1])
+    assert a.identity().key.endswith(f"/db{db}")
     pg = adapters.open_backend(cutover_database_url)
     assert pg.identity().key.startswith("postgresql:") and pg.identity().key.endswith("/public")
     for backend in (a, b, pg):
@@ -88,7 +103,7 @@ def test_a_store_spelled_two_ways_is_refused_as_source_and_target(
     result = invoke(url, respell(url), *control, *command)
     assert result.exit_code == 2, result.output
     assert "they are the same store" in result.output
-    assert url in result.output and respell(url) in result.output
+    assert url in result.output and respell(url).split("+", 1)[1] in result.output
     assert ids(url) == before  # nothing was lost, nothing held
     backend = adapters.open_backend(url)
     assert all(r.state is JobState.QUEUED for r in backend.snapshot())
@@ -196,7 +211,7 @@ def test_without_pg_control_system_a_marker_identifies_the_database(
         conn.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
         conn.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
     try:
-        as_role = cutover_database_url.replace("postgres@", f"{role}@")
+        as_role = as_user(cutover_database_url, role)
         keys = set()
         for url in (as_role, respell(as_role)):
             backend = adapters.open_backend(url)
