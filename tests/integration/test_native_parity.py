@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+
 import pytest
 
+from cutover import codec
 from cutover.errors import ConfigurationError
 from cutover.record import JobState
 from cutover.testing import ParityError, assert_native_parity, tasks
 from cutover.testing.contract import SAMPLE_KWARGS
 from cutover.testing.native import WAYS
 from cutover.testing.tasks import registry
+from tests.integration import native_tasks
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
@@ -51,3 +56,15 @@ def test_a_worker_that_differs_is_named_in_the_diff(monkeypatch: pytest.MonkeyPa
 def test_unknown_ways_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="unknown way"):
         assert_native_parity(registry, tasks.add, 1, 2, _ways=["celery"])
+
+
+def test_coroutine_tasks_and_positional_args_agree_on_every_worker() -> None:
+    gathered = assert_native_parity(native_tasks.registry, native_tasks.gather,
+                                    d=decimal.Decimal("1.5"), day=dt.date(2026, 1, 2))
+    assert {(o.state, codec.canonical(o.result)) for o in gathered.values()} == {
+        (JobState.FINISHED, codec.canonical({"n": 2}))}
+    kinds = assert_native_parity(native_tasks.registry, native_tasks.kinds, "first",
+                                 (1, 2), {3}, named=b"x")
+    for outcome in kinds.values():
+        assert outcome.calls == [{"args": ["first", (1, 2), {3}], "kwargs": {"named": b"x"}}]
+        assert outcome.result == 2
