@@ -171,3 +171,26 @@ def test_log_lines_carry_the_traceback_in_text_format() -> None:
     text = stream.getvalue()
     assert "Traceback (most recent call last)" in text and "ValueError: secret" in text
     assert "pw@" not in text
+
+
+def test_the_cli_worker_in_thread_isolation_exits_3_naming_a_timed_out_job() -> None:
+    from click.testing import CliRunner
+
+    from cutover import InMemoryBackend
+    from cutover.cli import cli
+
+    worker_tasks.release.clear()
+    memory = InMemoryBackend("memory://worker-abandoned")
+    memory.flush()
+    stuck = registry.make_record("w.sleep_until_released")  # limit 0.5 s
+    memory.enqueue([stuck])
+    try:
+        result = CliRunner().invoke(cli, [
+            "--app", "tests.integration.worker_tasks:registry", "--source",
+            "memory://worker-abandoned", "--json", "worker", "--backend", "memory",
+            "--isolation", "thread", "--poll-interval", "0.05"])
+    finally:
+        worker_tasks.release.set()
+    assert result.exit_code == 3, result.output
+    assert json.loads(result.stdout)["abandoned"] == [stuck.id]
+    assert memory.get(stuck.id).state is JobState.FAILED  # type: ignore[union-attr]
