@@ -305,3 +305,24 @@ def test_a_target_that_refuses_every_job_stops_the_drain_with_nothing_held(
     control.close()
     source.close()
     target.close()
+
+
+def test_back_to_rq_jobs_rq_cannot_hold_stay_on_procrastinate_runnable(
+        urls: tuple[str, str]) -> None:
+    """The way back: a job moved in from elsewhere keeps an id RQ 3 refuses; before, the put
+    failed (exit 2) and the batch stayed held on procrastinate for ever."""
+    rq_url, pg_url = urls
+    pg = adapters.open_backend(pg_url)
+    records = [registry.make_record(tasks.add, (i, 1)) for i in range(5)]
+    dotted = registry.make_record(tasks.add, (9, 9)).replace(id="from.elsewhere")
+    pg.put([*records[:2], dotted, *records[2:]])
+    code, plan = invoke_json(pg_url, rq_url, "drain", "--dry-run", "--batch-size", "3")
+    assert code == 0 and [j["id"] for j in plan["jobs"]["unsupported"]] == [dotted.id]
+    code, report = invoke_json(pg_url, rq_url, "drain", "--yes", "--batch-size", "3")
+    assert code == 3 and report["moved"] == 5, report
+    assert [j["id"] for j in report["left"]["unsupported"]] == [dotted.id]
+    assert "RQ refuses it" in report["left"]["unsupported"][0]["reason"]
+    left = pg.get(dotted.id)
+    assert left is not None and left.state is JobState.QUEUED and left.holder is None
+    assert [r.id for r in pg.snapshot()] == [dotted.id]
+    pg.close()
