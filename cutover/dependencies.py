@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from cutover.backend import QueueBackend
 from cutover.record import JobRecord, JobState
@@ -74,6 +74,9 @@ class DependencyView:
     releasable: list[str] = dataclasses.field(default_factory=list)
     #: whether the target was read (without it, a parent gone from the source is unknown)
     target_read: bool = True
+    #: deferred jobs whose parents are all done: nothing but a drain, or the cutover worker's
+    #: sweep on RQ, queues them now
+    ready: list[JobRecord] = dataclasses.field(default_factory=list)
 
     @classmethod
     def read(cls, source: QueueBackend, target: QueueBackend | None, *,
@@ -94,8 +97,10 @@ class DependencyView:
             view.parents[parent_id] = (Parent(parent_id, state, source.name, on_source=True)
                                        if state is not None else _on_target(parent_id, target))
         for child in children:
-            if child.id in view.waiters and not view.blocking(child):
-                view.releasable.append(child.id)
+            if child.depends_on and not view.blocking(child):
+                view.ready.append(child)
+                if child.id in view.waiters:
+                    view.releasable.append(child.id)
         return view
 
     def blocking(self, record: JobRecord) -> list[str]:
@@ -147,3 +152,15 @@ def release(source: QueueBackend, view: DependencyView) -> list[str]:
         return source.release_deferred(view.releasable, check=False)
     return []
 
+
+
+def stranded(backend: QueueBackend, key: str, other: QueueBackend) -> list[dict[str, Any]]:
+    """Deferred jobs of ``backend`` whose parents are all done (on it, or on ``other``), for
+    `cutover verify`: no worker of either side runs them until a drain (or, on RQ, the cutover
+    worker's sweep) queues or moves them."""
+    if not backend.capabilities.dependencies:
+        return []
+    view = DependencyView.read(backend, other)
+    return [{"id": r.id, "backend": key, "queue": r.queue, "task": r.task,
+             "parents": ", ".join(view.parents[p].describe() for p in r.depends_on)}
+            for r in view.ready]

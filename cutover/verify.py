@@ -22,6 +22,7 @@ from typing import Any
 from cutover import codec, stores
 from cutover.backend import QueueBackend
 from cutover.control import ControlPlane, backend_key
+from cutover.dependencies import stranded
 from cutover.errors import PreconditionError
 from cutover.held import find_stuck, stuck_message, stuck_on
 from cutover.record import JobState
@@ -90,6 +91,8 @@ def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_u
             # Held by no live drain: no worker of either side runs them (cutover release).
             held = [(str(r[0]), str(r[1])) for r in conn.execute(control.query("verify_held"))]
             report.stuck = find_stuck(control, {"s": (source, skey), "t": (target, tkey)}, held)
+        # Deferred jobs whose parents are done (wherever they ran) that nothing will queue.
+        report.stranded = stranded(source, skey, target) + stranded(target, tkey, source)
         _account_for_missing(missing, target, report, batch_size)
     finally:
         control.unlock_pair(skey, tkey)

@@ -6,12 +6,13 @@ import dataclasses
 from typing import Any
 
 #: The lists of jobs a report names by id, in the order the summary prints them. The first
-#: three fail verification (exit 1); ``pending`` and ``stuck`` (held with no live drain) keep
-#: it from being clean (exit 3);
+#: three fail verification (exit 1); ``pending``, ``stuck`` (held with no live drain) and
+#: ``stranded`` (deferred, its parents done, queued by nothing but a drain) keep it from being
+#: clean (exit 3);
 #: ``finished_deleted`` is a fact, not a fault (the target's own retention removed jobs that
 #: had ended, and the target's records say so).
 FAILING = ("lost", "duplicated", "mismatched")
-UNSETTLED = ("pending", "stuck")
+UNSETTLED = ("pending", "stuck", "stranded")
 LISTS = (*FAILING, *UNSETTLED, "finished_deleted")
 _LABELS = {"finished_deleted": "finished, since deleted"}
 
@@ -29,6 +30,7 @@ class VerifyReport:
     mismatched: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     pending: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     stuck: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # held, no live drain
+    stranded: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     finished_deleted: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     ran_on_target: int = 0
     verified: int = 0

@@ -209,18 +209,21 @@ def test_a_failed_parent_keeps_its_dependent_deferred_unless_failures_are_allowe
     assert "deferred job(s) b wait on it" in reasons["a"]
 
 
-def test_the_cutover_worker_recovers_dependents_nobody_queued(
-        dsn: str, conn: redis.Redis, source: RQBackend) -> None:
-    """A parent finished without releasing its dependent (a worker killed between the two
-    steps, or an older cutover worker): the worker's sweep queues it, once."""
+def strand(conn: redis.Redis, dsn: str) -> None:
+    """a finished, b still deferred on it: what a cutover worker killed between finishing a
+    parent and queueing its dependents (or an older cutover worker) leaves."""
     a = enqueue(conn, dsn, "a")
     enqueue(conn, dsn, "b", depends_on=a)
     native_rq_worker(conn, ["default"], max_jobs=1)
     assert status(conn, "b") == "queued"
-    # Put the stranded state back together: b deferred again, a finished.
     conn.lrem("rq:queue:default", 0, "b")
     conn.hset("rq:job:b", "status", "deferred")
     conn.zadd("rq:deferred:default", {"b": 0})
+
+
+def test_the_cutover_worker_recovers_dependents_nobody_queued(
+        dsn: str, conn: redis.Redis, source: RQBackend) -> None:
+    strand(conn, dsn)
 
     cutover_worker(source)
 
@@ -398,3 +401,20 @@ def test_parent_states_come_from_the_hashes_and_a_statusless_parent_is_not_done(
                                                            "f": JobState.FINISHED}
     code, doc = invoke_json(cutover_redis_url, dsn, "audit")
     assert code == 3 and "waits on a (queued on rq)" in audited(doc)["b"]
+
+
+def test_verify_names_dependents_nothing_will_queue_until_a_drain_moves_them(
+        dsn: str, conn: redis.Redis, rq_url: str, target: QueueBackend) -> None:
+    enqueue(conn, dsn, "loner")
+    assert invoke_json(rq_url, dsn, "drain", "--yes")[0] == 0  # the pair has a history
+    strand(conn, dsn)
+
+    code, verdict = invoke_json(rq_url, dsn, "verify", "--report", "/dev/null")
+    assert code == 3 and not verdict["clean"], verdict
+    assert [(j["id"], j["parents"]) for j in verdict["stranded"]] == [("b", "a (finished on rq)")]
+    code, report = invoke_json(rq_url, dsn, "drain", "--yes")
+    assert code == 0 and report["moved"] == 1, report
+    code, verdict = invoke_json(rq_url, dsn, "verify", "--report", "/dev/null")
+    assert code == 0 and verdict["stranded"] == [], verdict
+    cutover_worker(target)
+    assert_ran_once_in_order(dsn, {"loner", "a", "b"}, [("a", "b")])
