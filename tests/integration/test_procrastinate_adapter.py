@@ -209,7 +209,7 @@ def test_departure_trigger_comes_back_when_the_adapter_opens(
         backend: ProcrastinateBackend, cutover_database_url: str) -> None:
     """A procrastinate migration that recreates procrastinate_jobs (or an operator) may drop
     the trigger that records departures; the adapter puts it back the next time it opens."""
-    sql(cutover_database_url, "DROP TRIGGER cutover_departure ON procrastinate_jobs")
+    sql(cutover_database_url, "DROP TRIGGER cutover_departure_v2 ON procrastinate_jobs")
     ProcrastinateBackend(cutover_database_url).close()
     assert sql(cutover_database_url, "SELECT tgenabled FROM pg_trigger "
-               "WHERE tgname = 'cutover_departure'") == [("O",)]
+               "WHERE tgname = 'cutover_departure_v2'") == [("O",)]

@@ -9,7 +9,7 @@ SELECT COALESCE(bool_or(c.relname = 'procrastinate_jobs'), false) AS present,
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
                    JOIN pg_catalog.pg_class r ON r.oid = t.tgrelid
                    JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
-                   WHERE t.tgname = 'cutover_departure' AND r.relname = 'procrastinate_jobs'
+                   WHERE t.tgname = 'cutover_departure_v2' AND r.relname = 'procrastinate_jobs'
                      AND rn.nspname = current_schema())
        -- and cutover_jobs with its newest column (an older table gets the columns it lacks)
        AND COALESCE(bool_or(c.relname = 'cutover_jobs' AND EXISTS (

@@ -83,13 +83,20 @@ BEGIN
     RETURN OLD;
 END
 $$;
+-- The WHEN clause keeps the adapter's own removals of waiting jobs (a drain's release) from
+-- calling the function at all: evaluated in C, it costs a drain ~1 us a job instead of ~8.
+-- (v2: the first version had no WHEN clause.)
 DO $$
 BEGIN
+    DROP TRIGGER IF EXISTS cutover_departure ON procrastinate_jobs;
     IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                   WHERE tgname = 'cutover_departure'
+                   WHERE tgname = 'cutover_departure_v2'
                      AND tgrelid = 'procrastinate_jobs'::regclass) THEN
-        CREATE TRIGGER cutover_departure BEFORE DELETE ON procrastinate_jobs
-            FOR EACH ROW EXECUTE FUNCTION cutover_record_departure();
+        CREATE TRIGGER cutover_departure_v2 BEFORE DELETE ON procrastinate_jobs
+            FOR EACH ROW
+            WHEN (OLD.status NOT IN ('todo', 'doing')
+                  OR current_setting('cutover.moving_away', true) IS DISTINCT FROM 'on')
+            EXECUTE FUNCTION cutover_record_departure();
     END IF;
 END
 $$;
