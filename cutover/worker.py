@@ -61,10 +61,13 @@ Isolation = Literal["process", "thread"]
 
 
 def effective_timeout(job: JobRecord, task: Task, default: float | None) -> float | None:
-    """The job's own limit (RQ's job timeout), else its task's, else the worker's; a limit of
-    0 or less (RQ's -1) means none."""
-    for limit in (job.timeout, task.timeout, default):
-        if limit is not None:
+    """The job's own limit (RQ's job timeout, also remembered in ``native["rq"]`` by a job
+    moved off RQ), else its task's, else the worker's; a limit of 0 or less (RQ's -1) means
+    none."""
+    remembered = job.native.get("rq", {}).get("timeout") if job.native else None
+    own = job.timeout if job.timeout is not None else remembered
+    for limit in (own, task.timeout, default):
+        if isinstance(limit, int | float):
             return limit if limit > 0 else None
     return None
 

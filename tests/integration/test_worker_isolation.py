@@ -194,3 +194,13 @@ def test_the_cli_worker_in_thread_isolation_exits_3_naming_a_timed_out_job() -> 
     assert result.exit_code == 3, result.output
     assert json.loads(result.stdout)["abandoned"] == [stuck.id]
     assert memory.get(stuck.id).state is JobState.FAILED  # type: ignore[union-attr]
+
+
+def test_a_job_moved_off_rq_keeps_its_rq_timeout(cutover_backend: QueueBackend) -> None:
+    record = registry.make_record("w.sleep", (30,)).replace(native={"rq": {"timeout": 1}})
+    cutover_backend.enqueue([record])
+    started = time.monotonic()
+    report = burst(cutover_backend, "process", timeout=60).report
+    assert time.monotonic() - started < 1 + 3
+    assert report.failed == 1
+    assert "timeout of 1s" in (cutover_backend.get(record.id).error or "")  # type: ignore[union-attr]
