@@ -133,6 +133,12 @@ def test_rq_jobs_of_both_serializers_come_back_as_their_producers_wrote_them(
         carried = dict(pg.execute("SELECT cutover_id, native FROM cutover_jobs").fetchall())
     assert carried["job-jq-options"]["rq"]["serializer"] == "json"
     assert carried["job-pq-positional"]["positional"] == ["a", "b"]
+    pg = ProcrastinateBackend(pg_url)
+    try:  # the job's own time limit holds on Procrastinate too (the cutover worker reads it)
+        moved = pg.get("job-pq-options")
+        assert moved is not None and moved.timeout == 77
+    finally:
+        pg.close()
     result = invoke(rq_url, pg_url, "verify")
     assert result.exit_code == 0, result.output
 

@@ -255,6 +255,8 @@ class ProcrastinateBackend:
             native = codec.decode(job_native) if isinstance(job_native, dict) else {}
         except DecodeError:
             native = {}  # format memory only: the job itself is intact
+        # The job's own time limit (RQ's job timeout) rides along with the format memory.
+        timeout = native.pop("timeout", None)
         return JobRecord(
             id=cutover_id or f"pg-{job_id}", task=task, args=pos, kwargs=kwargs, queue=queue,
             priority=priority, run_at=run_at if run_at != _FAR and run_at is not None else None,
@@ -264,7 +266,8 @@ class ProcrastinateBackend:
             origin=origin or "procrastinate", created_at=created_at, updated_at=updated_at,
             error=error, result=decoded_result, native_id=str(job_id), problem=problem,
             location=f"procrastinate_jobs:{job_id}", holder=held_by,
-            losses=(f"procrastinate lock {lock!r}",) if lock else (), native=native)
+            losses=(f"procrastinate lock {lock!r}",) if lock else (), native=native,
+            timeout=float(timeout) if isinstance(timeout, int | float) else None)
 
     def _select(self, conn: psycopg.Connection[TupleRow], where: LiteralString,
                 params: dict[str, Any]) -> list[JobRecord]:
@@ -365,7 +368,10 @@ class ProcrastinateBackend:
                 positional = _json(r.encoded_args()) if r.args else None
                 result = _json(codec.encode(r.result, "result")) if r.result is not None \
                     else None
-                memory = _json(codec.encode(dict(r.native), "native")) if r.native else None
+                carried = dict(r.native)
+                if r.timeout is not None:
+                    carried["timeout"] = r.timeout
+                memory = _json(codec.encode(carried, "native")) if carried else None
             except CutoverError as exc:
                 raise JobError(str(exc), job_id=r.id) from exc
             jobs.append((native, r.queue, r.task, r.priority,

@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS cutover_jobs (
 );
 -- Columns added since the table's first release (additive: an existing table gains them).
 -- native: how the job's origin backend stored it (RQ's serializer, description, timeout, TTLs,
--- meta, which args were positional), carried so that a move back writes the job the same way.
+-- meta, which args were positional), carried so that a move back writes the job the same way;
+-- also the job's own time limit ("timeout", RQ's job timeout), so the cutover worker keeps it.
 ALTER TABLE cutover_jobs ADD COLUMN IF NOT EXISTS native jsonb;
 CREATE INDEX IF NOT EXISTS cutover_jobs_held_by_idx ON cutover_jobs (held_by)
     WHERE held_by IS NOT NULL;
