@@ -168,6 +168,14 @@ class ControlPlane:
                                      "is from an earlier version (no store identities): run "
                                      "`cutover init` to upgrade it (additive, safe)")
 
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (few stores, one control plane a command)
+    def describe(self, key: str) -> str:
+        """A store key as a person reads it: the redacted URL it was last reached by (the key
+        itself for a store the control plane has not met)."""
+        with self.tx("reading the stores") as conn:
+            row = conn.execute(self.query("store_url"), {"key": key}).fetchone()
+        return str(row[0]) if row else key
+
     def meet(self, store: StoreIdentity, url: str) -> None:
         """Record the URL a store was reached by, for reports; rows an earlier version keyed on
         this URL's spelling (``backend_key``) are moved to the store's identity key."""

@@ -122,8 +122,9 @@ def release(source: QueueBackend, source_key: str, control: ControlPlane, *,
         if run is None:
             raise ConfigurationError(f"no drain run {run_id!r} in the control plane")
         if run["source"] != source_key:
-            raise ConfigurationError(f"run {run_id} drained from {run['source']}, not from "
-                                     f"{source_key}: pass that --source")
+            raise ConfigurationError(f"run {run_id} drained from "
+                                     f"{control.describe(run['source'])}, not from "
+                                     f"{source.url}: pass that --source")
         wanted = drain_owner(run["target"])
     by_owner: dict[str, list[JobRecord]] = {}
     for record in held_jobs(source, batch_size=batch_size):
@@ -137,7 +138,8 @@ def release(source: QueueBackend, source_key: str, control: ControlPlane, *,
         if pair is not None and not control.lock_pair(source_key, pair):
             if run_id is not None:
                 raise PreconditionError(f"the drain of run {run_id} (or another drain from "
-                                        f"{source_key} to {pair}) is running: stop it first "
+                                        f"{source.url} to {control.describe(pair)}) is "
+                                        "running: stop it first "
                                         "(cutover drain --signal stop)", held=len(records))
             report.kept += [_line(r, "held by a drain that is running") for r in records]
             continue
@@ -162,15 +164,16 @@ def _release_owner(source: QueueBackend, source_key: str, control: ControlPlane,
         if row is None or row[0] not in ("moving", "moved") or row[1] != source_key:
             free.append(record)
             continue
+        where = control.describe(row[2])
         if row[0] == "moved":
-            report.kept.append(_line(record, f"the ledger says it is on {row[2]} already: "
+            report.kept.append(_line(record, f"the ledger says it is on {where} already: "
                                              "re-run that drain to finish the move"))
         elif target is None or target_key != row[2]:
-            report.kept.append(_line(record, f"the ledger says it was being put on {row[2]}: "
+            report.kept.append(_line(record, f"the ledger says it was being put on {where}: "
                                              "pass that --target to check it is not there, or "
                                              "re-run that drain"))
         elif target.get(record.id) is not None:
-            report.kept.append(_line(record, f"it is on {row[2]} already: re-run that drain "
+            report.kept.append(_line(record, f"it is on {where} already: re-run that drain "
                                              "to finish the move"))
         else:
             free.append(record)
@@ -181,7 +184,7 @@ def _release_owner(source: QueueBackend, source_key: str, control: ControlPlane,
     given = source.give_back([r.id for r in free], owner)
     if intents and pair is not None:
         control.forget(intents, source=source_key, target=pair)
-    log.warning("gave back %d job(s) held by %s on %s", given, owner, source_key)
+    log.warning("gave back %d job(s) held by %s on %s", given, owner, source.url)
 
 
 def _line(record: JobRecord, reason: str) -> dict[str, str]:

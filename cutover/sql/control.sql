@@ -113,6 +113,9 @@ SELECT to_regclass(%(stores)s) IS NOT NULL AND EXISTS (
 INSERT INTO {schema}.stores (key, url) VALUES (%(key)s, %(url)s)
 ON CONFLICT (key) DO UPDATE SET url = EXCLUDED.url, seen_at = now();
 
+-- name: store_url
+SELECT url FROM {schema}.stores WHERE key = %(key)s;
+
 -- name: adopt_legacy
 -- Rows an earlier version keyed on this spelling's URL now belong to the store's identity.
 WITH gone AS (DELETE FROM {schema}.legacy_keys WHERE key = %(legacy)s RETURNING key),

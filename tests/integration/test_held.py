@@ -76,6 +76,7 @@ def test_stuck_jobs_are_shown_reported_and_released_on_the_operators_word(
     nodest = CliRunner().invoke(cli, ["--app", APP, "--source", rq_url, "--control", pg_url,
                                       "--json", "release", "--run", "drain-dead", "--dry-run"])
     assert nodest.exit_code == 3 and "is on" in json.loads(nodest.stdout)["kept"][0]["reason"]
+    assert f"is on {pg_url} already" in json.loads(nodest.stdout)["kept"][0]["reason"]  # a URL
 
     code, done = invoke_json(rq_url, pg_url, "release", "--run", "drain-dead", "--yes")
     assert code == 3, done  # the one already put is kept: giving it back would run it twice
