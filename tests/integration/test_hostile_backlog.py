@@ -69,6 +69,11 @@ def hostile_backlog(rq_url: str) -> dict[str, Any]:
     conn.linsert("rq:queue:default", "BEFORE", mid, stray.id)
     made["misplaced"] = stray.id
     made["long_queue"] = rq.Queue(LONG_QUEUE, connection=conn).enqueue(tasks.add, 53, 1).id
+    # Status queued, but in the scheduled registry: RQ's scheduler would still enqueue it.
+    wrong_place = queue.enqueue(tasks.add, 54, 1)
+    conn.lrem("rq:queue:default", 0, wrong_place.id)
+    conn.zadd("rq:scheduled:default", {wrong_place.id: 1})
+    made["queued_in_scheduled"] = wrong_place.id
     hostile = zlib.compress(pickle.dumps(("cutover.testing.tasks.add", None, (os.system,), {})))
     conn.hset("rq:job:hostile", mapping={"status": "queued", "origin": "default",
                                          "data": hostile})
@@ -90,6 +95,7 @@ def hostile_backlog(rq_url: str) -> dict[str, Any]:
 
 
 EXPECTED = {"newline": "unsupported", "no_status": "quarantined", "misplaced": "in_place",
+            "queued_in_scheduled": "in_place",
             "long_queue": "unsupported", "hostile_id": "quarantined", "unknown": "unknown_task",
             "running": "in_place", "failed": "failed", "dep_parent": "in_place",
             "dep_child": "in_place"}
@@ -120,7 +126,7 @@ def test_audit_dry_run_and_drain_agree_job_by_job(urls: tuple[str, str]) -> None
 
     code, audit_doc = invoke_json(rq_url, pg_url, "audit")
     assert code == 3 and audit_doc["left_behind"] == {"unsupported": 2, "quarantined": 2,
-                                                      "in_place": 4, "unknown_task": 1,
+                                                      "in_place": 5, "unknown_task": 1,
                                                       "failed": 1}
     code, dry = invoke_json(rq_url, pg_url, "drain", "--dry-run", "--batch-size", "4")
     assert code == 0 and {j["id"] for js in dry["jobs"].values() for j in js} == \
@@ -147,6 +153,7 @@ def test_audit_dry_run_and_drain_agree_job_by_job(urls: tuple[str, str]) -> None
         assert conn.lpos("rq:queue:default", "poison\nnewline") is not None
         assert conn.lpos(f"rq:queue:{LONG_QUEUE}", made["long_queue"]) is not None
         assert conn.lpos("rq:queue:default", made["misplaced"]) is not None
+        assert conn.zscore("rq:scheduled:default", made["queued_in_scheduled"]) == 1
     code, verdict = invoke_json(rq_url, pg_url, "verify", "--report", os.devnull)
     assert code == 0 and verdict["verified"] == 12 and verdict["stuck"] == []
     control.close()

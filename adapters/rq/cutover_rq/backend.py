@@ -578,14 +578,16 @@ class RQBackend:
         list on the server once per job (quadratic: hours for a million-job queue, with Redis
         blocked meanwhile)."""
         pipe = self.redis.pipeline(transaction=False)
+        registries: list[bool] = []  # a third answer: the job's deferred or failed registry
         for job_id, h in batch:
             origin = _text(h, "origin") or ""
             status = _text(h, "status") or ""
             pipe.zscore(f"rq:scheduled:{origin}", job_id)
             pipe.lpos(f"rq:queue:{origin}:intermediate", job_id)
-            pipe.zscore(f"rq:{status if status in ('deferred', 'failed') else 'failed'}:"
-                        f"{origin}", job_id)
-        answers = pipe.execute()
+            registries.append(status in ("deferred", "failed"))
+            if registries[-1]:
+                pipe.zscore(f"rq:{status}:{origin}", job_id)
+        answers = iter(pipe.execute())
         queued = [i for i, (_, h) in enumerate(batch)
                   if _STATUS.get(_text(h, "status") or "") is JobState.QUEUED
                   and not h.get(b"cutover_held")]
@@ -593,7 +595,8 @@ class RQBackend:
         out = []
         astray: list[int] = []
         for i, (job_id, h) in enumerate(batch):
-            score, in_intermediate, registered = answers[3 * i: 3 * i + 3]
+            score, in_intermediate = next(answers), next(answers)
+            registered = next(answers) if registries[i] else None
             state = _STATUS.get(_text(h, "status") or "")
             origin = _text(h, "origin") or ""
             location: str | None = None
