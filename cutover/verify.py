@@ -50,7 +50,7 @@ def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_u
         control.meet(sid, source_url)
         control.meet(tid, target_url)
         try:
-            _require_history(control, skey, tkey)
+            _require_history(control, (skey, report.source), (tkey, report.target))
         except PreconditionError as exc:
             # Nothing moved, yet jobs may be held by a drain that died before moving any.
             stuck = stuck_on(control, {"s": (source, skey), "t": (target, tkey)})
@@ -100,18 +100,21 @@ def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_u
     return report
 
 
-def _require_history(control: ControlPlane, skey: str, tkey: str) -> None:
-    """Refuse a pair the ledger never saw a job moved between (exit 3)."""
+def _require_history(control: ControlPlane, source: tuple[str, str],
+                     target: tuple[str, str]) -> None:
+    """Refuse a pair the ledger never saw a job moved between (exit 3). ``source`` and
+    ``target`` are (identity key, name for people)."""
+    (skey, sname), (tkey, tname) = source, target
     moved, reverse = control.pair_history(skey, tkey)
     if moved:
         return
     hint = ("check that --source and --target name the stores the drain used (host, port, "
             "database number)")
     if reverse:
-        hint = (f"the ledger has {reverse} job(s) moved the other way, from {tkey} to {skey}: "
+        hint = (f"the ledger has {reverse} job(s) moved the other way, from {tname} to {sname}: "
                 "to verify that move, swap --source and --target")
     raise PreconditionError(f"nothing was moved between these two stores: the ledger has no "
-                            f"job moved from {skey} to {tkey}, so there is nothing to verify; "
+                            f"job moved from {sname} to {tname}, so there is nothing to verify; "
                             f"{hint}")
 
 

@@ -19,6 +19,7 @@ from procrastinate import sql as procrastinate_sql
 
 from cutover import adapters
 from cutover.backend import QueueBackend
+from cutover.control import backend_key
 from cutover.record import JobRecord, utcnow
 from cutover.testing import tasks
 from cutover.testing.contract import run_burst
@@ -80,6 +81,8 @@ def test_verify_refuses_a_pair_nothing_was_moved_between(urls: tuple[str, str]) 
     assert "nothing was moved between these two stores" in swapped.output
     assert "3 job(s) moved the other way" in swapped.output
     assert "swap --source and --target" in swapped.output
+    # The stores are named for people (adapter and redacted URL), not by their identity keys.
+    assert f"from {backend_key(rq_url)} to {backend_key(pg_url)}" in swapped.output
     assert verify(rq_url, pg_url)[0] == 0
 
 
