@@ -6,6 +6,7 @@ writes, `cutover.testing.tasks.mark`), never from logs."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -418,3 +419,17 @@ def test_verify_names_dependents_nothing_will_queue_until_a_drain_moves_them(
     assert code == 0 and verdict["stranded"] == [], verdict
     cutover_worker(target)
     assert_ran_once_in_order(dsn, {"loner", "a", "b"}, [("a", "b")])
+
+
+def test_a_parent_that_will_retry_releases_nothing_until_it_fails_for_good(
+        dsn: str, conn: redis.Redis, source: RQBackend) -> None:
+    a = rq.Queue("default", connection=conn).enqueue(
+        tasks.mark, dsn, "a", True, job_id="a", retry=rq.Retry(max=1, interval=1))
+    enqueue(conn, dsn, "tolerant", depends_on=rq.job.Dependency(jobs=[a], allow_failure=True))
+
+    cutover_worker(source)  # the first attempt fails; the retry is due in a second
+    assert executions(dsn) == ["a"] and status(conn, "tolerant") == "deferred"
+    time.sleep(1.2)
+    cutover_worker(source)  # fails for good: a dependent that allows failures goes
+
+    assert executions(dsn) == ["a", "a", "tolerant"]
