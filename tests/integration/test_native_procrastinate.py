@@ -352,3 +352,24 @@ def test_a_success_after_a_failure_clears_the_error_as_the_cutover_worker_does(
         assert (ok.state, ok.attempts, ok.error, ok.result) == (JobState.FINISHED, 1, None, None)
     finally:
         backend.close()
+
+
+def test_a_database_the_toolkit_never_wrote_to_runs_as_plain_procrastinate(
+        cutover_database_url: str) -> None:
+    """No cutover_jobs table: jobs are plain procrastinate jobs (one attempt, args decoded),
+    not failures of a missing table."""
+    native_tasks.reset()
+    with psycopg.connect(cutover_database_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS cutover_jobs CASCADE")
+    app = make_app(registry, cutover_database_url)
+    with app.open():
+        app.tasks[f"{APP}.charge"].defer(amount=decimal.Decimal("3.30"), when=AWARE)
+        app.tasks[f"{APP}.refuse"].defer(key="no-table")
+    run_app_worker(app, cutover_database_url)
+    assert sorted(map(strict, native_tasks.calls)) == sorted(map(strict, [
+        ("charge", (), {"amount": decimal.Decimal("3.30"), "when": AWARE, "ref": None}),
+        ("refuse", (), {"key": "no-table"})]))
+    with psycopg.connect(cutover_database_url) as conn:
+        rows = sorted(conn.execute("SELECT task_name, status::text, attempts "
+                                   "FROM procrastinate_jobs").fetchall())
+    assert rows == [(f"{APP}.charge", "succeeded", 1), (f"{APP}.refuse", "failed", 1)]

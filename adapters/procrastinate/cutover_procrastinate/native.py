@@ -39,8 +39,10 @@ from collections.abc import Callable
 from typing import Any
 
 import procrastinate
+import psycopg
 from procrastinate import jobs as procrastinate_jobs
 from procrastinate.app import WorkerOptions
+from procrastinate.exceptions import ConnectorException
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
 from cutover import codec
@@ -143,6 +145,14 @@ def _side(rows: list[dict[str, Any]], attempts: int) -> _Side:
     return _Side(row["positional"], budget, stored=True, has_outcome=row["has_outcome"])
 
 
+def _no_table(exc: ConnectorException) -> list[dict[str, Any]]:
+    """No ``cutover_jobs`` table (a database this toolkit never wrote to): every job is a plain
+    procrastinate job. Any other database error is raised."""
+    if isinstance(exc.__cause__, psycopg.errors.UndefinedTable):
+        return []
+    raise exc
+
+
 def _kwargs(raw: dict[str, Any], job_id: int) -> dict[str, Any]:
     kwargs = codec.decode(raw)
     if not isinstance(kwargs, dict):  # an escaped dict decodes to a dict; anything else is bad
@@ -173,8 +183,11 @@ def _sync_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Calla
         # the worker's event loop (procrastinate's supported way for sync tasks).
         job = context.job
         assert job.id is not None
-        side = _side(app.connector.execute_query_all(sql.query("native_job"), job_id=job.id),
-                     job.attempts)
+        try:
+            rows = app.connector.execute_query_all(sql.query("native_job"), job_id=job.id)
+        except ConnectorException as exc:
+            rows = _no_table(exc)
+        side = _side(rows, job.attempts)
         budgets.put(job.id, side.budget)
         try:
             args, kwargs = side.call(raw, job.id)
@@ -202,8 +215,11 @@ def _async_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Call
     async def run(context: procrastinate.JobContext, /, **raw: Any) -> Any:
         job = context.job
         assert job.id is not None
-        rows = await app.connector.execute_query_all_async(sql.query("native_job"),
-                                                           job_id=job.id)
+        try:
+            rows = await app.connector.execute_query_all_async(sql.query("native_job"),
+                                                               job_id=job.id)
+        except ConnectorException as exc:
+            rows = _no_table(exc)
         side = _side(rows, job.attempts)
         budgets.put(job.id, side.budget)
         try:
