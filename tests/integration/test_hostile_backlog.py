@@ -333,3 +333,20 @@ def test_back_to_rq_jobs_rq_cannot_hold_stay_on_procrastinate_runnable(
     assert left is not None and left.state is JobState.QUEUED and left.holder is None
     assert [r.id for r in pg.snapshot()] == [dotted.id]
     pg.close()
+
+
+def test_rq_limits_are_rqs_own(cutover_redis_url: str) -> None:
+    backend = adapters.open_backend(cutover_redis_url)
+    base = registry.make_record(tasks.add, (1, 2))
+
+    def rq_(**change: Any) -> list[str]:
+        return backend.cannot_hold(base.replace(**change))
+
+    assert rq_() == [] and rq_(id="abc_DEF-123") == []
+    for bad in ("a:b", "a.b", "a b", "", "a\nb"):
+        assert rq_(id=bad) and "RQ refuses it" in rq_(id=bad)[0], bad
+    assert rq_(queue="q" * 500) == [] and rq_(queue="") == ["queue name is empty"]
+    assert rq_(priority=2**40) == []  # kept in a hash field, not an integer column
+    assert rq_(max_attempts=3, retry_intervals=(-1.0,)) != []
+    assert rq_(max_attempts=3, retry_intervals=(float("inf"),)) != []
+    backend.close()
