@@ -19,8 +19,9 @@ from cutover_procrastinate import ProcrastinateBackend
 from cutover_rq import RQBackend
 from cutover_rq.decode import payload_kind
 
-from cutover import adapters
+from cutover import Router, adapters
 from cutover.cli import cli
+from cutover.errors import UnsupportedValueError
 from cutover.record import JobRecord
 from tests.integration import roundtrip_tasks
 from tests.integration.roundtrip_tasks import capture, registry
@@ -300,3 +301,21 @@ def test_values_json_cannot_hold_stay_in_place_rather_than_reach_a_json_worker_t
     assert roundtrip_tasks.seen[plain.id]["kwargs"] == {"a": 1, "b": [2, {"c": None}]}
     assert typed(roundtrip_tasks.seen["rich-for-pickle"]["kwargs"]) == typed(
         {"a": decimal.Decimal("1.5"), "b": (1, 2)})
+
+
+def test_the_router_refuses_values_a_json_queue_cannot_hold_and_writes_nothing(
+        cutover_redis_url: str, conn: redis.Redis) -> None:
+    rq.Queue("jq", connection=conn, serializer=JSON).enqueue(capture, 0)
+    router = Router(registry, source=cutover_redis_url)
+    try:
+        with pytest.raises(UnsupportedValueError, match=r"kwargs\['b'\] \(a UUID\)"):
+            router.enqueue(capture, 1, b=uuid.uuid4(), queue="jq")
+        assert conn.llen("rq:queue:jq") == 1
+        job_id = router.enqueue(capture, 1, b={"plain": [True]}, queue="jq")
+        job_with_uuid = router.enqueue(capture, 1, b=uuid.uuid4(), queue="pickled")
+    finally:
+        router.close()
+    run_natively(conn, "jq", JSON)
+    run_natively(conn, "pickled", PICKLE)
+    assert roundtrip_tasks.seen[job_id]["kwargs"] == {"a": 1, "b": {"plain": [True]}}
+    assert isinstance(roundtrip_tasks.seen[job_with_uuid]["kwargs"]["b"], uuid.UUID)

@@ -54,6 +54,7 @@ from cutover.errors import (
     DecodeError,
     JobConflictError,
     JobError,
+    UnsupportedValueError,
 )
 from cutover.limits import size_limits
 from cutover.record import JobRecord, JobState, utcnow
@@ -511,8 +512,16 @@ class RQBackend:
 
     # -- producing -------------------------------------------------------------------------
     def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
+        """New jobs. A job for a JSON queue whose arguments JSON cannot hold is refused
+        (UnsupportedValueError, nothing written): RQ's JSON workers would get something else."""
         out: list[str] = []
         with self._errors("enqueueing"):
+            for record in records:
+                if native.serializer_for(record, self.queue_serializer) == "json":
+                    problems = native.json_problems(record)
+                    if problems:
+                        raise UnsupportedValueError(problems[0], job_id=record.id,
+                                                    task=record.task)
             writes = [(record.replace(origin=record.origin or self.name), JobState.QUEUED)
                       for record in records]
             out = [job_id for _, job_id in self._write_many(writes)]

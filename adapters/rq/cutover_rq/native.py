@@ -54,8 +54,7 @@ def json_problems(record: JobRecord) -> list[str]:
     listed = ", ".join(f"{where} (a {kind})" for where, kind in out[:5])
     more = f" and {len(out) - 5} more" if len(out) > 5 else ""
     return [f"queue {record.queue!r} is a JSON queue (its jobs, or the URL, say so) and JSON "
-            f"cannot hold {listed}{more}: left in place rather than reach RQ's worker as "
-            "something else"]
+            f"cannot hold {listed}{more}: RQ's JSON workers would receive something else"]
 
 
 def _json_walk(value: Any, where: str, out: list[tuple[str, str]]) -> None:
