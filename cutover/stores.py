@@ -20,6 +20,9 @@ def distinct(source: QueueBackend, target: QueueBackend,
     """The identities of source and target; :class:`SameStoreError` (exit 2) when they are one
     store."""
     s, t = source.identity(), target.identity()
+    # Asked again: a side that could not write its store's marker (read-only credentials) and
+    # fell back on something weaker reads the marker the other side just wrote, if one store.
+    s = source.identity()
     if s.key == t.key:
         raise SameStoreError(
             f"refusing to {doing}: --source {s.url} and --target {t.url}: they are the same "

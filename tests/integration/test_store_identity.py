@@ -4,6 +4,7 @@ target, one lock, one ledger history); a store's identity survives its spellings
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 from cutover_rq.store import database_of
 
-from cutover import adapters
+from cutover import adapters, stores
 from cutover.control import ControlPlane, backend_key
+from cutover.errors import SameStoreError
 from cutover.record import JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
@@ -250,3 +253,33 @@ def test_verify_writes_a_report_file_only_when_asked(
     assert asked.exit_code == 0 and "report: verify.json" in asked.output
     assert [p.name for p in tmp_path.iterdir()] == ["verify.json"]
     assert json.loads((tmp_path / "verify.json").read_text())["clean"] is True
+
+
+def test_a_redis_user_that_cannot_write_the_marker_falls_back_to_the_run_id(
+        cutover_redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    user = f"identity-ro-{uuid.uuid4().hex[:8]}"
+    admin = redis.Redis.from_url(cutover_redis_url.removeprefix("rq+"))
+    try:
+        admin.acl_setuser(user, enabled=True, nopass=True, keys=["*"],
+                          commands=["+@read", "+@connection", "+info"])
+    except redis.ResponseError as exc:
+        pytest.skip(f"this Redis has no ACLs: {exc}")
+    try:
+        url = as_user(cutover_redis_url, user)
+        backend = adapters.open_backend(url)
+        with caplog.at_level(logging.WARNING, "cutover.rq"):
+            key = backend.identity().key
+        assert key.startswith("redis-run:") and key.endswith(f"/db{database_of(url)}")
+        assert str(admin.info("server")["run_id"]) in key
+        assert "changes when it restarts" in caplog.text
+        backend.close()
+        # Once someone who may write has opened the store, the marker is there for everyone.
+        reader, writer = adapters.open_backend(url), adapters.open_backend(cutover_redis_url)
+        with pytest.raises(SameStoreError):  # the reader first, without the marker, then the
+            stores.distinct(reader, writer, "drain")  # writer: still one store
+        assert reader.identity().key == writer.identity().key
+        assert reader.identity().key.startswith("redis:")
+        writer.close()
+        reader.close()
+    finally:
+        admin.acl_deluser(user)

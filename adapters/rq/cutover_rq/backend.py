@@ -273,10 +273,13 @@ class RQBackend:
 
     def identity(self) -> StoreIdentity:
         """``redis:<marker>/db<N>``: see :mod:`cutover_rq.store`."""
-        if self._identity is None:
-            with self._errors("reading the store's identity"):
-                self._identity = store.identity(self.redis, self.db, self._url)
-        return self._identity
+        if self._identity is not None:
+            return self._identity
+        with self._errors("reading the store's identity"):
+            found = store.identity(self.redis, self.db, self._url)
+        if found.key.startswith("redis:"):  # the fallback is asked again: a marker may come
+            self._identity = found
+        return found
 
     # -- plumbing --------------------------------------------------------------------------
     @contextlib.contextmanager
