@@ -77,10 +77,13 @@ def secrets_of(url: str | None) -> tuple[str, ...]:
     found = [password_of(url)]
     if "?" in url:
         found += [m.group(3).strip("'") for m in _PARAM.finditer(url.split("?", 1)[1])]
+    public = redact(url)
     out: list[str] = []
     for secret in found:
         for spelling in (secret, unquote(secret)):
-            if spelling and spelling not in out:
+            # A "password" the URL shows anyway (postgres:postgres@) hides nothing, and hidden
+            # everywhere it would turn every postgresql:// into ***ql://.
+            if spelling and spelling not in out and spelling not in public:
                 out.append(spelling)
     return tuple(out)
 

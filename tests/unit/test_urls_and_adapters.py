@@ -2,7 +2,7 @@ import pytest
 
 from cutover import adapters
 from cutover.errors import ConfigurationError, UnknownAdapterError
-from cutover.urls import redact, redact_text
+from cutover.urls import hiding, redact, redact_text, secrets_of
 
 
 @pytest.mark.parametrize(
@@ -96,3 +96,12 @@ def test_a_redis_database_that_is_not_one_number_is_refused(url: str, needle: st
         adapters.open_backend(url)
     assert err.value.exit_code == 2
     assert needle in str(err.value) and ":pw@" not in str(err.value)
+
+
+def test_a_password_the_url_shows_anyway_does_not_mangle_messages() -> None:
+    url = "postgresql://postgres:postgres@db:5432/app"
+    with hiding(url):
+        text = redact_text(f"PostgreSQL at {url} is unreachable: no postgres listening")
+    assert text == ("PostgreSQL at postgresql://postgres:***@db:5432/app is unreachable: no "
+                    "postgres listening")
+    assert secrets_of("redis://:s3cr%2Ft@h/0") == ("s3cr%2Ft", "s3cr/t")
