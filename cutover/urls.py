@@ -80,7 +80,7 @@ def secrets_of(url: str | None) -> tuple[str, ...]:
     public = redact(url)
     out: list[str] = []
     for secret in found:
-        for spelling in (secret, unquote(secret)):
+        for spelling in (secret, unquote(secret), unquote(secret).strip()):
             # A "password" the URL shows anyway (postgres:postgres@) hides nothing, and hidden
             # everywhere it would turn every postgresql:// into ***ql://.
             if spelling and spelling not in out and spelling not in public:

@@ -73,6 +73,7 @@ def test_redact_text_scrubs_passwords_from_free_text_without_being_told_them(
 
 @FAST
 @given(password=passwords)
+@example(password="  0g000")  # a driver's message cut at the spaces shows "0g000" alone
 def test_passwords_with_spaces_are_hidden_when_the_url_is_known(password: str) -> None:
     url = f"redis://user:{password}@host:6379/0"
     pieces = f"could not parse {url!r}: bad host in {password.split(' ')[-1]}@host"
