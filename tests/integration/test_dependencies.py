@@ -26,7 +26,7 @@ from cutover.record import JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
 from cutover.worker import Worker
-from tests.integration.drain_helpers import invoke, invoke_json
+from tests.integration.drain_helpers import invoke, invoke_json, run_cli
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
@@ -433,3 +433,21 @@ def test_a_parent_that_will_retry_releases_nothing_until_it_fails_for_good(
     cutover_worker(source)  # fails for good: a dependent that allows failures goes
 
     assert executions(dsn) == ["a", "a", "tolerant"]
+
+
+def test_the_worker_command_runs_chains_and_fan_in_once_in_order_with_two_threads(
+        dsn: str, conn: redis.Redis, cutover_redis_url: str) -> None:
+    """The real command, in its own process, tasks in child processes (its default)."""
+    a = enqueue(conn, dsn, "a")
+    b = enqueue(conn, dsn, "b", depends_on=a)
+    c = enqueue(conn, dsn, "c", depends_on=b)
+    d = enqueue(conn, dsn, "d")
+    enqueue(conn, dsn, "e", depends_on=[a, d])
+    enqueue(conn, dsn, "f", depends_on=[c, "e"])
+
+    done = run_cli(cutover_redis_url, dsn, "worker", "--backend", "source", "--burst",
+                   "--concurrency", "2")
+
+    assert done.returncode == 0, done.stderr
+    assert_ran_once_in_order(dsn, set("abcdef"), [("a", "b"), ("b", "c"), ("a", "e"),
+                                                  ("d", "e"), ("c", "f"), ("e", "f")])
