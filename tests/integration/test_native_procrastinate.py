@@ -101,14 +101,15 @@ def due(pg_url: str) -> int:
     return int(row[0])
 
 
-def run_procrastinate_cli(pg_url: str, record: Path) -> None:
+def run_procrastinate_cli(pg_url: str, record: Path, *options: str) -> None:
     """The real `procrastinate --app ... worker --one-shot`, until nothing is due (a one-shot
     worker leaves a job it retried during its last fetch for the next one)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUTOVER_NATIVE_DATABASE_URL": pg_url,
            "CUTOVER_NATIVE_RECORD": str(record)}
     for _ in range(8):
         done = subprocess.run([str(Path(sys.executable).parent / "procrastinate"), "--app",
-                               f"{APP}.app", "worker", "--one-shot"], cwd=ROOT, env=env,
+                               f"{APP}.app", "worker", "--one-shot", *options], cwd=ROOT,
+                              env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
         if not due(pg_url):
@@ -144,7 +145,8 @@ EXPECTED_OUTCOMES = {
 }
 
 
-@pytest.mark.parametrize("runner", ["procrastinate-cli", "run_worker", "cutover-worker"])
+@pytest.mark.parametrize("runner", ["procrastinate-cli", "procrastinate-cli-c4", "run_worker",
+                                    "cutover-worker"])
 def test_moved_backlog_runs_with_the_producers_values_on_every_worker(
         runner: str, cutover_redis_url: str, cutover_database_url: str, tmp_path: Path) -> None:
     native_tasks.reset()
@@ -154,8 +156,9 @@ def test_moved_backlog_runs_with_the_producers_values_on_every_worker(
     assert drained.returncode == 0, drained.stderr[-3000:]
 
     record = tmp_path / "calls.pickle"
-    if runner == "procrastinate-cli":
-        run_procrastinate_cli(cutover_database_url, record)
+    if runner.startswith("procrastinate-cli"):
+        options = ("--concurrency", "4") if runner.endswith("c4") else ()
+        run_procrastinate_cli(cutover_database_url, record, *options)
         calls = native_tasks.recorded(str(record))
     elif runner == "run_worker":
         run_app_worker(make_app(registry, cutover_database_url), cutover_database_url)
@@ -373,3 +376,26 @@ def test_a_database_the_toolkit_never_wrote_to_runs_as_plain_procrastinate(
         rows = sorted(conn.execute("SELECT task_name, status::text, attempts "
                                    "FROM procrastinate_jobs").fetchall())
     assert rows == [(f"{APP}.charge", "succeeded", 1), (f"{APP}.refuse", "failed", 1)]
+
+
+def test_cutover_and_procrastinate_workers_side_by_side_run_each_job_once(
+        cutover_database_url: str) -> None:
+    """The switch-over: both fleets on the same jobs for a while, each job runs once."""
+    import threading
+    from collections import Counter
+
+    native_tasks.reset()
+    backend = ProcrastinateBackend(cutover_database_url)
+    try:
+        backend.enqueue([registry.make_record(native_tasks.kinds, (f"job-{i}", i), {})
+                         for i in range(200)])
+        cutover = Worker(backend, registry, burst=True, concurrency=2, poll_interval=0.05)
+        thread = threading.Thread(target=cutover.run, kwargs={"install_signal_handlers": False})
+        thread.start()
+        run_app_worker(make_app(registry, cutover_database_url), cutover_database_url)
+        thread.join(60)
+        runs = Counter(c[1][0] for c in native_tasks.calls)
+        assert len(runs) == 200 and set(runs.values()) == {1}
+        assert {r.state for r in backend.snapshot()} == {JobState.FINISHED}
+    finally:
+        backend.close()
