@@ -77,6 +77,13 @@ def refuse(key: str) -> None:
     raise RuntimeError(f"refused {key}")
 
 
+@registry.task(max_attempts=3, backoff=0)
+def budgeted(key: str) -> None:
+    """Always fails; the registry gives its jobs three attempts (when the job records it)."""
+    record("budgeted", (), {"key": key})
+    raise RuntimeError(f"budgeted {key}")
+
+
 @registry.task
 def once(key: str) -> None:
     """Fails the first time for ``key``, then succeeds with no result."""

@@ -212,26 +212,39 @@ def test_a_job_that_used_part_of_its_budget_gets_only_the_rest(
         backend.close()
 
 
+@pytest.mark.parametrize("runner", ["run_worker", "cutover-worker"])
 def test_jobs_deferred_by_plain_procrastinate_code_run_as_they_are(
-        cutover_database_url: str) -> None:
-    """No cutover_jobs row: plain JSON args reach the task unchanged, one attempt (as under the
-    cutover worker); rich values deferred through make_app's own tasks arrive as themselves."""
+        runner: str, cutover_database_url: str) -> None:
+    """No cutover_jobs row: plain JSON args reach the task unchanged, one attempt (even for a
+    task whose registry budget is larger: only the Router records a budget with the job), under
+    procrastinate's worker on make_app and under the cutover worker alike; rich values deferred
+    through make_app's own tasks arrive as themselves."""
     native_tasks.reset()
     app = make_app(registry, cutover_database_url)
     with app.open():
         app.configure_task(f"{APP}.charge").defer(amount="1.50", when=None)
         app.tasks[f"{APP}.refuse"].defer(key="plain")
+        app.tasks[f"{APP}.budgeted"].defer(key="plain")
         app.tasks[f"{APP}.kinds"].defer(first=decimal.Decimal("2.5"), when=AWARE)
-    run_app_worker(app, cutover_database_url)
+    if runner == "run_worker":
+        run_app_worker(app, cutover_database_url)
+    else:
+        backend = ProcrastinateBackend(cutover_database_url)
+        try:
+            Worker(backend, registry, burst=True, poll_interval=0.05).run(
+                install_signal_handlers=False)
+        finally:
+            backend.close()
     assert sorted(map(strict, native_tasks.calls)) == sorted(map(strict, [
         ("charge", (), {"amount": "1.50", "when": None, "ref": None}),
         ("refuse", (), {"key": "plain"}),
+        ("budgeted", (), {"key": "plain"}),
         ("kinds", (decimal.Decimal("2.5"),), {"when": AWARE}),
     ]))
     with psycopg.connect(cutover_database_url) as conn:
         rows = dict(conn.execute("SELECT task_name, attempts FROM procrastinate_jobs "
                                  "WHERE status = 'failed'").fetchall())
-    assert rows == {f"{APP}.refuse": 1}
+    assert rows == {f"{APP}.refuse": 1, f"{APP}.budgeted": 1}
 
 
 def test_every_task_is_registered_under_its_cutover_name_queue_and_aliases() -> None:
