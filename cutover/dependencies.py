@@ -15,7 +15,7 @@ states on both sides); ``cutover.audit.classify`` decides with them, so audit, `
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from cutover.backend import QueueBackend
@@ -136,21 +136,24 @@ def _on_target(job_id: str, target: QueueBackend | None) -> Parent:
     return Parent(job_id, record.state, target.name)
 
 
-def release(source: QueueBackend, view: DependencyView) -> list[str]:
+def release(source: QueueBackend, view: DependencyView,
+            queues: Collection[str] | None = None) -> list[str]:
     """Act on the facts, on the source: remember, for each parent that left it while deferred
     jobs wait on it, that they do (an older version forgot: without it, the source's workers
     would take the parent's absence for "finished and expired"); then queue the deferred jobs
     whose parents are done on either side and that other deferred jobs wait on (so the group
-    keeps resolving there). Returns the ids queued."""
+    keeps resolving there). ``queues``: only jobs of these queues (the drain's ``--queue``).
+    Returns the ids queued."""
     if not isinstance(source, ReleasesDeferred):
         return []
     away = {p.id: view.waiters[p.id] for p in view.parents.values()
             if not p.on_source and p.state is not None and p.id in view.waiters}
     if away:
         source.keep_waiting(away)
-    if view.releasable:
-        return source.release_deferred(view.releasable, check=False)
-    return []
+    releasable = set(view.releasable)
+    ids = [r.id for r in view.ready
+           if r.id in releasable and (queues is None or r.queue in queues)]
+    return source.release_deferred(ids, check=False) if ids else []
 
 
 

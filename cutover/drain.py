@@ -303,7 +303,7 @@ class Drain:
         can move. Returns how many jobs moved."""
         moved_before = self.report.moved
         view = self.classify.read_dependencies(self.source, self.options.batch_size)
-        queued = dependencies.release(self.source, view)
+        queued = dependencies.release(self.source, view, self.options.queues)
         if queued:
             log.info("queued %d deferred job(s) on the source whose dependencies are done and "
                      "that other deferred jobs wait on: %s", len(queued), ", ".join(queued[:20]))

@@ -451,3 +451,44 @@ def test_the_worker_command_runs_chains_and_fan_in_once_in_order_with_two_thread
     assert done.returncode == 0, done.stderr
     assert_ran_once_in_order(dsn, set("abcdef"), [("a", "b"), ("b", "c"), ("a", "e"),
                                                   ("d", "e"), ("c", "f"), ("e", "f")])
+
+
+def chain_split_by_an_older_version(dsn: str, conn: redis.Redis, source: RQBackend,
+                                    target: QueueBackend) -> None:
+    """a -> b -> c on RQ; a moved to Procrastinate by an older version, and run there."""
+    a = enqueue(conn, dsn, "a")
+    source.take(["a"], "old-version")
+    b = enqueue(conn, dsn, "b", depends_on=a)
+    enqueue(conn, dsn, "c", depends_on=b)
+    split(source, target, conn, "a", forget=True)
+    cutover_worker(target)
+
+
+def test_a_done_dependent_that_others_wait_on_is_queued_on_rq_by_the_drain(
+        dsn: str, conn: redis.Redis, rq_url: str, source: RQBackend,
+        target: QueueBackend) -> None:
+    """b's parents are done but c waits on b, so the drain queues b on RQ, where it runs and
+    releases c, which the next drain moves."""
+    chain_split_by_an_older_version(dsn, conn, source, target)
+
+    code, report = invoke_json(rq_url, dsn, "drain", "--yes", "--queue", "default")
+    assert code == 3 and report["moved"] == 0, report
+    assert "deferred job(s) c wait on it" in left(report)["b"]
+    assert status(conn, "b") == "queued" and status(conn, "c") == "deferred"
+    native_rq_worker(conn, ["default"], max_jobs=1)  # b, on RQ; it queues c
+    code, report = invoke_json(rq_url, dsn, "drain", "--yes")
+    assert code == 0 and report["moved"] == 1, report
+    cutover_worker(target)
+
+    assert_ran_once_in_order(dsn, {"a", "b", "c"}, [("a", "b"), ("b", "c")])
+
+
+def test_the_drain_queues_nothing_on_rq_outside_the_queues_it_drains(
+        dsn: str, conn: redis.Redis, rq_url: str, source: RQBackend,
+        target: QueueBackend) -> None:
+    chain_split_by_an_older_version(dsn, conn, source, target)
+    enqueue(conn, dsn, "x", queue="other")
+
+    code, report = invoke_json(rq_url, dsn, "drain", "--yes", "--queue", "other")
+    assert code == 0 and report["moved"] == 1, report
+    assert status(conn, "b") == "deferred"
