@@ -125,6 +125,16 @@ def run_app_worker(app: procrastinate.App, pg_url: str) -> None:
     raise AssertionError("jobs still due after 8 one-shot workers")
 
 
+def run_cutover_worker(pg_url: str) -> None:
+    """`cutover worker --backend procrastinate --burst`, in this process."""
+    backend = ProcrastinateBackend(pg_url)
+    try:
+        Worker(backend, registry, burst=True, poll_interval=0.05).run(
+            install_signal_handlers=False)
+    finally:
+        backend.close()
+
+
 def outcomes(pg_url: str) -> dict[str, tuple[JobState, int]]:
     """Final state and attempts by (task, first argument) of every job on PostgreSQL."""
     backend = ProcrastinateBackend(pg_url)
@@ -164,12 +174,7 @@ def test_moved_backlog_runs_with_the_producers_values_on_every_worker(
         run_app_worker(make_app(registry, cutover_database_url), cutover_database_url)
         calls = list(native_tasks.calls)
     else:
-        backend = ProcrastinateBackend(cutover_database_url)
-        try:
-            Worker(backend, registry, burst=True, poll_interval=0.05).run(
-                install_signal_handlers=False)
-        finally:
-            backend.close()
+        run_cutover_worker(cutover_database_url)
         calls = list(native_tasks.calls)
 
     assert sorted(map(strict, calls)) == sorted(map(strict, expected))
@@ -229,12 +234,7 @@ def test_jobs_deferred_by_plain_procrastinate_code_run_as_they_are(
     if runner == "run_worker":
         run_app_worker(app, cutover_database_url)
     else:
-        backend = ProcrastinateBackend(cutover_database_url)
-        try:
-            Worker(backend, registry, burst=True, poll_interval=0.05).run(
-                install_signal_handlers=False)
-        finally:
-            backend.close()
+        run_cutover_worker(cutover_database_url)
     assert sorted(map(strict, native_tasks.calls)) == sorted(map(strict, [
         ("charge", (), {"amount": "1.50", "when": None, "ref": None}),
         ("refuse", (), {"key": "plain"}),
