@@ -5,9 +5,10 @@ from cutover.errors import CutoverError
 from cutover.memory import InMemoryBackend
 from cutover.record import JobRecord, JobState
 from cutover.registry import Task, TaskRegistry
-from cutover.router import Router
+from cutover.router import Call, Router
 
 __all__ = [
+    "Call",
     "Capabilities",
     "CutoverError",
     "InMemoryBackend",

@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from cutover import adapters
 from cutover.backend import QueueBackend
 from cutover.errors import ConfigurationError
 from cutover.registry import TaskRegistry
+
+
+@dataclass(frozen=True)
+class Call:
+    """One job for :meth:`Router.enqueue_many`: what :meth:`Router.enqueue` takes, as a value.
+
+    ``Call(send_email, args=(user_id,), kwargs={"template": "welcome"}, job_key="welcome-42")``
+    """
+
+    task: str | Callable[..., Any]
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    job_key: str | None = None
+    queue: str | None = None
+    run_at: dt.datetime | None = None
+    priority: int | None = None
 
 
 class Router:
@@ -51,6 +68,20 @@ class Router:
         record = self.registry.make_record(task, args, kwargs, job_key=job_key, queue=queue,
                                            run_at=run_at, priority=priority)
         return self.source.enqueue([record])[0]
+
+    def enqueue_many(self, calls: Iterable[Call]) -> list[str]:
+        """Enqueue many jobs in one batch (one transaction on PostgreSQL, one pipeline on
+        Redis); return each call's cutover id, in order.
+
+        Each call follows :meth:`enqueue`'s rules: a ``job_key`` held by a live job (or by an
+        earlier call of the same batch) enqueues nothing and returns that job's id. Every
+        call is checked before anything is sent, so an argument that cannot be carried
+        enqueues none of them.
+        """
+        records = [self.registry.make_record(c.task, c.args, c.kwargs, job_key=c.job_key,
+                                             queue=c.queue, run_at=c.run_at,
+                                             priority=c.priority) for c in calls]
+        return self.source.enqueue(records) if records else []
 
     def close(self) -> None:
         """Release connections."""

@@ -213,3 +213,38 @@ def test_departure_trigger_comes_back_when_the_adapter_opens(
     ProcrastinateBackend(cutover_database_url).close()
     assert sql(cutover_database_url, "SELECT tgenabled FROM pg_trigger "
                "WHERE tgname = 'cutover_departure_v2'") == [("O",)]
+
+
+def test_the_one_round_trip_enqueue_comes_back_when_the_adapter_opens(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    """A database set up by an older version has no cutover_enqueue_v1: opening adds it."""
+    sql(cutover_database_url, "DROP FUNCTION cutover_enqueue_v1")
+    ProcrastinateBackend(cutover_database_url).close()
+    record = tasks.registry.make_record(tasks.add, (1, 2))
+    assert backend.enqueue([record]) == [record.id]
+
+
+def test_hot_path_statements_are_planned_for_their_own_values(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    """No generic plan made on empty, unanalyzed tables (seq scans) is kept as they grow."""
+    with backend.pool.connection() as conn:
+        row = conn.execute("SHOW plan_cache_mode").fetchone()
+    assert row == ("force_custom_plan",)
+    assert sql(cutover_database_url, "SELECT proconfig FROM pg_proc "
+               "WHERE proname = 'cutover_enqueue_v1'") == [(["plan_cache_mode=force_custom_plan"],)]
+
+
+def test_single_enqueue_keeps_the_batch_rules(backend: ProcrastinateBackend) -> None:
+    """Existing id returns itself (plain ``pg-N`` too); a live job key returns its holder."""
+    first = tasks.registry.make_record(tasks.add, (1, 2), job_key="one-trip")
+    assert backend.enqueue([first]) == [first.id]
+    assert backend.enqueue([first.replace(kwargs={"a": 9, "b": 9})]) == [first.id]
+    second = tasks.registry.make_record(tasks.add, (3, 4), job_key="one-trip")
+    assert backend.enqueue([second]) == [first.id]
+    assert backend.get(second.id) is None
+    plain = JobRecord(id="pg-999999", task="x.y")
+    assert backend.enqueue([plain]) == ["pg-999999"]  # a new job with a cutover id of that form
+    assert backend.enqueue([plain]) == ["pg-999999"]
+    stored = backend.get(first.id)
+    assert stored is not None and dict(stored.kwargs) == {"a": 1, "b": 2}
+    assert len(list(backend.snapshot())) == 2

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from cutover import Router, adapters
+from cutover import Call, Router, adapters
 from cutover.errors import ConfigurationError, UnknownTaskError
 from cutover.record import JobState, utcnow
 from cutover.testing import tasks
@@ -136,3 +136,45 @@ def test_from_env_without_a_source_is_a_configuration_error(
     with pytest.raises(ConfigurationError, match="CUTOVER_SOURCE") as err:
         Router.from_env(registry)
     assert err.value.exit_code == 2
+
+
+def test_enqueue_many_returns_each_calls_id_in_order_and_keeps_the_rules(
+        source_url: str) -> None:
+    later = (utcnow() + dt.timedelta(hours=1)).replace(microsecond=0)
+    with Router(registry, source=source_url) as router:
+        held = router.enqueue(tasks.add, 0, 0, job_key="batch-key")
+        ids = router.enqueue_many([
+            Call(tasks.add, args=(1, 2)),
+            Call("cutover.testing.tasks.add", kwargs={"a": 3, "b": 4}, queue="reports"),
+            Call(tasks.add, args=(5, 6), job_key="batch-key"),  # held by a live job
+            Call(tasks.add, args=(7, 8), job_key="fresh-key"),
+            Call(tasks.add, args=(9, 9), job_key="fresh-key"),  # held by the call before
+            Call(tasks.add, args=(1, 1), run_at=later, priority=3),
+        ])
+        assert router.enqueue_many([]) == []
+    assert len(ids) == 6
+    assert ids[2] == held and ids[4] == ids[3]
+    assert len({ids[0], ids[1], ids[3], ids[5], held}) == 5
+    backend = adapters.open_backend(source_url)
+    try:
+        got = [backend.get(i) for i in ids]
+        assert all(r is not None for r in got)
+        first, second, _, fourth, _, last = got
+        assert first is not None and dict(first.kwargs) == {"a": 1, "b": 2}
+        assert second is not None and second.queue == "reports"
+        assert dict(second.kwargs) == {"a": 3, "b": 4}
+        assert fourth is not None and dict(fourth.kwargs) == {"a": 7, "b": 8}
+        assert last is not None and last.state is JobState.SCHEDULED and last.run_at == later
+        if backend.capabilities.priority:
+            assert last.priority == 3
+        assert len(list(backend.snapshot())) == 5
+    finally:
+        backend.close()
+
+
+def test_enqueue_many_checks_every_call_before_sending_any(source_url: str) -> None:
+    with Router(registry, source=source_url) as router:
+        with pytest.raises(UnknownTaskError):
+            router.enqueue_many([Call(tasks.add, args=(1, 2)),
+                                 Call("cutover.testing.tasks.ad", args=(1, 2))])
+        assert list(router.source.snapshot()) == []

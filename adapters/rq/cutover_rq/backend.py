@@ -261,6 +261,7 @@ class RQBackend:
                                      f"{redact_text(str(exc), *self._secrets)}") from exc
         self._scripts: dict[str, Script] = {}
         self._claims: dict[str, _Claim] = {}
+        self._skipped: set[str] = set()  # jobs this process's worker refused to run
         self._learned: dict[str, tuple[str, float]] = {}  # queue -> (serializer, valid until)
         self._lock = threading.Lock()
 
@@ -930,43 +931,47 @@ class RQBackend:
             return {_s(m) for m in cast(set[bytes], self.redis.smembers("cutover:paused"))}
 
     # -- working ---------------------------------------------------------------------------
+    #: the hash fields claim_next.lua writes (unclaim.lua puts back what they were)
+    _CLAIM_FIELDS = (b"status", b"started_at", b"worker_name", b"cutover_worker",
+                     b"cutover_execution")
+
     def claim(self, queues: Sequence[str] | None, worker: str,
               accept: Acceptor) -> JobRecord | None:
+        """One Lua call picks, takes and reads the next runnable job (claim_next.lua): threads
+        of one worker never race for the same job. A job this worker refuses is put back as it
+        was (unclaim.lua) and skipped from then on."""
         with self._errors("claiming a job"):
-            paused = self.paused()
-            if "*" in paused:
-                return None
-            names = [q for q in (queues or self._queues()) if q not in paused]
-            now = time.time()
-            for q in names:
-                ids = [_s(i) for i in cast(list[bytes],
-                                           self.redis.lrange(f"rq:queue:{q}", 0, 99))]
-                ids += [_s(i) for i in cast(list[bytes], self.redis.zrangebyscore(
-                    f"rq:scheduled:{q}", "-inf", now, start=0, num=100))]
-                for job_id in dict.fromkeys(ids):
-                    claimed = self._try_claim(job_id, worker, accept, now)
-                    if claimed is not None:
-                        return claimed
+            for _ in range(20):
+                now = time.time()
+                execution = uuid.uuid4().hex
+                with self._lock:
+                    skip = list(self._skipped)
+                got = self._script("claim_next")(args=[
+                    now, worker, _ts(utcnow()), now + _WIP_TTL, execution, len(skip), *skip,
+                    *(queues or ())])
+                if not got:
+                    return None
+                raw = cast(list[bytes], got)
+                job_id, origin_place, score = _s(raw[0]), _s(raw[1]), _s(raw[2])
+                prev, nxt = _s(raw[3]), _s(raw[4])
+                h = {raw[i]: raw[i + 1] for i in range(5, len(raw) - 1, 2)}
+                member = f"{job_id}:{execution}"
+                record = self._record(job_id, h)
+                if accept(record) is not None or record.problem:
+                    with self._lock:
+                        self._skipped.add(job_id)
+                    restore = [x for f in self._CLAIM_FIELDS if f in h for x in (f, h[f])]
+                    gone = [f for f in self._CLAIM_FIELDS if f not in h]
+                    self._script("unclaim")(args=[job_id, member, origin_place, score, prev,
+                                                  nxt, len(restore) // 2, *restore, *gone])
+                    continue
+                serializer = (rq.serializers.JSONSerializer
+                              if payload_kind(h.get(b"data", b"")) == "json"
+                              else rq.serializers.DefaultSerializer)
+                with self._lock:
+                    self._claims[job_id] = _Claim(member, serializer, now)
+                return record.replace(state=JobState.STARTED)
         return None
-
-    def _try_claim(self, job_id: str, worker: str, accept: Acceptor,
-                   now: float) -> JobRecord | None:
-        h = _hash(self.redis.hgetall(f"rq:job:{job_id}"))
-        if not h:
-            return None
-        record = self._record(job_id, h)
-        if accept(record) is not None or record.problem:
-            return None
-        member = f"{job_id}:{uuid.uuid4().hex}"
-        claimed = self._script("claim")(args=[job_id, now, worker, member, _ts(utcnow()),
-                                              now + _WIP_TTL])
-        if not claimed:
-            return None
-        serializer = (rq.serializers.JSONSerializer if payload_kind(h[b"data"]) == "json"
-                      else rq.serializers.DefaultSerializer)
-        with self._lock:
-            self._claims[job_id] = _Claim(member, serializer, now)
-        return record.replace(state=JobState.STARTED)
 
     def _finish(self, job: JobRecord, worker: str, placement: str, score: float,
                 fields: dict[str, Any], entry: dict[str, Any] | None) -> None:

@@ -15,6 +15,10 @@ SELECT COALESCE(bool_or(c.relname = 'procrastinate_jobs'), false) AS present,
        AND COALESCE(bool_or(c.relname = 'cutover_jobs' AND EXISTS (
            SELECT 1 FROM pg_catalog.pg_attribute a
            WHERE a.attrelid = c.oid AND a.attname = 'native' AND NOT a.attisdropped)), false)
+       -- and the newest function (cutover_enqueue_v1)
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+                   WHERE p.proname = 'cutover_enqueue_v1' AND p.pronamespace = (
+                       SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()))
            AS adapter_present
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = current_schema()
@@ -136,20 +140,31 @@ SELECT d.cutover_id, d.status, d.finished, d.how, d.deleted_at
 FROM unnest(string_to_array(%(ids)s, E'\n')) AS u(id)
 JOIN cutover_departed d ON d.cutover_id = u.id;
 
--- name: claim_candidates
-SELECT j.id FROM procrastinate_jobs j
-LEFT JOIN cutover_jobs c ON c.job_id = j.id
-WHERE j.status = 'todo'
-  AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
-  AND c.held_by IS NULL
-  AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s::text[]))
-  AND NOT (j.queue_name = ANY(%(paused)s::text[]))
-  AND NOT (j.id = ANY(%(skip)s::bigint[]))
-  AND (j.lock IS NULL OR NOT EXISTS (
-        SELECT 1 FROM procrastinate_jobs d WHERE d.lock = j.lock AND d.status = 'doing'))
-ORDER BY j.priority DESC, j.id ASC
-LIMIT 20
-FOR UPDATE OF j SKIP LOCKED;
+-- name: claim_one
+-- The next runnable job, locked, read whole (one candidate, one row). A queue paused as '*'
+-- stops everything (a one-time filter, not a test per row).
+WITH candidate AS (
+    SELECT j.id FROM procrastinate_jobs j
+    LEFT JOIN cutover_jobs c ON c.job_id = j.id
+    WHERE j.status = 'todo'
+      AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+      AND c.held_by IS NULL
+      AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s::text[]))
+      AND NOT EXISTS (SELECT 1 FROM cutover_paused p WHERE p.queue = '*')
+      AND NOT EXISTS (SELECT 1 FROM cutover_paused p WHERE p.queue = j.queue_name)
+      AND NOT (j.id = ANY(%(skip)s::bigint[]))
+      AND (j.lock IS NULL OR NOT EXISTS (
+            SELECT 1 FROM procrastinate_jobs d WHERE d.lock = j.lock AND d.status = 'doing'))
+    ORDER BY j.priority DESC, j.id ASC
+    LIMIT 1
+    FOR UPDATE OF j SKIP LOCKED
+)
+SELECT j.id, j.queue_name, j.task_name, j.priority, j.queueing_lock, j.args, j.status::text,
+       j.scheduled_at, j.attempts, c.cutover_id, c.max_attempts, c.retry_intervals, c.positional,
+       c.origin, c.created_at, c.updated_at, c.held_by, c.held_scheduled_at, c.error, c.result,
+       j.lock, c.native
+FROM candidate JOIN procrastinate_jobs j ON j.id = candidate.id
+LEFT JOIN cutover_jobs c ON c.job_id = j.id;
 
 -- name: start_job
 UPDATE procrastinate_jobs SET status = 'doing', worker_id = %(worker_id)s
@@ -160,6 +175,12 @@ SELECT procrastinate_finish_job_v1(%(id)s, %(status)s::procrastinate_job_status,
 
 -- name: retry_job
 SELECT procrastinate_retry_job_v2(%(id)s, %(retry_at)s, NULL, NULL, NULL);
+
+-- name: clear_outcome
+-- A success without a result: only a job with a row has anything to clear (a plain
+-- procrastinate job gets no row, as procrastinate keeps nothing).
+UPDATE cutover_jobs SET error = NULL, result = NULL, updated_at = now()
+WHERE job_id = %(id)s;
 
 -- name: upsert_outcome
 INSERT INTO cutover_jobs (job_id, cutover_id, error, result, updated_at)
@@ -236,3 +257,8 @@ ON CONFLICT DO NOTHING;
 -- name: store_marker_read
 SELECT m.marker FROM cutover_store_marker m JOIN pg_catalog.pg_database d ON d.oid = m.datoid
 WHERE d.datname = current_database();
+
+-- name: enqueue_one
+SELECT cutover_enqueue_v1(%(id)s, %(queue)s, %(task)s, %(priority)s, %(key)s, %(args)s::jsonb,
+                          %(run_at)s, %(attempts)s, %(max_attempts)s, %(intervals)s::jsonb,
+                          %(positional)s::jsonb, %(origin)s, %(created_at)s, %(native)s::jsonb);

@@ -101,3 +101,52 @@ BEGIN
     END IF;
 END
 $$;
+-- One job enqueued in one round trip (ProcrastinateBackend.enqueue of a single record; batches
+-- go through COPY). Same rules as the batch path: an id that exists returns itself; a job key
+-- held by a live (todo/doing) job returns that job's id; otherwise the job is inserted the way
+-- defer inserts it, with its cutover_jobs row. plan_cache_mode: every statement is planned for
+-- its own values, so no generic plan made while the tables were empty (seq scans) is kept as
+-- they grow, analyzed or not.
+CREATE OR REPLACE FUNCTION cutover_enqueue_v1(
+    _cutover_id text, _queue text, _task text, _priority integer, _key text, _args jsonb,
+    _scheduled_at timestamptz, _attempts integer, _max_attempts integer,
+    _retry_intervals jsonb, _positional jsonb, _origin text, _created_at timestamptz,
+    _native jsonb)
+RETURNS text LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    _holder text;
+    _job_id bigint;
+BEGIN
+    IF _key IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtext('cutover-key:' || _key));
+    END IF;
+    IF EXISTS (SELECT 1 FROM cutover_jobs c WHERE c.cutover_id = _cutover_id) THEN
+        RETURN _cutover_id;
+    END IF;
+    IF _cutover_id ~ '^pg-[0-9]{1,18}$' AND EXISTS (
+            SELECT 1 FROM procrastinate_jobs j
+            WHERE j.id = substr(_cutover_id, 4)::bigint
+              AND NOT EXISTS (SELECT 1 FROM cutover_jobs x WHERE x.job_id = j.id)) THEN
+        RETURN _cutover_id;
+    END IF;
+    IF _key IS NOT NULL THEN
+        SELECT COALESCE(c.cutover_id, 'pg-' || j.id) INTO _holder
+        FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
+        WHERE j.queueing_lock = _key AND j.status IN ('todo', 'doing')
+        LIMIT 1;
+        IF _holder IS NOT NULL THEN
+            RETURN _holder;
+        END IF;
+    END IF;
+    DELETE FROM cutover_departed d WHERE d.cutover_id = _cutover_id;
+    INSERT INTO procrastinate_jobs (queue_name, task_name, priority, queueing_lock, args,
+                                    scheduled_at, attempts, status)
+    VALUES (_queue, _task, _priority, _key, _args, _scheduled_at, _attempts, 'todo')
+    RETURNING id INTO _job_id;
+    INSERT INTO cutover_jobs (job_id, cutover_id, max_attempts, retry_intervals, positional,
+                              origin, created_at, native)
+    VALUES (_job_id, _cutover_id, _max_attempts, _retry_intervals, _positional, _origin,
+            _created_at, _native);
+    RETURN _cutover_id;
+END
+$$;
