@@ -460,7 +460,9 @@ class RQBackend:
         if not writes:
             return []
         script = self._script("enqueue")
-        pipe = self.redis.pipeline(transaction=False)
+        # One job: one EVALSHA (a pipeline would first ask SCRIPT EXISTS, a second round trip).
+        pipe: Any = self.redis if len(writes) == 1 else self.redis.pipeline(transaction=False)
+        answers: list[Any] = []
         for record, state in writes:
             if state is JobState.QUEUED and record.run_at and record.run_at > utcnow():
                 state = JobState.SCHEDULED
@@ -477,10 +479,12 @@ class RQBackend:
             flat: list[Any] = ["cutover_moved", 1] if moved else []
             for key, value in self._mapping(record, status).items():
                 flat += [key, value]
-            script(args=[record.id, record.queue, placement,
-                         int(score) if placement == "scheduled" else score,
-                         record.job_key or "", *flat], client=pipe)
-        return [(outcome.decode(), job_id.decode()) for outcome, job_id in pipe.execute()]
+            answers.append(script(args=[record.id, record.queue, placement,
+                                        int(score) if placement == "scheduled" else score,
+                                        record.job_key or "", *flat], client=pipe))
+        if pipe is not self.redis:
+            answers = pipe.execute()
+        return [(outcome.decode(), job_id.decode()) for outcome, job_id in answers]
 
     # -- serializers -----------------------------------------------------------------------
     def queue_serializer(self, queue: str) -> str:
