@@ -2,8 +2,9 @@
 worker does.
 
 ``make_app(registry, conninfo)`` registers every registry task under its cutover name, aliases
-and queue, wrapped so that procrastinate's own worker (``procrastinate --app mod:app worker`` or
-``app.run_worker()``) gives a job exactly what the cutover worker gives it:
+and queue, wrapped so that procrastinate's own worker (``procrastinate --app mod.app worker``,
+a dotted path: procrastinate takes no ``mod:app``; or ``app.run_worker()``) gives a job exactly
+what the cutover worker gives it:
 
 - arguments decoded from the tagged codec (Decimal, datetime, UUID, bytes, tuple, set... arrive
   as those types, not as ``{"$cutover": ...}`` dicts);
@@ -21,9 +22,12 @@ what this app's tasks defer with the same codec, so ``task.defer(amount=Decimal(
 works here and reaches the task as a Decimal.
 
 What this worker does not do, unlike the cutover worker: it does not read ``cutover_paused``
-(procrastinate has no pause), and a job whose task is not registered is failed by procrastinate
-(``TaskNotFound``) instead of being left in place. Held jobs (a drain in progress) are out of its
-reach as of any procrastinate worker: their ``scheduled_at`` is far in the future.
+(procrastinate has no pause); it enforces no timeout (procrastinate has no per-job timeout, so a
+task's ``timeout=`` and an RQ job timeout are not applied); a job whose task is not registered
+is failed by procrastinate (``TaskNotFound``) instead of being left in place. Held jobs (a drain
+in progress) are out of its reach, as of any procrastinate worker: their ``scheduled_at`` is
+far in the future. The registered functions take procrastinate's job context first
+(``pass_context``): call the registry's own functions directly, not ``app.tasks[name](...)``.
 """
 
 from __future__ import annotations
@@ -256,7 +260,7 @@ def make_app(registry: TaskRegistry, conninfo: str, *,
     ``registry`` exactly as ``cutover worker --backend procrastinate`` runs it.
 
     Tasks keep their cutover names, aliases and queues; their retry strategy is a
-    :class:`JobBudget`. Run it with ``procrastinate --app mymodule:app worker`` or
+    :class:`JobBudget`. Run it with ``procrastinate --app mymodule.app worker`` or
     ``app.run_worker(...)``. ``pool_kwargs`` go to procrastinate's ``PsycopgConnector``
     (``min_size``, ``max_size``, ...); ``import_paths`` and ``worker_defaults`` to the App.
     """
