@@ -235,7 +235,9 @@ class QueueBackend(Protocol):
         ...
 
     def recover_stalled(self, older_than: float) -> list[str]:
-        """Put jobs whose worker died (no heartbeat for ``older_than`` s) back to waiting."""
+        """Put jobs whose worker died (no heartbeat for ``older_than`` s) back to waiting.
+        Returns their ids, and those of other jobs it made runnable again (RQ: deferred jobs
+        whose dependencies are met but that nobody queued)."""
         ...
 
     def heartbeat(self, worker: str) -> None:
