@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from collections import Counter
 from typing import Any
 
@@ -227,6 +228,26 @@ def test_rq_result_expiry_after_the_cutover_worker_ran_gives_finished_since_dele
     expire_like_rq(conn, waiting)  # a waiting job gone: no end was ever recorded
     code, report = verify(pg_url, rq_url)
     assert code == 1 and ids(report["lost"]) == [waiting.id]
+
+
+def test_rq_job_with_result_ttl_0_run_by_the_cutover_worker_is_finished_since_deleted(
+        urls: tuple[str, str]) -> None:
+    """result_ttl=0: RQ (and the cutover worker, as RQ does) keeps nothing of the finished job;
+    cutover:ended still says it ran."""
+    rq_url, pg_url = urls
+    record = registry.make_record(tasks.add, (2, 2))
+    target = drained(pg_url, rq_url, [record])
+    conn = redis.Redis.from_url(rq_url)
+    conn.hset(f"rq:job:{record.id}", "result_ttl", 0)
+    run_burst(target)
+    assert tasks.calls == [("add", {"a": 2, "b": 2})]
+    deadline = time.monotonic() + 5  # the cutover worker lets the hash go a second later
+    while conn.exists(f"rq:job:{record.id}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not conn.exists(f"rq:job:{record.id}")
+    code, report = verify(pg_url, rq_url)
+    assert code == 0 and [(i["id"], i["status"]) for i in report["finished_deleted"]] == [
+        (record.id, "succeeded")]
 
 
 def test_rq_traces_of_a_plain_rq_worker_count_until_rq_cleans_them(
