@@ -28,3 +28,10 @@ def capture(a: Any, b: Any = None, *rest: Any, **extra: Any) -> str:
         "call": (a, b, rest, extra),
     }
     return "ok"
+
+
+@registry.task
+def echo(*args: Any, **kwargs: Any) -> str:
+    """The call as the task received it, types spelled out by repr (works under any worker:
+    the result carries it)."""
+    return repr((args, kwargs))

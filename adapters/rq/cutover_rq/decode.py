@@ -16,7 +16,6 @@ import pickle
 import zlib
 from typing import Any
 
-from cutover import codec
 from cutover.errors import DecodeError, QuarantinedJobError
 
 #: (module, name) pairs a payload may load. Everything else is quarantined.
@@ -71,9 +70,12 @@ def loads(payload: bytes) -> Any:
         except Exception as exc:  # truncated or corrupt pickles raise many kinds
             raise DecodeError(f"corrupt pickle payload: {type(exc).__name__}: {exc}") from exc
     if payload[:1] == b"[":
+        # Plain JSON, as RQ's JSONSerializer hands it to the task: never the toolkit's codec,
+        # whose tags are only ever written to Procrastinate (a producer's dict that looks like
+        # a tag is that dict).
         try:
-            return codec.decode(json.loads(payload))
-        except (ValueError, DecodeError) as exc:
+            return json.loads(payload)
+        except ValueError as exc:
             raise DecodeError(f"corrupt JSON payload: {exc}") from exc
     raise DecodeError("payload is neither pickle nor JSON")
 

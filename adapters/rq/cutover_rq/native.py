@@ -65,9 +65,7 @@ def _json_walk(value: Any, where: str, out: list[tuple[str, str]]) -> None:
         if not math.isfinite(value):
             out.append((where, f"non-finite float {value!r}"))
         return
-    if kind is str:
-        if codec.encode(value) != value:  # text the codec must tag (NUL, lone surrogates)
-            out.append((where, "string JSON cannot carry unchanged"))
+    if kind is str:  # JSON carries any text (NUL and lone surrogates as \u escapes)
         return
     if kind is list:
         for i, item in enumerate(value):
@@ -75,7 +73,7 @@ def _json_walk(value: Any, where: str, out: list[tuple[str, str]]) -> None:
         return
     if kind is dict:
         for key, item in value.items():
-            if type(key) is not str or key == codec.TAG:
+            if type(key) is not str:
                 out.append((f"{where}[{key!r}]", f"dict key {key!r}"))
             else:
                 _json_walk(item, f"{where}[{key!r}]", out)
@@ -160,11 +158,10 @@ def write_format(record: JobRecord, serializer: str) -> WriteFormat:
             options[key] = value
     meta = memory.get("meta")
     if type(meta) is dict and meta:
-        meta = codec.decode(meta)
-        options["meta"] = codec.encode(meta) if serializer == "json" else meta
+        options["meta"] = codec.decode(meta)
     if serializer == "json":
-        # Plain JSON passes the codec unchanged; only values JSON cannot hold are tagged.
-        return WriteFormat(serializer, codec.encode(list(args)), codec.encode(kwargs), options,
-                           list(names))
+        # Plain JSON, never the codec's tags: RQ's JSON workers read it as it is (a value JSON
+        # cannot hold is refused by json.dumps, and was refused earlier by json_problems).
+        return WriteFormat(serializer, list(args), kwargs, options, list(names))
     # RQ's enqueue hands the job a tuple of args (pickle keeps it a tuple)
     return WriteFormat(serializer, tuple(args), kwargs, options, list(names))
