@@ -28,10 +28,11 @@ def text_limits(value: str | None, what: str, *, max_chars: int | None = None,
         out.append(f"{what} contains a NUL character")
     if not newline and ("\n" in value or "\r" in value):
         out.append(f"{what} contains a line break")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        out.append(f"{what} is not valid UTF-8 text (a lone surrogate)")
+    if not value.isascii():  # (the usual ASCII name needs no encoding to know)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            out.append(f"{what} is not valid UTF-8 text (a lone surrogate)")
     if max_chars is not None and len(value) > max_chars:
         out.append(f"{what} is {len(value)} characters long (at most {max_chars})")
     return out
@@ -46,9 +47,12 @@ def int_limits(value: int, what: str, bounds: tuple[int, int] = INT32) -> list[s
 def size_limits(record: JobRecord, what: str, max_bytes: int) -> list[str]:
     """The job's content (its canonical JSON, args included) larger than a store's value."""
     try:
-        size = len(record.content_json().encode("utf-8", "surrogatepass"))
+        text = record.content_json()
     except UnsupportedValueError:  # reported as such by the classification
         return []
+    if len(text) * 4 <= max_bytes:  # at most 4 bytes a character: no need to encode to know
+        return []
+    size = len(text.encode("utf-8", "surrogatepass"))
     if size <= max_bytes:
         return []
     return [f"the job is {size:,} bytes of JSON; {what} holds at most {max_bytes:,}"]

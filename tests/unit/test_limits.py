@@ -11,7 +11,7 @@ from cutover_procrastinate.backend import ProcrastinateBackend
 
 from cutover import InMemoryBackend
 from cutover.audit import Classifier, JobClass
-from cutover.limits import ledger_limits
+from cutover.limits import ledger_limits, size_limits
 from cutover.record import JobRecord, JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
@@ -70,3 +70,11 @@ def test_the_classifier_names_every_reason_once_and_spares_history(target: Any) 
     assert verdict.reason == "job id contains a line break; no room"
     _, verdict = Classifier(registry, Strict())(BASE.replace(state=JobState.FAILED))
     assert verdict.job_class is JobClass.UNSUPPORTED  # before "failed": it could not move
+
+
+def test_a_job_larger_than_a_value_is_refused_by_its_size() -> None:
+    record = BASE.replace(kwargs={"a": "é" * 100, "b": 2})
+    size = len(record.content_json().encode())
+    assert size_limits(record, "a small value", size) == []
+    assert size_limits(record, "a small value", size - 1) == [
+        f"the job is {size:,} bytes of JSON; a small value holds at most {size - 1:,}"]
