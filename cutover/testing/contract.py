@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from cutover import InMemoryBackend
-from cutover.backend import QueueBackend
+from cutover import InMemoryBackend, adapters
+from cutover.backend import QueueBackend, StoreIdentity
 from cutover.errors import JobConflictError
 from cutover.record import JobRecord, JobState, utcnow
 from cutover.testing import tasks
@@ -75,6 +75,20 @@ class BackendContract:
         tasks.reset()
 
     # -- identity and fidelity ---------------------------------------------------------------
+    def test_the_store_has_one_identity_whatever_opens_it(self, cutover_backend: QueueBackend
+                                                         ) -> None:
+        found = cutover_backend.identity()
+        assert isinstance(found, StoreIdentity) and found.key and found.url == cutover_backend.url
+        assert "://" not in found.key and "***" not in found.key  # a store, not a spelling
+        cutover_backend.enqueue([make("add", 1, 2)])
+        assert cutover_backend.identity() == found  # the jobs are not the store's name
+        if cutover_backend.capabilities.shared and "***" not in cutover_backend.url:
+            again = adapters.open_backend(f"{cutover_backend.name}+{cutover_backend.url}")
+            try:
+                assert again.identity().key == found.key
+            finally:
+                again.close()
+
     def test_enqueued_job_reads_back_with_the_same_digest(self, cutover_backend: QueueBackend
                                                           ) -> None:
         record = make("echo", **SAMPLE_KWARGS)
