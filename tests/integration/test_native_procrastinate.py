@@ -245,6 +245,14 @@ def test_jobs_deferred_by_plain_procrastinate_code_run_as_they_are(
         rows = dict(conn.execute("SELECT task_name, attempts FROM procrastinate_jobs "
                                  "WHERE status = 'failed'").fetchall())
     assert rows == {f"{APP}.refuse": 1, f"{APP}.budgeted": 1}
+    backend = ProcrastinateBackend(cutover_database_url)
+    try:  # the error is kept where the toolkit reads it, by either worker
+        errors = {r.task: (r.error or "").splitlines()[-1:] for r in backend.snapshot()
+                  if r.state is JobState.FAILED}
+    finally:
+        backend.close()
+    assert errors == {f"{APP}.refuse": ["RuntimeError: refused plain"],
+                      f"{APP}.budgeted": ["RuntimeError: budgeted plain"]}
 
 
 def test_every_task_is_registered_under_its_cutover_name_queue_and_aliases() -> None:

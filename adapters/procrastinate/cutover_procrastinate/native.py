@@ -13,7 +13,8 @@ what the cutover worker gives it:
 - the job's own retry budget and backoff (``cutover_jobs.max_attempts`` / ``retry_intervals``:
   an RQ ``Retry(max, interval)`` moved over, or the registry's budget recorded by the Router),
   through a :class:`JobBudget` retry strategy that reads what the wrapper found for the job;
-- the outcome (error or result) kept in ``cutover_jobs`` as the cutover worker keeps it, so
+- the outcome (error or result) kept in ``cutover_jobs`` as the cutover worker keeps it (a plain
+  job gets a row only when there is an error or result to keep), so
   ``cutover`` commands and ``assert_native_parity`` see the same job either way.
 
 A job deferred by plain procrastinate code (no ``cutover_jobs`` row) gets one attempt, as under
@@ -116,8 +117,8 @@ class _Side:
 
     positional: Any  # encoded, as stored
     budget: Budget
-    stored: bool  # a cutover_jobs row exists (outcomes are written there)
     has_outcome: bool = False  # the row holds an error or result (of an earlier attempt)
+    table: bool = True  # the cutover_jobs table exists (outcomes are kept there)
 
     def call(self, raw: dict[str, Any], job_id: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The task's positional and keyword args, decoded (DecodeError if they cannot be)."""
@@ -128,9 +129,10 @@ class _Side:
         return tuple(args), kwargs
 
     def keeps(self, error: BaseException | None = None, result: Any = None) -> bool:
-        """Whether the outcome changes the row: a success with no result over a row with no
-        outcome (most jobs) needs no write."""
-        return self.stored and (error is not None or result is not None or self.has_outcome)
+        """Whether the outcome must be written, as the cutover worker writes it: an error or a
+        result (a plain job then gets a row), or an earlier attempt's outcome to clear; a
+        success with no result over no outcome (most jobs) needs no write."""
+        return self.table and (error is not None or result is not None or self.has_outcome)
 
     def outcome(self, job_id: int, error: BaseException | None = None,
                 result: Any = None) -> dict[str, Any]:
@@ -139,22 +141,22 @@ class _Side:
                 "result": None if error is not None else _result(result)}
 
 
-def _side(rows: list[dict[str, Any]], attempts: int) -> _Side:
+def _side(rows: list[dict[str, Any]] | None, attempts: int) -> _Side:
+    """``rows`` of ``native_job``; None when there is no cutover_jobs table."""
     if not rows:
-        return _Side(None, Budget(max(1, attempts + 1)), stored=False)
+        return _Side(None, Budget(max(1, attempts + 1)), table=rows is not None)
     row = rows[0]
     # The same reading as ProcrastinateBackend._record for a running job.
     budget = Budget(max(row["max_attempts"] or 1, attempts + 1, 1),
                     tuple(float(i) for i in row["retry_intervals"] or ()))
-    return _Side(row["positional"], budget, stored=True, has_outcome=row["has_outcome"])
+    return _Side(row["positional"], budget, has_outcome=row["has_outcome"])
 
 
-def _no_table(exc: ConnectorException) -> list[dict[str, Any]]:
-    """No ``cutover_jobs`` table (a database this toolkit never wrote to): every job is a plain
-    procrastinate job. Any other database error is raised."""
-    if isinstance(exc.__cause__, psycopg.errors.UndefinedTable):
-        return []
-    raise exc
+def _unless_no_table(exc: ConnectorException) -> None:
+    """Raise ``exc`` unless it says there is no ``cutover_jobs`` table (a database this toolkit
+    never wrote to: every job is then a plain procrastinate job, and no outcome is kept)."""
+    if not isinstance(exc.__cause__, psycopg.errors.UndefinedTable):
+        raise exc
 
 
 def _kwargs(raw: dict[str, Any], job_id: int) -> dict[str, Any]:
@@ -187,10 +189,12 @@ def _sync_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Calla
         # the worker's event loop (procrastinate's supported way for sync tasks).
         job = context.job
         assert job.id is not None
+        rows: list[dict[str, Any]] | None
         try:
             rows = app.connector.execute_query_all(sql.query("native_job"), job_id=job.id)
         except ConnectorException as exc:
-            rows = _no_table(exc)
+            _unless_no_table(exc)
+            rows = None
         side = _side(rows, job.attempts)
         budgets.put(job.id, side.budget)
         try:
@@ -219,11 +223,13 @@ def _async_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Call
     async def run(context: procrastinate.JobContext, /, **raw: Any) -> Any:
         job = context.job
         assert job.id is not None
+        rows: list[dict[str, Any]] | None
         try:
             rows = await app.connector.execute_query_all_async(sql.query("native_job"),
                                                                job_id=job.id)
         except ConnectorException as exc:
-            rows = _no_table(exc)
+            _unless_no_table(exc)
+            rows = None
         side = _side(rows, job.attempts)
         budgets.put(job.id, side.budget)
         try:

@@ -226,10 +226,12 @@ SELECT positional, max_attempts, retry_intervals, error IS NOT NULL OR result IS
 FROM cutover_jobs WHERE job_id = %(job_id)s;
 
 -- name: native_outcome
--- make_app's wrapper, after running a job: the error or result, as the cutover worker keeps
--- them (only for jobs that have a row; plain jobs get none, as procrastinate keeps none).
-UPDATE cutover_jobs SET error = %(error)s, result = %(result)s::jsonb, updated_at = now()
-WHERE job_id = %(job_id)s;
+-- make_app's wrapper, after running a job: the error or result, kept as the cutover worker keeps
+-- them (upsert_outcome): a plain job gets a row only when there is something to keep.
+INSERT INTO cutover_jobs (job_id, cutover_id, error, result, updated_at)
+VALUES (%(job_id)s, 'pg-' || %(job_id)s, %(error)s, %(result)s::jsonb, now())
+ON CONFLICT (job_id) DO UPDATE
+    SET error = EXCLUDED.error, result = EXCLUDED.result, updated_at = now();
 
 -- name: store_system
 -- Which store this is, whatever the URL's spelling: the cluster (system_identifier, the same on
