@@ -290,3 +290,18 @@ def test_worker_stops_with_a_clear_error_when_redis_goes_away(tmp_path: Path) ->
     threading.Timer(0.2, server.shutdown).start()
     with pytest.raises(BackendUnavailableError, match="unreachable"):
         worker.run(install_signal_handlers=False)
+
+
+def test_a_burst_worker_runs_the_job_behind_many_it_must_skip(backend: RQBackend,
+                                                             conn: redis.Redis) -> None:
+    """Jobs the worker refuses (unknown tasks here) ahead of a runnable one in the list: the
+    claim skips them all, however many, rather than report nothing runnable."""
+    queue = rq.Queue("default", connection=conn)
+    skipped = [queue.enqueue("somewhere.else.task", i).id for i in range(30)]
+    good = queue.enqueue(tasks.add, 20, 22).id
+    tasks.reset()
+    Worker(backend, registry, burst=True, poll_interval=0.05).run(install_signal_handlers=False)
+    assert ("add", {"a": 20, "b": 22}) in tasks.calls
+    done = backend.get(good)
+    assert done is not None and done.state is JobState.FINISHED
+    assert [i.decode() for i in conn.lrange("rq:queue:default", 0, -1)] == skipped

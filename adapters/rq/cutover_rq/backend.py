@@ -945,7 +945,10 @@ class RQBackend:
         of one worker never race for the same job. A job this worker refuses is put back as it
         was (unclaim.lua) and skipped from then on."""
         with self._errors("claiming a job"):
-            for _ in range(20):
+            # Until a job is accepted or none is left: each refusal joins the skip list, so
+            # this ends. (A bound here made a burst worker stop, and a claim filtered to one
+            # job fail, behind 20 jobs it refuses: unknown tasks, quarantined payloads.)
+            while True:
                 now = time.time()
                 execution = uuid.uuid4().hex
                 with self._lock:
