@@ -177,3 +177,22 @@ def test_a_library_warning_goes_through_the_same_redaction() -> None:
     finally:
         logs.setup("INFO", "text")
     assert "p@ss/w" not in stream.getvalue() and "u:***@h/db" in stream.getvalue()
+
+
+@pytest.mark.rq
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(password=passwords)
+def test_errors_from_a_redis_that_refuses_the_credentials_never_show_the_password(
+        cutover_redis_url: str, password: str) -> None:
+    # A real server that has no such user: it answers, and refuses the AUTH.
+    scheme, rest = cutover_redis_url.removeprefix("rq+").split("://", 1)
+    if scheme == "unix":
+        pytest.skip("credentials on a unix-socket URL go in the query")
+    url = f"{scheme}://nobody-{MARK}:{quote(password, safe='')}@{rest}"
+    backend = adapters.open_backend(url)
+    with pytest.raises(CutoverError) as err:
+        backend.identity()
+    backend.close()
+    assert not leaked(password, str(err.value)) and "***" in str(err.value)
+    assert "refused the credentials" in str(err.value)

@@ -289,6 +289,10 @@ class RQBackend:
             yield
         except CutoverError:
             raise
+        except redis.AuthenticationError as exc:  # a ConnectionError to redis-py; not to people
+            raise BackendUnavailableError(
+                f"Redis at {self._url} refused the credentials while {doing}: "
+                f"{redact_text(str(exc), *self._secrets)}") from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BackendUnavailableError(
                 f"Redis at {self._url} is unreachable while {doing}: "
