@@ -581,6 +581,9 @@ class ProcrastinateBackend:
             return {row[0] for row in conn.execute(sql.query("paused")).fetchall()}
 
     # -- working ---------------------------------------------------------------------------
+    #: candidates one claim looks at before it gives up (each refused one is skipped after)
+    _CLAIM_TRIES = 20
+
     def _worker_id(self, conn: psycopg.Connection[TupleRow], worker: str) -> int:
         with self._lock:
             known = self._workers.get(worker)
@@ -592,30 +595,28 @@ class ProcrastinateBackend:
             self._workers[worker] = int(row[0])
         return int(row[0])
 
-    #: candidates one claim looks at before it gives up (each refused one is skipped after)
-    _CLAIM_TRIES = 20
-
     def claim(self, queues: Sequence[str] | None, worker: str,
               accept: Acceptor) -> JobRecord | None:
-        """One candidate at a time, read whole under its row lock (claim_one); the start is
-        sent with the COMMIT (a pipeline: two round trips in all)."""
-        with self._errors("claiming a job"), self.pool.connection() as conn, \
-                conn.pipeline(), conn.transaction():
+        """One statement starts the next runnable job and reads it (claim_one): one round
+        trip, as procrastinate's own fetch. A job this worker refuses is put back to waiting
+        (unclaim) and skipped from then on; the next candidate is tried."""
+        with self._errors("claiming a job"), self.pool.connection() as conn:
+            worker_id = self._worker_id(conn, worker)
             for _ in range(self._CLAIM_TRIES):
                 with self._lock:
                     skip = list(self._skipped)
                 row = conn.execute(sql.query("claim_one"), {
-                    "queues": list(queues) if queues else None, "skip": skip}).fetchone()
+                    "queues": list(queues) if queues else None, "skip": skip,
+                    "worker_id": worker_id}).fetchone()
                 if row is None:
                     return None
                 record = self._record(row)
                 if accept(record) is not None or record.problem:
                     with self._lock:
                         self._skipped.add(int(record.native_id or 0))
+                    conn.execute(sql.query("unclaim"), {"id": int(record.native_id or 0),
+                                                        "worker_id": worker_id})
                     continue
-                worker_id = self._worker_id(conn, worker)
-                conn.execute(sql.query("start_job"), {"id": int(record.native_id or 0),
-                                                      "worker_id": worker_id})
                 return record.replace(state=JobState.STARTED)
         return None
 

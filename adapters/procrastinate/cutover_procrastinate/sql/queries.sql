@@ -141,8 +141,9 @@ FROM unnest(string_to_array(%(ids)s, E'\n')) AS u(id)
 JOIN cutover_departed d ON d.cutover_id = u.id;
 
 -- name: claim_one
--- The next runnable job, locked, read whole (one candidate, one row). A queue paused as '*'
--- stops everything (a one-time filter, not a test per row).
+-- Start the next runnable job and read it whole, in one statement (one candidate, one row;
+-- procrastinate's own fetch is one call too). A queue paused as '*' stops everything (a
+-- one-time filter, not a test per row). The row as it was is returned (status todo).
 WITH candidate AS (
     SELECT j.id FROM procrastinate_jobs j
     LEFT JOIN cutover_jobs c ON c.job_id = j.id
@@ -158,13 +159,23 @@ WITH candidate AS (
     ORDER BY j.priority DESC, j.id ASC
     LIMIT 1
     FOR UPDATE OF j SKIP LOCKED
+), started AS (
+    UPDATE procrastinate_jobs s SET status = 'doing', worker_id = %(worker_id)s
+    FROM candidate WHERE s.id = candidate.id
+    RETURNING s.id
 )
 SELECT j.id, j.queue_name, j.task_name, j.priority, j.queueing_lock, j.args, j.status::text,
        j.scheduled_at, j.attempts, c.cutover_id, c.max_attempts, c.retry_intervals, c.positional,
        c.origin, c.created_at, c.updated_at, c.held_by, c.held_scheduled_at, c.error, c.result,
        j.lock, c.native
-FROM candidate JOIN procrastinate_jobs j ON j.id = candidate.id
+FROM started JOIN procrastinate_jobs j ON j.id = started.id
 LEFT JOIN cutover_jobs c ON c.job_id = j.id;
+
+-- name: unclaim
+-- A job the worker refuses (unknown task, undecodable args) goes back to waiting as it was
+-- (procrastinate's events show it started and went back: 'started', 'deferred_for_retry').
+UPDATE procrastinate_jobs SET status = 'todo', worker_id = NULL
+WHERE id = %(id)s AND status = 'doing' AND worker_id = %(worker_id)s;
 
 -- name: start_job
 UPDATE procrastinate_jobs SET status = 'doing', worker_id = %(worker_id)s
