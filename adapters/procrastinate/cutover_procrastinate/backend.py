@@ -17,6 +17,8 @@ import math
 import re
 import select
 import threading
+import time
+import weakref
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any, LiteralString
 
@@ -88,13 +90,24 @@ def _lines(job_ids: Sequence[str]) -> str:
     return "\n".join(job_ids)
 
 
+#: when each pooled connection was last given back (a connection idle longer is checked)
+_RETURNED: weakref.WeakKeyDictionary[psycopg.Connection[TupleRow], float] = \
+    weakref.WeakKeyDictionary()
+_QUIET = 0.001  # seconds: a connection lent again sooner is in a hot loop
+
+
+def _returned(conn: psycopg.Connection[TupleRow]) -> None:
+    _RETURNED[conn] = time.monotonic()
+
+
 def _check_connection(conn: psycopg.Connection[TupleRow]) -> None:
     """A connection the server dropped (restart, admin kill) is replaced, not handed out.
 
-    The server says so before it closes the socket (a FATAL message, then EOF), so an idle
-    connection with something to read is the one to check with a round trip; a quiet one is
-    handed out as it is (a round trip on every borrow cost a single enqueue a fifth of its
-    time).
+    A round trip on every borrow cost a single enqueue a fifth of its time, so it is spent
+    only where it can find something: on a connection the server has sent something to since
+    (a FATAL message, then EOF, is how it says it is closing it), or one that sat idle for more
+    than a millisecond (a kill may not have arrived yet). A connection lent again at once, in a
+    producer's or worker's loop, goes out as it is.
     """
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("the connection is closed")
@@ -102,7 +115,7 @@ def _check_connection(conn: psycopg.Connection[TupleRow]) -> None:
         readable, _, _ = select.select([conn.fileno()], [], [], 0)
     except (OSError, ValueError) as exc:
         raise psycopg.OperationalError(f"the connection's socket is unusable: {exc}") from exc
-    if readable:
+    if readable or time.monotonic() - _RETURNED.get(conn, 0.0) > _QUIET:
         psycopg_pool.ConnectionPool.check_connection(conn)
 
 
@@ -145,7 +158,7 @@ class ProcrastinateBackend:
                                         # trip; transactions are explicit (conn.transaction())
                                         kwargs={"connect_timeout": 5, "autocommit": True},
                                         name="cutover", check=_check_connection,
-                                        configure=_configure)
+                                        configure=_configure, reset=_returned)
         with self._errors("connecting"):
             self.pool.open(wait=True, timeout=10)
         self._workers: dict[str, int] = {}
