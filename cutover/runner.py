@@ -131,6 +131,36 @@ def _serve(conn: Connection, registry: TaskRegistry, parent_pid: int) -> None:
         conn.send_bytes(payload)
 
 
+#: Seconds between checks that a child is still alive while it runs a job.
+_LIVENESS = 0.25
+
+
+def _answered(proc: multiprocessing.process.BaseProcess, conn: Connection,
+              deadline: float | None) -> bool:
+    """Wait for the child's answer: True when it came, False past ``deadline``; EOFError when
+    the child died without one. Its liveness is checked by pid, not by end of file: a process
+    the task forked (a helper, a multiprocessing child) holds the pipe open after the child
+    died, and the death must be seen at once, not at the timeout (or never)."""
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return conn.poll(0)
+        if conn.poll(_LIVENESS if left is None else min(left, _LIVENESS)):
+            return True
+        if not proc.is_alive():
+            if conn.poll(0):  # it answered just before it exited
+                return True
+            raise EOFError
+
+
+def _reap(proc: multiprocessing.process.BaseProcess, limit: float) -> None:
+    """Wait up to ``limit`` seconds for a (killed) child to exit, by pid: ``join`` waits on a
+    sentinel that a process the task forked may keep open long after the child is gone."""
+    end = time.monotonic() + limit
+    while proc.is_alive() and time.monotonic() < end:
+        time.sleep(0.005)
+
+
 class ProcessSlot:
     """A child process that runs jobs one at a time and can be killed on timeout."""
 
@@ -170,12 +200,12 @@ class ProcessSlot:
             return lost(f"could not hand the job to its worker process: {exc}")
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            if conn.poll(None if deadline is None else max(deadline - time.monotonic(), 0)):
+            if _answered(proc, conn, deadline):
                 # Our own forked child wrote it (trusted, unlike a job payload).
                 outcome: Outcome = pickle.loads(conn.recv_bytes())  # noqa: S301
                 return outcome
         except (EOFError, OSError):
-            proc.join(5)
+            _reap(proc, 5)
             code = proc.exitcode
             self.kill()
             how = (f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
@@ -196,7 +226,7 @@ class ProcessSlot:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid or 0, signal.SIGKILL)
         if proc is not None:
-            proc.join(5)
+            _reap(proc, 5)
 
     def close(self) -> None:
         """Let an idle child exit on its own."""
@@ -205,5 +235,5 @@ class ProcessSlot:
             return
         with contextlib.suppress(OSError):
             conn.send(None)
-        proc.join(5)
+        _reap(proc, 5)
         self.kill()

@@ -204,3 +204,29 @@ def test_a_job_moved_off_rq_keeps_its_rq_timeout(cutover_backend: QueueBackend) 
     assert time.monotonic() - started < 1 + 3
     assert report.failed == 1
     assert "timeout of 1s" in (cutover_backend.get(record.id).error or "")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("first", [None, "w.fork_helper"])
+def test_a_dead_or_timed_out_job_is_seen_at_once_even_when_a_forked_helper_outlives_it(
+        cutover_backend: QueueBackend, first: str | None) -> None:
+    # A helper the task (or an earlier job in the same child) forked keeps the child's pipe
+    # and sentinel open: the death must still be seen at once, not at the timeout (or never,
+    # with no timeout), and a kill must not wait for the helper.
+    helper = 20.0
+    records = [registry.make_record(first, (helper,))] if first else []
+    dead = registry.make_record("w.fork_and_die", (helper,))
+    hung = registry.make_record("w.hang")  # its own limit: 1 s
+    after = registry.make_record("w.double", (21,))
+    cutover_backend.enqueue([*records, dead, hung, after])
+    started = time.monotonic()
+    report = burst(cutover_backend, "process", timeout=0).report
+    elapsed = time.monotonic() - started
+    assert elapsed < 1 + 3, elapsed
+    assert (report.succeeded, report.failed) == (1 + len(records), 2)
+    done = cutover_backend.get(dead.id)
+    assert done is not None and done.state is JobState.FAILED
+    assert done.error is not None and "WorkerProcessDied" in done.error, done.error
+    assert "exit code 3" in done.error
+    timed_out = cutover_backend.get(hung.id)
+    assert timed_out is not None and "JobTimeoutError" in (timed_out.error or "")
+    assert cutover_backend.get(after.id).result == 42  # type: ignore[union-attr]

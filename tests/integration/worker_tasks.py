@@ -90,3 +90,21 @@ def fail_once(key: str) -> str:
 def a_set() -> set[int]:
     """A return value RQ's JSONSerializer cannot write."""
     return {1, 2}
+
+
+@registry.task(name="w.fork_helper")
+def fork_helper(seconds: float) -> int:
+    """Leaves a forked helper process running ``seconds`` (as a task using os.fork or a
+    multiprocessing child would): it holds every descriptor its parent had."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(seconds)
+        os._exit(0)
+    return pid
+
+
+@registry.task(name="w.fork_and_die")
+def fork_and_die(seconds: float) -> None:
+    """Forks a helper that outlives the task, then dies at once."""
+    fork_helper(seconds)
+    os._exit(3)
