@@ -370,6 +370,7 @@ class Drain:
         work = batch.ready + batch.failed  # failed jobs are not taken (no worker starts them)
         if work:
             if not self._shared_target:
+                work = self._without_reused_ids(work)
                 # The put cannot share the ledger's transaction: say first what is about to move.
                 self.control.record(work, state="moving", source=self.source_key,
                                     target=self.target_key, run_id=self.run_id)
@@ -462,10 +463,32 @@ class Drain:
         return (self._put_isolating(records[:half], refusals)
                 + self._put_isolating(records[half:], refusals))
 
+    def _without_reused_ids(self, work: list[JobRecord]) -> list[JobRecord]:
+        """``work`` less the jobs whose id a finished move of this pair gave to a job the target
+        still has: each is a new job under a used id (see :meth:`_conflict`), given back before
+        this run's intent row would overwrite the ledger's record of that finished move."""
+        pair = (self.source_key, self.target_key)
+        rows = self.control.states([r.id for r in work])
+        clash = {r.id for r in work if (row := rows.get(r.id)) is not None
+                 and row[0] == "released" and row[1:] == pair
+                 and self.target.get(r.id) is not None}
+        for record in work:
+            if record.id in clash:
+                self._give_back(record, "id_conflict", _REUSED)
+        return [r for r in work if r.id not in clash] if clash else work
+
     def _conflict(self, record: JobRecord, exc: JobConflictError) -> list[JobRecord]:
-        """The target has a different job with this id: ours if an earlier, interrupted run
-        put it (a worker may have run it since), else a real collision (given back)."""
+        """The target has a different job with this id: ours if a run put it and did not finish
+        the move (the ledger says moving or moved; a worker may have run it since), else a real
+        collision (given back). A finished move of this pair ("released") removed its job from
+        the source: a job under that id on the source now is a new one (a producer that names
+        its jobs used the id again), and taking the target's old job for it would delete the
+        only copy of the new one."""
         row = self.control.states([record.id]).get(record.id)
+        if row is not None and row[0] == "released" and row[1:] == (self.source_key,
+                                                                     self.target_key):
+            self._give_back(record, "id_conflict", f"{_REUSED} ({exc})")
+            return []
         if (row is not None and row[1:] == (self.source_key, self.target_key)
                 and self.target.get(record.id) is not None):
             self.control.record([record], state="moved", source=self.source_key,
@@ -534,6 +557,9 @@ class Drain:
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
             self._passes_here()  # stragglers: in this process, whatever --workers says
 
+
+_REUSED = ("a new job under the id of a job moved earlier, which the target still has: give "
+           "it another id, or let it run on the source")
 
 _END = object()  # the end of a pipeline's input
 

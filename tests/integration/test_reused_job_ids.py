@@ -1,0 +1,71 @@
+"""A job id used again after its first job was moved: producers that name their jobs
+(``job_id=f"order-{n}"``) enqueue a new job under an id whose earlier job already moved and ran
+on the target. The new job is not the old one: the drain must not take the target's old copy
+for it (and delete the only copy of the new one from the source), and verify must not call the
+pair clean while it was dropped."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from cutover import adapters
+from cutover.record import JobState
+from cutover.testing import tasks
+from cutover.testing.contract import run_burst
+from cutover.testing.tasks import registry
+from tests.integration.drain_helpers import invoke, invoke_json
+
+pytestmark = [pytest.mark.rq, pytest.mark.pg]
+
+
+@pytest.fixture
+def urls(cutover_redis_url: str, cutover_database_url: str) -> tuple[str, str]:
+    tasks.reset()
+    assert invoke(cutover_redis_url, cutover_database_url, "init", "--yes").exit_code == 0
+    return cutover_redis_url, cutover_database_url
+
+
+def ids(items: list[dict[str, Any]]) -> list[str]:
+    return sorted(str(i["id"]) for i in items)
+
+
+@pytest.mark.parametrize("direction", ["rq->pg", "pg->rq"])
+def test_a_new_job_under_the_id_of_a_moved_and_finished_one_is_not_dropped(
+        urls: tuple[str, str], direction: str) -> None:
+    rq_url, pg_url = urls
+    source_url, target_url = (rq_url, pg_url) if direction == "rq->pg" else (pg_url, rq_url)
+    source, target = adapters.open_backend(source_url), adapters.open_backend(target_url)
+    first = [registry.make_record(tasks.add, (i, 1), job_id=f"order-{i}") for i in range(3)]
+    source.enqueue(first)
+    code, report = invoke_json(source_url, target_url, "drain", "--yes")
+    assert code == 0 and report["moved"] == 3, report
+    run_burst(target)  # the target's workers run them; the target keeps them as finished
+    assert len(tasks.calls) == 3
+    assert target.get("order-1").state is JobState.FINISHED  # type: ignore[union-attr]
+
+    again = registry.make_record(tasks.add, (100, 100), job_id="order-1")  # a new job
+    source.enqueue([again])
+    code, report = invoke_json(source_url, target_url, "drain", "--yes")
+    # It cannot go where its id is taken: left on the source, named, exit 3.
+    assert code == 3, report
+    assert report["moved"] == 0 and report["recovered"] == 0, report
+    assert ids(report["left"]["id_conflict"]) == ["order-1"], report
+    kept = source.get("order-1")
+    assert kept is not None and kept.holder is None, kept
+    assert kept.state is JobState.QUEUED and kept.digest() == again.digest()
+    # The old job is untouched on the target.
+    old = target.get("order-1")
+    assert old is not None and old.state is JobState.FINISHED
+
+    # Nothing is lost: the old job finished on the target, the new one waits on the source.
+    code, verified = invoke_json(source_url, target_url, "verify", "--report", os.devnull)
+    assert verified["lost"] == [] and verified["mismatched"] == [], verified
+    # A drain run again changes nothing, and still names it.
+    code, report = invoke_json(source_url, target_url, "drain", "--yes")
+    assert code == 3 and ids(report["left"]["id_conflict"]) == ["order-1"], report
+    assert source.get("order-1") is not None
+    source.close()
+    target.close()
