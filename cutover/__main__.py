@@ -1,5 +1,5 @@
 """``python -m cutover`` is the ``cutover`` command."""
 
-from cutover.cli import main
+from cutover.cli.main import main
 
 main()

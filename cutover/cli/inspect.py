@@ -1,0 +1,177 @@
+"""Read-only commands: ``cutover status`` and ``cutover audit``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from cutover import stores
+from cutover.audit import Classifier, JobClass, audit
+from cutover.backend import QueueBackend
+from cutover.cli.context import Context, console, opened
+from cutover.control import backend_key
+from cutover.errors import ConfigurationError
+from cutover.held import drain_owner
+from cutover.record import SUMMARY_STATES
+
+CLASSES = [c.value for c in JobClass]
+
+
+def _counts(backend: QueueBackend) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for queue, per in sorted(backend.counts().items()):
+        out[queue] = {name: sum(per[s] for s in states) for name, states in
+                      SUMMARY_STATES.items()}
+    return out
+
+
+@click.command()
+@click.option("--watch", type=click.FloatRange(min=0.5), default=None, metavar="SECONDS",
+              help="Refresh every SECONDS until interrupted.")
+@click.pass_obj
+def status(ctx: Context, watch: float | None) -> None:
+    """The phase, per backend and queue the jobs waiting / scheduled / active / completed /
+    failed, and the ledger's summary."""
+    urls = [u for u in (ctx.source, ctx.target) if u]
+    if not urls:
+        raise ConfigurationError("status needs --source and/or --target")
+    try:
+        with opened(*urls) as backends:
+            while True:
+                doc = _status(ctx, dict(zip(urls, backends, strict=True)))
+                if ctx.json:
+                    click.echo(json.dumps(doc, default=str, indent=2))
+                else:
+                    _print_status(doc)
+                if watch is None:
+                    return
+                time.sleep(watch)
+    except KeyboardInterrupt:
+        return
+
+
+def _status(ctx: Context, backends: dict[str, QueueBackend]) -> dict[str, Any]:
+    doc: dict[str, Any] = {"at": dt.datetime.now(dt.UTC).isoformat(), "backends": {}}
+    for url, backend in backends.items():
+        doc["backends"][backend_key(url)] = _counts(backend)
+    try:
+        control = ctx.control_plane()
+        if control.initialized():
+            doc["phase"] = control.phase()
+            doc["ledger"] = control.summary()
+            doc["failures"] = control.failures_summary()
+        else:
+            doc["phase"] = {"phase": "off", "epoch": 0, "note": "no control schema (cutover init)"}
+        control.close()
+    except ConfigurationError as exc:
+        doc["phase"] = {"phase": "off", "epoch": 0, "note": str(exc)}
+    return doc
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    out = console()
+    phase = doc.get("phase", {})
+    out.print(f"phase: [bold]{phase.get('phase')}[/bold] (epoch {phase.get('epoch')})"
+              + (f" - {phase['note']}" if phase.get("note") else ""))
+    table = Table()
+    for col in ("backend", "queue", *SUMMARY_STATES):
+        table.add_column(col, justify="right" if col in SUMMARY_STATES else "left")
+    for key, queues in doc["backends"].items():
+        for queue, per in queues.items():
+            table.add_row(key, queue, *(str(per[s]) for s in SUMMARY_STATES))
+        if not queues:
+            table.add_row(key, "(none)", *("0" for _ in SUMMARY_STATES))
+    out.print(table)
+    for row in doc.get("ledger", []):
+        out.print(f"ledger: {row['source']} -> {row['target']}: {row['state']} {row['jobs']}")
+    for cls, n in doc.get("failures", {}).items():
+        out.print(f"failure records: {cls} {n}")
+
+
+@click.command(name="audit")
+@click.option("--queue", "-q", "queues", multiple=True, help="Only these queues (repeatable).")
+@click.option("--allow", "allow", multiple=True, type=click.Choice(CLASSES),
+              help="Do not exit 3 for this class of jobs left behind (repeatable).")
+@click.option("--include-failed", is_flag=True, help="Count failed jobs as movable.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the full JSON report here.")
+@click.pass_obj
+def audit_cmd(ctx: Context, queues: tuple[str, ...], allow: tuple[str, ...],
+              include_failed: bool, report: Path | None) -> None:
+    """Inventory the source in every state, and classify each job before anything moves:
+    movable; lossy (moves, but a named feature does not); in_place (running, waiting on a
+    dependency, orphaned, misplaced, held by another drain); quarantined; unknown_task (with a
+    suggestion); unsupported (args the codec cannot carry, or ids, names, values the --target
+    or the ledger cannot hold: give --target to check its limits); failed; history (finished,
+    canceled). The drain and `drain --dry-run` classify with the same code.
+
+    Exits 3 when something would be left behind, unless --allow CLASS.
+    """
+    ctx.need("source")
+    assert ctx.source is not None
+    registry = ctx.registry()
+    to_procrastinate = False
+    urls = [ctx.source] + ([ctx.target] if ctx.target else [])
+    with opened(*urls) as backends:
+        # The drain's own classification: the target's limits, and the drain's owner (jobs
+        # another drain holds stay in place). Without --target: the source's capabilities
+        # and the ledger's limits only.
+        target = backends[1] if len(backends) > 1 else None
+        owner = (drain_owner(stores.distinct(backends[0], target, "audit")[1].key)
+                 if target is not None else None)
+        stores.require_queues(backends[0], queues)
+        to_procrastinate = target is not None and target.name == "procrastinate"
+        classifier = Classifier(
+            registry, target, capabilities=None if target else backends[0].capabilities,
+            include_failed=include_failed,
+            owner=owner)
+        result = audit(backends[0], classifier, queues=list(queues) or None)
+    doc = {"source": backend_key(ctx.source), **result.as_dict(),
+           "left_behind": result.left_behind(allow)}
+    if not to_procrastinate:  # only a procrastinate target has a plain worker that misreads
+        doc.pop("plain_procrastinate_misreads")
+    if report is not None:
+        report.write_text(json.dumps(doc, default=str, indent=2))
+    if ctx.json:
+        click.echo(json.dumps(doc, default=str, indent=2))
+    else:
+        _print_audit(doc)
+    if doc["left_behind"]:
+        raise click.exceptions.Exit(3)
+
+
+def _print_audit(doc: dict[str, Any]) -> None:
+    out = console()
+    out.print(f"audit of {doc['source']}: {doc['total']} jobs")
+    for label in ("queue", "task"):
+        table = Table(title=f"jobs by {label} and class")
+        table.add_column(label)
+        for cls in CLASSES:
+            table.add_column(cls, justify="right")
+        for name, per in doc[f"by_{label}"].items():
+            table.add_row(name, *(str(per.get(c, 0)) for c in CLASSES))
+        out.print(table)
+    if doc["orphans"]:
+        out.print(f"orphans (status queued, in no list): {len(doc['orphans'])}: "
+                  + ", ".join(doc["orphans"][:10]))
+    for cls, jobs in doc["jobs"].items():
+        out.print(f"[bold]{cls}[/bold]: {len(jobs)}")
+        for job in jobs[:10]:
+            out.print(f"  {job['id']} ({job['task']}, queue {job['queue']}): {job['reason']}")
+        if len(jobs) > 10:
+            out.print(f"  ... {len(jobs) - 10} more (--json or --report for all)")
+    misreads = doc.get("plain_procrastinate_misreads")
+    if misreads:
+        out.print("[bold]a plain procrastinate App would misread[/bold] (run the target with "
+                  "cutover_procrastinate.make_app, which reads them right; information only):")
+        for task, reasons in misreads.items():
+            out.print(f"  {task}: " + "; ".join(f"{r} ({n} jobs)" for r, n in reasons.items()))
+    if doc["left_behind"]:
+        out.print("left behind by a drain: " + ", ".join(f"{c} {n}" for c, n in
+                                                         doc["left_behind"].items()))

@@ -1,0 +1,61 @@
+"""The ``cutover`` command: the click group and its global options. The commands live in modules
+by theme (worker, setup, inspect, move, proof); each imports :mod:`cutover.cli.context`, never
+this module, and this module adds their commands to the group."""
+
+from __future__ import annotations
+
+import click
+
+from cutover import logs
+from cutover.cli import inspect, move, proof, setup, worker
+from cutover.cli.context import Context, CutoverGroup
+from cutover.urls import hiding
+
+
+@click.group(cls=CutoverGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--source", envvar="CUTOVER_SOURCE", metavar="URL",
+              help="Backend the jobs come from today, e.g. redis://localhost:6379/0 "
+                   "[env CUTOVER_SOURCE].")
+@click.option("--target", envvar="CUTOVER_TARGET", metavar="URL",
+              help="Backend the jobs go to, e.g. postgresql://localhost/app [env CUTOVER_TARGET].")
+@click.option("--app", envvar="CUTOVER_APP", metavar="MODULE:ATTR",
+              help="The application's cutover.TaskRegistry [env CUTOVER_APP].")
+@click.option("--control", envvar="CUTOVER_CONTROL", metavar="URL",
+              help="PostgreSQL database of the control plane (ledger, phase) when neither side is "
+                   "PostgreSQL [env CUTOVER_CONTROL; default: the PostgreSQL side].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--log-level", envvar="CUTOVER_LOG_LEVEL", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Verbosity of the logs on stderr.")
+@click.option("--log-format", envvar="CUTOVER_LOG_FORMAT", default="text", show_default=True,
+              type=click.Choice(["text", "json"]), help="json: one object a line, for shippers.")
+@click.version_option(package_name="queue-cutover")
+@click.pass_context
+def cli(click_ctx: click.Context, source: str | None, target: str | None, app: str | None,
+        control: str | None, as_json: bool, log_level: str, log_format: str) -> None:
+    """Move background jobs from RQ (Redis) to Procrastinate (PostgreSQL), and back, in stages,
+    and prove that no job was lost or run twice.
+
+    URL schemes pick the adapter: redis://, rediss://, unix:// -> rq; postgresql://, postgres://
+    -> procrastinate; memory:// for tests; or explicit ADAPTER+URL (rq+redis://...).
+
+    Exit codes: 0 success; 1 verification found loss, duplicates or mismatches; 2 usage or
+    configuration error; 3 a precondition refused the step.
+    """
+    # Every password given on the command line is scrubbed from every log line and error of
+    # this command, however a driver's message cut its URL (see cutover.urls).
+    click_ctx.with_resource(hiding(source, target, control))
+    logs.setup(log_level, "json" if log_format == "json" else "text")
+    click_ctx.obj = Context(source=source, target=target, app=app, json=as_json,
+                            control=control)
+
+
+for command in (worker.worker, setup.init, inspect.status, inspect.audit_cmd, move.drain,
+                move.release, proof.verify):
+    cli.add_command(command)
+
+
+def main() -> None:
+    """The console entry point (``cutover``, ``python -m cutover``)."""
+    cli(prog_name="cutover")

@@ -1,0 +1,175 @@
+"""Commands that move jobs: ``cutover drain`` (and its --signal) and ``cutover release``."""
+
+from __future__ import annotations
+
+import click
+
+from cutover import stores
+from cutover.backend import StoreIdentity
+from cutover.cli.context import Context, DrainProgress, confirm, emit, opened
+from cutover.control import ControlPlane
+from cutover.drain import Drain, DrainOptions
+from cutover.errors import ConfigurationError
+from cutover.held import release as run_release
+
+
+@click.command()
+@click.option("--queue", "-q", "queues", multiple=True, help="Only these queues (repeatable).")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Jobs per batch (one take / put / release each).")
+@click.option("--rate", type=click.FloatRange(min=0.1), default=None, metavar="JOBS_PER_S",
+              help="Throttle: move at most this many jobs per second.")
+@click.option("--include-failed", is_flag=True, help="Move failed jobs too (as failed).")
+@click.option("--wait-running", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+              help="Wait up to SECONDS for running jobs to finish (jobs they retry then move).")
+@click.option("--signal", "send", type=click.Choice(["pause", "resume", "stop"]), default=None,
+              help="Flip the switch of the drain running between --source and --target, "
+                   "from another shell, and exit.")
+@click.option("--workers", "-w", type=click.IntRange(1, 64), default=1, show_default=True,
+              envvar="CUTOVER_DRAIN_WORKERS",
+              help="Processes that split the jobs between them, each with its own "
+                   "connections (faster on a machine with cores to spare). They read the "
+                   "source in step, window by window: jobs keep the source's order to within "
+                   "a few batches; 1 keeps it exactly. [env CUTOVER_DRAIN_WORKERS]")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | None,
+          include_failed: bool, wait_running: float, send: str | None, workers: int,
+          dry_run: bool, yes: bool) -> None:
+    """Move every movable job from --source to --target, with its ledger rows.
+
+    A batch is taken on the source first (no source worker can start it), put on the target
+    with its ledger rows, then released from the source. Killed at any point, the next run
+    finishes the work. Running jobs are never moved. Swap --source and --target to move jobs
+    back.
+
+    Exit 0 when everything was moved; 3 when jobs were left in place (their classes and ids are
+    listed) or the drain was stopped.
+    """
+    ctx.need("source", "target")
+    assert ctx.source is not None and ctx.target is not None
+    control = ctx.control_plane()
+    control.require()
+    if send is not None:
+        with opened(ctx.source, ctx.target) as (source, target):
+            runs = _signal(control, *stores.distinct(source, target, "signal a drain"),
+                           send)
+        emit(ctx, {"signal": send, "runs": runs}, f"{send}: {', '.join(runs)}")
+        return
+    registry = ctx.registry()
+    options = DrainOptions(queues=list(queues) or None, batch_size=batch_size, rate=rate,
+                           include_failed=include_failed, wait_running=wait_running,
+                           dry_run=dry_run, workers=workers)
+    with opened(ctx.source, ctx.target) as (source, target):
+        if not dry_run:
+            confirm(ctx, yes, f"Move jobs from {source.url} to {target.url}?")
+        with DrainProgress() as progress:
+            job = Drain(source, ctx.source, target, ctx.target, control, registry, options,
+                        progress=progress)
+            report = job.run()
+    control.close()
+    doc = report.as_dict()
+    if dry_run:
+        lines = ["plan (nothing changed): " + ", ".join(f"{k} {v}" for k, v in
+                                                         sorted(report.planned.items()))]
+        for cls, jobs in report.plan_jobs.items():
+            lines.append(f"would leave {cls} {len(jobs)}: " + ", ".join(
+                f"{j['id']!r} ({j['reason']})" for j in jobs[:20])
+                + (" ..." if len(jobs) > 20 else ""))
+        emit(ctx, {"dry_run": True, "plan": report.planned, "jobs": report.plan_jobs},
+             "\n".join(lines))
+        return
+    lines = [f"moved {report.moved} jobs in {report.seconds:.1f} s ({report.rate:,.0f} jobs/s)"
+             + (f"; finished {report.recovered} interrupted moves" if report.recovered else "")
+             + f" [run {report.run_id}]"]
+    for cls, jobs in report.left.items():
+        lines.append(f"left in place: {cls} {len(jobs)}: "
+                     + ", ".join(f"{j['id']!r} ({j['reason']})" for j in jobs[:20])
+                     + (" ..." if len(jobs) > 20 else ""))
+    if report.running:
+        lines.append(f"still running on the source: {len(report.running)}: "
+                     + ", ".join(report.running[:20]))
+    if report.lost:
+        lines.append(f"LOST (ledger says moving, neither backend has it): {report.lost}")
+    if report.stopped:
+        lines.append("stopped by the operator")
+    emit(ctx, doc, "\n".join(lines))
+    if report.lost:
+        raise click.exceptions.Exit(1)
+    if report.left_count or report.stopped:
+        raise click.exceptions.Exit(3)
+
+
+def _signal(control: ControlPlane, source: StoreIdentity, target: StoreIdentity,
+            send: str) -> list[str]:
+    """Flip the switch of the drain running between two stores; say so when none is."""
+    if control.lock_pair(source.key, target.key):
+        # Nobody holds the pair's lock: no drain process is alive, whatever the runs say.
+        try:
+            stale = control.abandon_runs(source.key, target.key)
+        finally:
+            control.unlock_pair(source.key, target.key)
+        if stale:
+            raise ConfigurationError(
+                f"no drain is running between {source.url} and {target.url}: run(s) "
+                f"{', '.join(stale)} were recorded as running, but their process is gone "
+                "(killed?); marked interrupted now. The next drain of this pair finishes "
+                "what they left under way; `cutover release` gives their held jobs back")
+        raise ConfigurationError(f"no drain is running between {source.url} and {target.url}")
+    value = {"pause": "pause", "resume": "run", "stop": "stop"}[send]
+    runs = control.set_switch(source.key, target.key, value)
+    if not runs:
+        raise ConfigurationError(f"no drain is running between {source.url} and {target.url} "
+                                 "(a verify or release holds the pair)")
+    return runs
+
+
+@click.command()
+@click.option("--run", "run_id", default=None, metavar="RUN",
+              help="Give back the jobs held for this drain run's pair (its run id, as the "
+                   "drain prints it: [run drain-...]).")
+@click.option("--all-stale", is_flag=True,
+              help="Give back every job on --source held by no running drain.")
+@click.option("--dry-run", is_flag=True, help="List what would be given back; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def release(ctx: Context, run_id: str | None, all_stale: bool, dry_run: bool,
+            yes: bool) -> None:
+    """Give jobs a drain holds on --source back to where it took them from (queue list,
+    scheduled or deferred registry), so the source's workers run them again.
+
+    A drain holds the jobs it moves; killed, it leaves them held until the next drain of the
+    same pair moves them. Use this when there will be no such drain. Refused (exit 3) while
+    that drain runs. A job the ledger says was put on the target is kept (the drain of that
+    pair finishes it); give --target to check the target for jobs caught mid-put.
+
+    Exit 0 when every selected job was given back; 3 when some were kept (named, with why).
+    """
+    if (run_id is None) == (not all_stale):
+        raise ConfigurationError("say which held jobs: --run RUN or --all-stale")
+    ctx.need("source")
+    assert ctx.source is not None
+    control = ctx.control_plane()
+    control.require()
+    urls = [ctx.source] + ([ctx.target] if ctx.target else [])
+    with opened(*urls) as backends:
+        if not dry_run:
+            confirm(ctx, yes, f"Give back held jobs on {backends[0].url}?")
+        # The runs, the ledger and the holders of held jobs name stores by identity.
+        target_key = (stores.distinct(backends[0], backends[1], "release")[1].key
+                      if ctx.target else None)
+        report = run_release(
+            backends[0], backends[0].identity().key, control, run_id=run_id,
+            target=backends[1] if ctx.target else None, target_key=target_key,
+            dry_run=dry_run)
+    control.close()
+    verb = "would give back" if dry_run else "gave back"
+    lines = [f"{verb} {len(report.released)} held job(s)"
+             + (": " + ", ".join(repr(j["id"]) for j in report.released[:20])
+                if report.released else "")]
+    for job in report.kept:
+        lines.append(f"kept held: {job['id']!r}: {job['reason']}")
+    emit(ctx, report.as_dict(), "\n".join(lines))
+    if report.kept:
+        raise click.exceptions.Exit(3)

@@ -1,0 +1,71 @@
+"""``cutover worker``: run the registry's tasks from one backend."""
+
+from __future__ import annotations
+
+import click
+
+from cutover import adapters
+from cutover.backend import QueueBackend
+from cutover.cli.context import Context, emit
+from cutover.worker import Worker
+
+
+@click.command()
+@click.option("--backend", "backend_name", required=True, metavar="NAME",
+              help="Which side to work: an adapter name (rq, procrastinate, memory), 'source', "
+                   "'target', or a URL.")
+@click.option("--queue", "-q", "queues", multiple=True, metavar="Q",
+              help="Queue to work (repeatable; default: all queues).")
+@click.option("--concurrency", "-c", envvar="CUTOVER_WORKER_CONCURRENCY", default=1,
+              show_default=True, type=click.IntRange(min=1),
+              help="Jobs run at once (threads) [env CUTOVER_WORKER_CONCURRENCY].")
+@click.option("--burst", is_flag=True,
+              help="Exit once nothing runnable is left (skipped jobs are reported, not retried).")
+@click.option("--poll-interval", default=0.5, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds between polls when idle.")
+@click.option("--stalled-after", default=60.0, show_default=True,
+              type=click.FloatRange(min=1),
+              help="Seconds without heartbeat after which a started job is put back to waiting.")
+@click.option("--timeout", envvar="CUTOVER_WORKER_TIMEOUT", default=180.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Seconds a job may run unless the job (RQ job_timeout) or its task sets its "
+                   "own limit; 0: no limit [env CUTOVER_WORKER_TIMEOUT].")
+@click.option("--isolation", envvar="CUTOVER_WORKER_ISOLATION", default="process",
+              show_default=True, type=click.Choice(["process", "thread"]),
+              help="process: each thread runs its jobs in a child process, killed on timeout; "
+                   "thread: in the worker process (a job past its timeout is failed and the "
+                   "worker exits 3 for its supervisor to restart it) "
+                   "[env CUTOVER_WORKER_ISOLATION].")
+@click.pass_obj
+def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency: int,
+           burst: bool, poll_interval: float, stalled_after: float, timeout: float,
+           isolation: str) -> None:
+    """Run the registry's tasks from one backend.
+
+    Runs jobs enqueued through queue-cutover and jobs that plain RQ or Procrastinate code
+    enqueued (by function path or task name). A job whose payload is unsafe or whose task is not
+    in the registry is reported and left in place, never run. Whatever a task raises
+    (SystemExit and KeyboardInterrupt included) fails or retries its job, with the traceback
+    logged and kept. SIGTERM or Ctrl-C finishes the running jobs and exits; a second one exits at
+    once.
+    """
+    backend: QueueBackend | None = None
+    try:
+        registry = ctx.registry()
+        backend = adapters.open_backend(ctx.backend_url(backend_name))
+        report = Worker(backend, registry, queues=queues or None, concurrency=concurrency,
+                        burst=burst, poll_interval=poll_interval,
+                        stalled_after=stalled_after, timeout=timeout or None,
+                        isolation="process" if isolation == "process" else "thread").run()
+    finally:
+        if backend is not None:
+            backend.close()
+    summary = {"succeeded": report.succeeded, "failed": report.failed, "retried": report.retried,
+               "skipped": report.skipped, "recovered": report.recovered,
+               "abandoned": report.abandoned}
+    emit(ctx, summary, f"succeeded {report.succeeded}, failed {report.failed}, retried "
+         f"{report.retried}, skipped {len(report.skipped)}"
+         + "".join(f"\n  skipped {k}: {v}" for k, v in report.skipped.items())
+         + "".join(f"\n  timed out, thread still running: {k}" for k in report.abandoned))
+    if report.abandoned:
+        raise SystemExit(3)

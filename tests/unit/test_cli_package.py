@@ -1,0 +1,156 @@
+"""The shape of the command line: modules without cycles, one error funnel, --json anywhere."""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import cutover.cli
+from cutover.cli.context import CutoverGroup
+from cutover.cli.main import cli
+from cutover.errors import CutoverError, PreconditionError
+from cutover.urls import hiding
+
+CLI_DIR = Path(cutover.cli.__file__).parent
+MODULES = sorted(m.name for m in pkgutil.iter_modules([str(CLI_DIR)]))
+COMMAND_MODULES = [m for m in MODULES if m not in ("context", "main")]
+
+
+def all_commands(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[
+        tuple[tuple[str, ...], click.Command]]:
+    out: list[tuple[tuple[str, ...], click.Command]] = []
+    for name, command in sorted(group.commands.items()):
+        out.append(((*prefix, name), command))
+        if isinstance(command, click.Group):
+            out.extend(all_commands(command, (*prefix, name)))
+    return out
+
+
+def test_the_package_holds_the_expected_modules() -> None:
+    assert {"context", "main"} <= set(MODULES)
+    assert len(COMMAND_MODULES) >= 5  # worker, setup, inspect, move, proof
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_cli_module_imports_alone_in_a_fresh_interpreter(module: str) -> None:
+    # An import cycle shows as an ImportError (partially initialised module) when the cycle is
+    # entered from this module first; a command module must not pull in the group either.
+    code = (f"import sys, cutover.cli.{module}; "
+            "print('cutover.cli.main' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(module == "main")
+
+
+def test_main_adds_every_command_of_every_command_module() -> None:
+    defined = set()
+    for module in COMMAND_MODULES:
+        mod = __import__(f"cutover.cli.{module}", fromlist=["_"])
+        defined |= {id(v) for v in vars(mod).values() if isinstance(v, click.Command)}
+    assert defined and defined <= {id(c) for c in cli.commands.values()}
+
+
+@pytest.mark.parametrize("module", COMMAND_MODULES)
+def test_no_command_catches_cutover_errors_itself(module: str) -> None:
+    text = (CLI_DIR / f"{module}.py").read_text()
+    assert not re.search(r"except\s*\(?[^:\n]*CutoverError", text)
+    assert "fail(" not in text
+
+
+@pytest.mark.parametrize("path", [p for p, _ in all_commands()], ids=" ".join)
+def test_every_command_explains_itself_and_takes_json_after_its_name(
+        path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--json" in result.output
+    command = dict(all_commands())[path]
+    assert command.help and command.help.split("\n")[0].strip() in result.output.replace(
+        "\n  ", " ")
+
+
+def test_the_group_help_lists_every_command() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for name in cli.commands:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_json_before_or_after_the_command_name(where: str) -> None:
+    args = ["--source", "memory://clipkg-json", "status"]
+    args = ["--json", *args] if where == "before" else [*args, "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["phase"]["phase"] == "off"
+    text = CliRunner().invoke(cli, ["--source", "memory://clipkg-json", "status"])
+    assert text.exit_code == 0
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text.stdout)
+
+
+def test_json_after_the_name_reaches_an_error_path_command_too() -> None:
+    result = CliRunner().invoke(cli, ["verify", "--json"])
+    assert result.exit_code == 2
+    assert "needs --source" in result.output
+
+
+@pytest.mark.parametrize("code", [1, 2, 3])
+def test_the_funnel_turns_a_cutover_error_into_its_exit_code_redacted(code: int) -> None:
+    url = "postgresql://clipkg:pa55 w0rd@db.example/app"
+
+    @click.group(cls=CutoverGroup)
+    @click.pass_context
+    def group(ctx: click.Context) -> None:
+        ctx.with_resource(hiding(url))
+
+    @click.group()
+    def nested() -> None:
+        """A nested group."""
+
+    @nested.command()
+    def deep() -> None:
+        """Fails deep down."""
+        error = PreconditionError(f"cannot reach {url} (pa55 w0rd)")
+        error.exit_code = code
+        raise error
+
+    group.add_command(nested)
+    result = CliRunner().invoke(group, ["nested", "deep", "--json"])
+    assert result.exit_code == code
+    assert "cannot reach" in result.output
+    assert "pa55" not in result.output and "w0rd" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_an_error_that_is_not_a_cutover_error_is_not_swallowed() -> None:
+    @click.group(cls=CutoverGroup)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    result = CliRunner().invoke(group, ["boom"])
+    assert isinstance(result.exception, RuntimeError)
+    assert not isinstance(result.exception, CutoverError)
+
+
+def test_python_dash_m_and_the_console_entry_point_agree() -> None:
+    done = subprocess.run([sys.executable, "-m", "cutover", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "Exit codes" in done.stdout
+    pyproject = (CLI_DIR.parents[1] / "pyproject.toml").read_text()
+    assert 'cutover = "cutover.cli.main:main"' in pyproject
+    from cutover.cli import main as main_module
+    assert callable(main_module.main)
