@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from cutover import adapters
 from cutover.backend import QueueBackend
 from cutover.errors import ConfigurationError
+from cutover.metrics import METRICS, Metrics
+from cutover.record import JobRecord
 from cutover.registry import TaskRegistry
 
 
@@ -36,14 +39,19 @@ class Router:
     Until a cut-over is started there is no control plane and the phase is ``off``: every job goes
     to the source backend only, exactly as the application did before. The target URL is opened
     lazily, when a phase needs it.
+
+    Every enqueue call is timed and counted per backend in ``metrics`` (this process's
+    :data:`cutover.metrics.METRICS` unless given another): latency, jobs, errors.
     """
 
     phase = "off"
 
-    def __init__(self, registry: TaskRegistry, source: str, target: str | None = None) -> None:
+    def __init__(self, registry: TaskRegistry, source: str, target: str | None = None, *,
+                 metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.source_url = source
         self.target_url = target
+        self.metrics = METRICS if metrics is None else metrics
         self._source: QueueBackend | None = None
 
     @classmethod
@@ -67,7 +75,7 @@ class Router:
         """Enqueue one job; return its cutover id (the live job's id when ``job_key`` is held)."""
         record = self.registry.make_record(task, args, kwargs, job_key=job_key, queue=queue,
                                            run_at=run_at, priority=priority)
-        return self.source.enqueue([record])[0]
+        return self._send(self.source, [record])[0]
 
     def enqueue_many(self, calls: Iterable[Call]) -> list[str]:
         """Enqueue many jobs in one batch (one transaction on PostgreSQL, one pipeline on
@@ -81,7 +89,18 @@ class Router:
         records = [self.registry.make_record(c.task, c.args, c.kwargs, job_key=c.job_key,
                                              queue=c.queue, run_at=c.run_at,
                                              priority=c.priority) for c in calls]
-        return self.source.enqueue(records) if records else []
+        return self._send(self.source, records) if records else []
+
+    def _send(self, backend: QueueBackend, records: list[JobRecord]) -> list[str]:
+        """One enqueue call to ``backend``, timed and counted in :attr:`metrics`."""
+        started = time.perf_counter()
+        try:
+            ids = backend.enqueue(records)
+        except BaseException:
+            self.metrics.enqueue_failed(backend.name)
+            raise
+        self.metrics.enqueued(backend.name, time.perf_counter() - started, len(records))
+        return ids
 
     def close(self) -> None:
         """Release connections."""

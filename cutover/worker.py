@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from cutover.backend import QueueBackend
 from cutover.errors import CutoverError
+from cutover.metrics import METRICS, Metrics
 from cutover.record import JobRecord
 from cutover.registry import Task, TaskRegistry
 from cutover.runner import Outcome, ProcessSlot, call_task, timed_out
@@ -78,14 +79,16 @@ class Worker:
     ``timeout``: seconds a job may run when neither the job nor its task sets a limit (None: no
     limit). ``isolation``: ``"process"`` (a child process per thread, killed on timeout) or
     ``"thread"`` (in-process; a timed-out job is failed and the worker stops, see the module
-    docstring).
+    docstring). ``metrics``: where claims, in-flight jobs and outcomes are counted per backend
+    (this process's :data:`cutover.metrics.METRICS` unless given another).
     """
 
     def __init__(self, backend: QueueBackend, registry: TaskRegistry, *,
                  queues: Sequence[str] | None = None, concurrency: int = 1, burst: bool = False,
                  poll_interval: float = 0.5, stalled_after: float = 60.0,
                  heartbeat_interval: float = 10.0, name: str | None = None,
-                 timeout: float | None = None, isolation: Isolation = "thread") -> None:
+                 timeout: float | None = None, isolation: Isolation = "thread",
+                 metrics: Metrics | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if isolation not in ("process", "thread"):
@@ -100,6 +103,7 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.name = name or f"cutover.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.report = WorkerReport()
+        self.metrics = METRICS if metrics is None else metrics
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._signals = 0
@@ -245,7 +249,11 @@ class Worker:
                         return
                     self._idle_wait()
                     continue
-                self._execute(job, index)
+                self.metrics.claimed(self.backend.name)
+                try:
+                    self._execute(job, index)
+                finally:
+                    self.metrics.released(self.backend.name)
         except CutoverError as exc:
             # The backend went away: stop every thread and report it; jobs that were running
             # stay "started" and are recovered as stalled by the next worker.
@@ -297,6 +305,7 @@ class Worker:
             self.backend.complete(job, self.name, outcome.result)
             with self._lock:
                 self.report.succeeded += 1
+            self.metrics.outcome(self.backend.name, "succeeded")
             log.info("job %s (%s) succeeded", job.id, task.name,
                      extra={**extra, "event": "succeeded"})
             return
@@ -307,6 +316,7 @@ class Worker:
             delay = job.retry_delay(attempts_made)
             retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
             self.backend.fail(job, self.name, error, retry_at)
+            self.metrics.outcome(self.backend.name, "retried")
             with self._lock:
                 self.report.retried += 1
                 due = time.monotonic() + delay + 0.01
@@ -319,6 +329,7 @@ class Worker:
             self.backend.fail(job, self.name, error, None)
             with self._lock:
                 self.report.failed += 1
+            self.metrics.outcome(self.backend.name, "failed")
             log.error("job %s (%s) failed for good after %d attempt(s): %s", job.id,
                       task.name, attempts_made, outcome.error,
                       extra={**extra, "event": "failed"})

@@ -10,7 +10,8 @@ import psycopg
 import pytest
 
 from cutover import Call, Router, adapters
-from cutover.errors import ConfigurationError, UnknownTaskError
+from cutover.errors import BackendUnavailableError, ConfigurationError, UnknownTaskError
+from cutover.metrics import Metrics, summary
 from cutover.record import JobState, utcnow
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
@@ -178,3 +179,40 @@ def test_enqueue_many_checks_every_call_before_sending_any(source_url: str) -> N
             router.enqueue_many([Call(tasks.add, args=(1, 2)),
                                  Call("cutover.testing.tasks.ad", args=(1, 2))])
         assert list(router.source.snapshot()) == []
+
+
+# -- metrics: every enqueue call is timed and counted per backend ----------------------------
+
+def test_enqueue_calls_are_timed_and_counted_per_backend(source_url: str) -> None:
+    metrics = Metrics()
+    with Router(registry, source=source_url, metrics=metrics) as router:
+        router.enqueue(tasks.add, 1, 2)
+        router.enqueue(tasks.add, 3, 4)
+        router.enqueue_many([Call(tasks.add, (5, 6)), Call(tasks.add, (7, 8))])
+        name = router.source.name
+    snap = metrics.snapshot()
+    assert list(snap["backends"]) == [name]
+    numbers = snap["backends"][name]
+    assert sum(numbers["latency_buckets"]) == 3  # three calls, one of them a batch of two
+    assert numbers["enqueued"] == 4
+    assert numbers["latency_sum"] > 0
+    p50 = summary(snap)[name]["enqueue_p50"]
+    assert p50 is not None and 0 < p50 < 10
+
+
+def test_a_failed_enqueue_counts_an_error_and_no_latency(
+        source_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = Metrics()
+    with Router(registry, source=source_url, metrics=metrics) as router:
+        name = router.source.name
+
+        def refuse(records: object) -> list[str]:
+            raise BackendUnavailableError("store went away (metrics test)")
+
+        monkeypatch.setattr(router.source, "enqueue", refuse)
+        with pytest.raises(BackendUnavailableError):
+            router.enqueue(tasks.add, 1, 2)
+    numbers = metrics.snapshot()["backends"][name]
+    assert numbers["enqueue_errors"] == 1
+    assert sum(numbers["latency_buckets"]) == 0
+    assert numbers["enqueued"] == 0

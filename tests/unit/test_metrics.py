@@ -1,0 +1,145 @@
+"""The metrics math: bucket placement, percentiles from known observations, merge, exposition."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cutover import metrics as m
+
+
+def test_observation_lands_in_the_bucket_whose_bound_is_at_or_above_it() -> None:
+    x = m.Metrics()
+    x.enqueued("rq", 0.0001)        # exactly a bound: le="0.0001" (inclusive)
+    x.enqueued("rq", 0.00010001)    # just above: next bucket
+    x.enqueued("rq", 99.0)          # past 10 s: +Inf
+    counts = x.snapshot()["backends"]["rq"]["latency_buckets"]
+    assert counts[0] == 1
+    assert counts[1] == 1
+    assert counts[-1] == 1
+    assert sum(counts) == 3
+
+
+def test_percentiles_from_known_observations() -> None:
+    x = m.Metrics()
+    # 98 fast calls in (0.0002, 0.0003], 2 slow ones in (0.5, 0.7].
+    for _ in range(98):
+        x.enqueued("procrastinate", 0.00025)
+    for _ in range(2):
+        x.enqueued("procrastinate", 0.6)
+    s = m.summary(x.snapshot())["procrastinate"]
+    # rank 50 of 98 in (0.0002, 0.0003]: 0.0002 + 0.0001 * 50/98
+    assert s["enqueue_p50"] == pytest.approx(0.0002 + 0.0001 * 50 / 98)
+    # rank 99: the first of the two slow ones, half-way into (0.5, 0.7]
+    assert s["enqueue_p99"] == pytest.approx(0.6)
+    assert s["enqueued"] == 100
+
+
+def test_quantile_edges() -> None:
+    assert m.quantile(0.5, [0] * (len(m.BUCKETS) + 1)) is None
+    only_inf = [0] * len(m.BUCKETS) + [5]
+    assert m.quantile(0.99, only_inf) == m.BUCKETS[-1]
+    first = [4] + [0] * len(m.BUCKETS)
+    assert m.quantile(0.5, first) == pytest.approx(m.BUCKETS[0] / 2)
+
+
+def test_counters_gauges_and_consistency_rate() -> None:
+    x = m.Metrics()
+    x.claimed("rq")
+    x.claimed("rq")
+    x.outcome("rq", "succeeded")
+    x.released("rq")
+    x.outcome("rq", "retried")
+    x.enqueue_failed("rq")
+    x.duplicate_skipped("rq")
+    for matched in (True, True, True, False):
+        x.shadow_result("procrastinate", matched)
+    s = m.summary(x.snapshot())
+    assert s["rq"]["in_flight"] == 1
+    assert (s["rq"]["succeeded"], s["rq"]["retried"], s["rq"]["failed"]) == (1, 1, 0)
+    assert s["rq"]["enqueue_errors"] == 1
+    assert s["rq"]["duplicates_skipped"] == 1
+    assert s["rq"]["consistency_rate"] is None
+    assert s["procrastinate"]["consistency_rate"] == pytest.approx(0.75)
+    assert s["procrastinate"]["shadow_total"] == 4
+
+
+def test_merge_adds_counters_buckets_and_in_flight() -> None:
+    a, b = m.Metrics(), m.Metrics()
+    a.enqueued("rq", 0.001)
+    a.claimed("rq")
+    a.outcome("rq", "failed")
+    b.enqueued("rq", 0.001)
+    b.enqueued("rq", 2.5)
+    b.claimed("rq")
+    b.claimed("procrastinate")
+    b.shadow_result("procrastinate", False)
+    # Snapshots travel as JSON (the fleet table): merge what came back.
+    snaps = [json.loads(json.dumps(a.snapshot())), json.loads(json.dumps(b.snapshot()))]
+    merged = m.merge(snaps)
+    rq = merged["backends"]["rq"]
+    assert rq["latency_buckets"][m.BUCKETS.index(0.001)] == 2
+    assert rq["latency_buckets"][m.BUCKETS.index(3.0)] == 1
+    assert rq["latency_sum"] == pytest.approx(2.502)
+    assert rq["enqueued"] == 3
+    assert rq["failed"] == 1
+    assert rq["in_flight"] == 2
+    assert merged["backends"]["procrastinate"]["shadow_total"] == 1
+    assert merged["backends"]["procrastinate"]["shadow_matched"] == 0
+    # Merging one snapshot gives it back; merging nothing is empty.
+    assert m.merge([a.snapshot()]) == a.snapshot()
+    assert m.merge([]) == m.empty()
+
+
+def test_merge_refuses_other_buckets() -> None:
+    other = {**m.empty(), "buckets": [0.5, 1.0]}
+    with pytest.raises(ValueError, match="other latency buckets"):
+        m.merge([other])
+
+
+def test_concurrent_observations_are_all_counted() -> None:
+    x = m.Metrics()
+
+    def work() -> None:
+        for _ in range(5000):
+            x.enqueued("rq", 0.002)
+            x.claimed("rq")
+            x.released("rq")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s = x.snapshot()["backends"]["rq"]
+    assert sum(s["latency_buckets"]) == 20000
+    assert s["enqueued"] == 20000
+    assert s["in_flight"] == 0
+
+
+def test_exposition_parses_and_carries_the_numbers() -> None:
+    x = m.Metrics()
+    x.enqueued("rq", 0.0004)
+    x.enqueued("rq", 0.02)
+    x.outcome("rq", "succeeded")
+    x.outcome("rq", "succeeded")
+    x.claimed("procrastinate")
+    x.shadow_result("procrastinate", True)
+    text = m.exposition(x)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in families.values() for s in f.samples}
+    assert samples[("cutover_succeeded_total", (("backend", "rq"),))] == 2
+    assert samples[("cutover_jobs_in_flight", (("backend", "procrastinate"),))] == 1
+    assert samples[("cutover_shadow_runs_total", (("backend", "procrastinate"),))] == 1
+    assert samples[("cutover_enqueue_latency_seconds_count", (("backend", "rq"),))] == 2
+    assert samples[("cutover_enqueue_latency_seconds_bucket",
+                    (("backend", "rq"), ("le", "0.0005")))] == 1
+    assert samples[("cutover_enqueue_latency_seconds_bucket",
+                    (("backend", "rq"), ("le", "+Inf")))] == 2
+    assert families["cutover_enqueue_latency_seconds"].type == "histogram"
+    # A snapshot renders the same text as the live object it came from.
+    assert m.exposition(x.snapshot()) == text
