@@ -300,6 +300,33 @@ def worker(stores: Stores, rounds: int, jobs: int, concurrency: list[int]) -> di
     return out
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The ratios of a run as the tables of benchmarks/RESULTS.md."""
+    lines: list[str] = []
+
+    def table(title: str, block: dict[str, Any]) -> None:
+        lines.extend([f"**{title}**", "", "| | median ratio | per round |", "|---|---:|---|"])
+        for key, value in block.items():
+            if key != "rates":
+                lines.append(f"| {key} | {value['median']:.2f} | "
+                             + ", ".join(f"{r:.2f}" for r in value["rounds"]) + " |")
+        lines.extend(["", "rates (median jobs/s): " + ", ".join(
+            f"{k} {v:.0f}" for k, v in block["rates"].items()), ""])
+
+    if "producer" in results:
+        table("producer", results["producer"])
+    if "flat" in results:
+        f = results["flat"]
+        lines.extend(["**flat** (ms a call, never-analyzed tables)", "",
+                      "| | at 0 jobs | at " + f"{f['jobs_at_end']:,}" + " jobs |",
+                      "|---|---:|---:|",
+                      f"| Router.enqueue | {f['start_router_ms']:.2f} | {f['end_router_ms']:.2f} |",
+                      f"| defer | {f['start_defer_ms']:.2f} | {f['end_defer_ms']:.2f} |", ""])
+    for name, block in results.get("worker", {}).items():
+        table(f"worker, {name}", block)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="producer,worker",
@@ -331,6 +358,7 @@ def main() -> None:
         stores.close()
     text = json.dumps(results, indent=1)
     print(text)
+    print(markdown(results), file=sys.stderr)
     if opts.json:
         with open(opts.json, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -11,6 +11,7 @@ import procrastinate
 import psycopg
 import pytest
 from cutover_procrastinate import ProcrastinateBackend
+from cutover_procrastinate.sql import query as sql_text
 
 from cutover.errors import BackendUnavailableError, ConfigurationError
 from cutover.record import JobRecord, JobState
@@ -248,3 +249,24 @@ def test_single_enqueue_keeps_the_batch_rules(backend: ProcrastinateBackend) -> 
     stored = backend.get(first.id)
     assert stored is not None and dict(stored.kwargs) == {"a": 1, "b": 2}
     assert len(list(backend.snapshot())) == 2
+
+
+def test_a_running_job_holds_its_key_and_the_lookup_uses_indexes(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    """A key held by a doing job is found, and the waiting half of the lookup goes through
+    procrastinate's unique index on queueing_lock (the old lookup, status IN (todo, doing),
+    could not use it and read every waiting job for each keyed enqueue)."""
+    held = tasks.registry.make_record(tasks.add, (1, 2), job_key="running-key")
+    backend.enqueue([held])
+    backend.enqueue([tasks.registry.make_record(tasks.add, (i, i)) for i in range(50)])
+    sql(cutover_database_url, "UPDATE procrastinate_jobs SET status = 'doing' "
+        "WHERE queueing_lock = 'running-key'")
+    again = tasks.registry.make_record(tasks.add, (3, 4), job_key="running-key")
+    assert backend.enqueue([again]) == [held.id]
+    assert backend.enqueue([again, tasks.registry.make_record(tasks.add, (5, 6))])[0] == held.id
+    with psycopg.connect(cutover_database_url, autocommit=True) as conn:
+        conn.execute("ANALYZE procrastinate_jobs")  # 51 rows: only stats and no seq scan
+        conn.execute("SET enable_seqscan = off")  # make the index the plan's choice
+        plan = "\n".join(str(r[0]) for r in conn.execute(
+            "EXPLAIN " + sql_text("live_key_holders").replace("%(keys)s", "ARRAY['k']")))
+    assert "Index Scan using procrastinate_jobs_queueing_lock_idx_v1" in plan, plan

@@ -37,9 +37,15 @@ SELECT
 SELECT pg_advisory_xact_lock(hashtext('cutover-key:' || k)) FROM unnest(%(keys)s::text[]) AS k ORDER BY k;
 
 -- name: live_key_holders
+-- Two halves so that neither reads every waiting job: procrastinate's unique index on
+-- queueing_lock covers todo jobs; doing jobs are few (its index on lock covers them).
 SELECT j.queueing_lock, COALESCE(c.cutover_id, 'pg-' || j.id)
 FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
-WHERE j.queueing_lock = ANY(%(keys)s::text[]) AND j.status IN ('todo', 'doing');
+WHERE j.queueing_lock = ANY(%(keys)s::text[]) AND j.status = 'todo'
+UNION ALL
+SELECT j.queueing_lock, COALESCE(c.cutover_id, 'pg-' || j.id)
+FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
+WHERE j.queueing_lock = ANY(%(keys)s::text[]) AND j.status = 'doing';
 
 -- name: existing_ids
 -- Ids travel as one newline-separated text: a text[] parameter is escaped element by element.

@@ -132,7 +132,11 @@ BEGIN
     IF _key IS NOT NULL THEN
         SELECT COALESCE(c.cutover_id, 'pg-' || j.id) INTO _holder
         FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
-        WHERE j.queueing_lock = _key AND j.status IN ('todo', 'doing')
+        WHERE j.queueing_lock = _key AND j.status = 'todo'
+        UNION ALL
+        SELECT COALESCE(c.cutover_id, 'pg-' || j.id)
+        FROM procrastinate_jobs j LEFT JOIN cutover_jobs c ON c.job_id = j.id
+        WHERE j.queueing_lock = _key AND j.status = 'doing'
         LIMIT 1;
         IF _holder IS NOT NULL THEN
             RETURN _holder;
