@@ -126,7 +126,7 @@ def run_group(group: dict[str, Any], settings: dict[str, Any], work: Path,
 
     name = group["name"]
     command = test_command(work, group["tests"], settings["timeout"])
-    took = 0.0 if count_only else baseline(command, work)
+    took = group.get("baseline", 0.0)
     modules = {work / path: spans(work / path, names)
                for path, names in group["functions"].items()}
     config = work / f"mutation-{name}.toml"
@@ -187,7 +187,7 @@ def run_lua(lua: dict[str, Any], settings: dict[str, Any], work: Path) -> dict[s
     path = work / lua["file"]
     original = path.read_text()
     command = test_command(work, lua["tests"], settings["timeout"])
-    took = baseline(command, work)
+    took = lua.get("baseline", 0.0)
     print(f"[lua] {len(lua['mutants'])} mutants (baseline tests {took:.1f} s): {command}",
           file=sys.stderr)
     counts = {"killed": 0, "survived": 0}
@@ -215,6 +215,13 @@ def run_lua(lua: dict[str, Any], settings: dict[str, Any], work: Path) -> dict[s
             "seconds": round(time.monotonic() - started), "survivors": survivors}
 
 
+def save(doc: dict[str, Any], path: Path | None) -> None:
+    """Write the results so far (a long run keeps what it found if it is stopped)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--group", action="append", default=[],
@@ -228,26 +235,30 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"set {var}: each mutant runs the tests against running servers")
     settings = tomllib.loads(CONFIG.read_text())
     work = Path(tempfile.mkdtemp(prefix="cutover-mutate-"))
-    results = []
-    try:
-        copy_tree(work)
-        for group in settings["group"]:
-            if not args.group or group["name"] in args.group:
-                results.append(run_group(group, settings, work, args.count))
-        if args.count:
-            return 0
-        if not args.group or "lua" in args.group:
-            results.append(run_lua(settings["lua"], settings, work))
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+    results: list[dict[str, Any]] = []
     doc = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                     capture_output=True, text=True).stdout.strip(),
            "groups": results}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2))
+    groups = [g for g in settings["group"] if not args.group or g["name"] in args.group]
+    lua = settings["lua"] if not args.group or "lua" in args.group else None
+    try:
+        copy_tree(work)
+        if not args.count:  # every group's tests must pass unmutated before any mutant runs
+            for group in [*groups, *([lua] if lua else [])]:
+                command = test_command(work, group["tests"], settings["timeout"])
+                group["baseline"] = baseline(command, work)
+        for group in groups:
+            results.append(run_group(group, settings, work, args.count))
+            save(doc, args.json)
+        if args.count:
+            return 0
+        if lua:
+            results.append(run_lua(lua, settings, work))
+            save(doc, args.json)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     print("| group | mutants | killed | survived | incompetent | score | seconds |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
