@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -116,7 +117,8 @@ def baseline(command: str, work: Path) -> float:
 
 
 def run_group(group: dict[str, Any], settings: dict[str, Any], work: Path,
-              count_only: bool = False) -> dict[str, Any]:
+              count_only: bool = False, share: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """The group's mutants in this share (every n-th, from k), run in the copy ``work``."""
     from cosmic_ray.work_db import WorkDB, use_db  # type: ignore[import-untyped]
     from cosmic_ray.work_item import (  # type: ignore[import-untyped]
         TestOutcome,
@@ -143,8 +145,11 @@ def run_group(group: dict[str, Any], settings: dict[str, Any], work: Path,
     excluded = [re.compile(p) for p in settings["exclude-operators"]]
     typing = {path: annotations(path) for path in modules}
     with use_db(str(session), WorkDB.Mode.open) as db:
-        skip = []
-        for item in db.work_items:
+        skip, kept = [], 0
+        for item in sorted(db.work_items, key=lambda i: (str(i.mutations[0].module_path),
+                                                          tuple(i.mutations[0].start_pos),
+                                                          i.mutations[0].operator_name,
+                                                          i.mutations[0].occurrence)):
             for m in item.mutations:
                 path, at = Path(m.module_path), tuple(m.start_pos)
                 inside = any(a <= at[0] <= b for a, b in modules[path])
@@ -153,12 +158,17 @@ def run_group(group: dict[str, Any], settings: dict[str, Any], work: Path,
                         or any(p.search(m.operator_name) for p in excluded)):
                     skip.append(item.job_id)
                     break
+            else:
+                kept += 1
+                if kept % share[1] != share[0] % share[1]:
+                    skip.append(item.job_id)
         db.set_multiple_results(skip, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
         pending = db.num_work_items - len(skip)
     if count_only:
         print(f"[{name}] {pending} mutants", file=sys.stderr)
         return {"group": name, "mutants": pending}
-    print(f"[{name}] {pending} mutants (baseline tests {took:.1f} s): {command}", file=sys.stderr)
+    print(f"[{name}] share {share[0] + 1}/{share[1]}: {pending} mutants (baseline tests "
+          f"{took:.1f} s): {command}", file=sys.stderr)
     started = time.monotonic()
     subprocess.run([*cosmic, "exec", str(config), str(session)], cwd=work,
                    env=environment(work), check=True)
@@ -183,17 +193,18 @@ def run_group(group: dict[str, Any], settings: dict[str, Any], work: Path,
             "seconds": round(time.monotonic() - started), "survivors": survivors}
 
 
-def run_lua(lua: dict[str, Any], settings: dict[str, Any], work: Path) -> dict[str, Any]:
+def run_lua(lua: dict[str, Any], settings: dict[str, Any], work: Path,
+            share: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     path = work / lua["file"]
     original = path.read_text()
     command = test_command(work, lua["tests"], settings["timeout"])
     took = lua.get("baseline", 0.0)
-    print(f"[lua] {len(lua['mutants'])} mutants (baseline tests {took:.1f} s): {command}",
+    print(f"[lua] share {share[0] + 1}/{share[1]} (baseline tests {took:.1f} s): {command}",
           file=sys.stderr)
     counts = {"killed": 0, "survived": 0}
     survivors = []
     started = time.monotonic()
-    for what, old, new in lua["mutants"]:
+    for what, old, new in lua["mutants"][share[0]::share[1]]:
         if original.count(old) != 1:
             raise SystemExit(f"{lua['file']}: the mutant {what!r} no longer applies "
                              "(its text must occur once; update mutation.toml)")
@@ -211,8 +222,19 @@ def run_lua(lua: dict[str, Any], settings: dict[str, Any], work: Path) -> dict[s
         print(f"  {'killed' if killed else 'SURVIVED'}: {what}", file=sys.stderr)
         if not killed:
             survivors.append({"module": lua["file"], "mutant": what, "old": old, "new": new})
-    return {"group": "rq-take.lua", "tests": command, "mutants": len(lua["mutants"]), **counts,
+    return {"group": "rq-take.lua", "tests": command, "mutants": sum(counts.values()), **counts,
             "seconds": round(time.monotonic() - started), "survivors": survivors}
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One group's result from its shares."""
+    out = dict(parts[0])
+    for key in ("mutants", "killed", "survived", "incompetent", "timeout"):
+        if key in out:
+            out[key] = sum(p.get(key, 0) for p in parts)
+    out["seconds"] = max(p["seconds"] for p in parts)
+    out["survivors"] = [s for p in parts for s in p["survivors"]]
+    return out
 
 
 def save(doc: dict[str, Any], path: Path | None) -> None:
@@ -229,36 +251,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the working copy")
     parser.add_argument("--count", action="store_true", help="count the mutants, run nothing")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="mutants run at once, each in its own copy (default 2)")
     args = parser.parse_args(argv)
     for var in ("CUTOVER_TEST_DATABASE_URL", "CUTOVER_TEST_REDIS_URL"):
         if not os.environ.get(var):
             raise SystemExit(f"set {var}: each mutant runs the tests against running servers")
     settings = tomllib.loads(CONFIG.read_text())
-    work = Path(tempfile.mkdtemp(prefix="cutover-mutate-"))
     results: list[dict[str, Any]] = []
+    started = time.monotonic()
     doc = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                     capture_output=True, text=True).stdout.strip(),
-           "groups": results}
+           "jobs": args.jobs, "groups": results}
     groups = [g for g in settings["group"] if not args.group or g["name"] in args.group]
     lua = settings["lua"] if not args.group or "lua" in args.group else None
+    copies = [Path(tempfile.mkdtemp(prefix="cutover-mutate-")) for _ in range(args.jobs)]
     try:
-        copy_tree(work)
-        if not args.count:  # every group's tests must pass unmutated before any mutant runs
-            for group in [*groups, *([lua] if lua else [])]:
-                command = test_command(work, group["tests"], settings["timeout"])
-                group["baseline"] = baseline(command, work)
-        for group in groups:
-            results.append(run_group(group, settings, work, args.count))
-            save(doc, args.json)
+        for copy in copies:
+            copy_tree(copy)
+        work = copies[0]
         if args.count:
+            for group in groups:
+                run_group(group, settings, work, count_only=True)
             return 0
-        if lua:
-            results.append(run_lua(lua, settings, work))
-            save(doc, args.json)
+        # Every group's tests must pass unmutated before any mutant runs.
+        for group in [*groups, *([lua] if lua else [])]:
+            group["baseline"] = baseline(test_command(work, group["tests"], settings["timeout"]),
+                                         work)
+        shares: list[list[dict[str, Any]]] = [[] for _ in copies]
+        lock = threading.Lock()
+
+        def done(k: int, result: dict[str, Any]) -> None:
+            with lock:  # save each group once all its shares are in (a stopped run keeps them)
+                shares[k].append(result)
+                results[:] = [merge(list(p)) for p in zip(*shares, strict=False)]
+                save(doc, args.json)
+
+        def worker(k: int) -> None:
+            for group in groups:
+                done(k, run_group(group, settings, copies[k], share=(k, len(copies))))
+            if lua:
+                done(k, run_lua(lua, settings, copies[k], share=(k, len(copies))))
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(copies))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        doc["seconds"] = round(time.monotonic() - started)
+        save(doc, args.json)
     finally:
         if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            for copy in copies:
+                shutil.rmtree(copy, ignore_errors=True)
     print("| group | mutants | killed | survived | incompetent | score | seconds |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:

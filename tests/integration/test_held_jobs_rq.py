@@ -64,3 +64,45 @@ def test_a_plain_rq_worker_runs_none_of_the_jobs_the_drain_holds(backend: RQBack
     tasks.reset()
     run_plain_rq(conn, "default", "other")
     assert sorted(c[1]["a"] for c in tasks.calls if c[0] == "add") == list(range(7))
+
+
+def test_a_scheduled_job_given_back_keeps_its_time(backend: RQBackend) -> None:
+    conn = backend.redis
+    at = (utcnow() + dt.timedelta(hours=2)).replace(microsecond=0)
+    job = rq.Queue("default", connection=conn).enqueue_at(at, tasks.add, 1, 1)
+    score = conn.zscore("rq:scheduled:default", job.id)
+    assert score is not None
+    assert backend.take([job.id], OWNER).taken_ids == [job.id]
+    assert conn.zscore("rq:scheduled:default", job.id) is None  # out of the scheduler's reach
+    assert backend.give_back([job.id], OWNER) == 1
+    assert conn.zscore("rq:scheduled:default", job.id) == score
+    back = backend.get(job.id)
+    assert back is not None and back.state is JobState.SCHEDULED and back.run_at == at
+
+
+def test_a_job_rq_is_starting_is_not_taken(backend: RQBackend) -> None:
+    conn = backend.redis
+    queue = rq.Queue("default", connection=conn)
+    starting = queue.enqueue(tasks.add, 1, 1).id
+    waiting = queue.enqueue(tasks.add, 2, 2).id
+    # What RQ's worker does first: the id moves to the intermediate list while its hash still
+    # says queued; the worker runs it next.
+    assert conn.lmove("rq:queue:default", "rq:queue:default:intermediate", "LEFT", "RIGHT")
+    taken = backend.take([starting, waiting], OWNER)
+    assert taken.taken_ids == [waiting]
+    assert taken.refused == {starting: "started"}
+    assert conn.hget(f"rq:job:{starting}", "cutover_held") is None
+
+
+def test_a_hash_without_origin_is_refused_and_the_rest_of_the_batch_is_taken(
+        backend: RQBackend) -> None:
+    conn = backend.redis
+    queue = rq.Queue("default", connection=conn)
+    first = queue.enqueue(tasks.add, 1, 1).id
+    broken = queue.enqueue(tasks.add, 2, 2).id
+    last = queue.enqueue(tasks.add, 3, 3).id
+    conn.hdel(f"rq:job:{broken}", "origin")
+    taken = backend.take([first, broken, last], OWNER)
+    assert taken.taken_ids == [first, last]
+    assert taken.refused == {broken: "missing"}
+    assert conn.hget(f"rq:job:{broken}", "cutover_held") is None
