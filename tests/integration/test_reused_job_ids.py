@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import psycopg
 import pytest
 
 from cutover import adapters
@@ -17,6 +18,7 @@ from cutover.testing import tasks
 from cutover.testing.contract import run_burst
 from cutover.testing.tasks import registry
 from tests.integration.drain_helpers import invoke, invoke_json
+from tests.integration.plain_workers import run_plain_rq_worker
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
@@ -67,5 +69,48 @@ def test_a_new_job_under_the_id_of_a_moved_and_finished_one_is_not_dropped(
     code, report = invoke_json(source_url, target_url, "drain", "--yes")
     assert code == 3 and ids(report["left"]["id_conflict"]) == ["order-1"], report
     assert source.get("order-1") is not None
+    source.close()
+    target.close()
+
+
+def cancel_on_procrastinate(pg_url: str, cutover_id: str) -> None:
+    """procrastinate's own cancel (what `app.job_manager.cancel_job_by_id` runs)."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        row = conn.execute("SELECT job_id FROM cutover_jobs WHERE cutover_id = %s",
+                           (cutover_id,)).fetchone()
+        assert row is not None
+        assert conn.execute("SELECT procrastinate_cancel_job_v1(%s, false, false)",
+                            (row[0],)).fetchone() == (row[0],)
+
+
+@pytest.mark.parametrize("direction", ["rq->pg", "pg->rq"])
+def test_the_same_job_enqueued_again_after_the_moved_one_ended_is_not_dropped(
+        urls: tuple[str, str], direction: str) -> None:
+    """The new job has the very content of the old one (same id, same arguments) and the old
+    one ended without changing its content: cancelled on procrastinate, or run by RQ's own worker
+    (which leaves cutover's attempt count alone). Content alone cannot tell them apart."""
+    rq_url, pg_url = urls
+    source_url, target_url = (rq_url, pg_url) if direction == "rq->pg" else (pg_url, rq_url)
+    source, target = adapters.open_backend(source_url), adapters.open_backend(target_url)
+    job = registry.make_record(tasks.add, (7, 1), job_id="order-7")
+    source.enqueue([job])
+    code, report = invoke_json(source_url, target_url, "drain", "--yes")
+    assert code == 0 and report["moved"] == 1, report
+    if direction == "rq->pg":
+        cancel_on_procrastinate(pg_url, "order-7")
+    else:
+        run_plain_rq_worker(rq_url)
+        assert len(tasks.calls) == 1
+    ended = target.get("order-7")
+    assert ended is not None and ended.state in (JobState.CANCELED, JobState.FINISHED), ended
+
+    source.enqueue([registry.make_record(tasks.add, (7, 1), job_id="order-7")])
+    code, report = invoke_json(source_url, target_url, "drain", "--yes")
+    assert code == 3, report
+    assert report["moved"] == 0 and ids(report["left"]["id_conflict"]) == ["order-7"], report
+    kept = source.get("order-7")
+    assert kept is not None and kept.state is JobState.QUEUED and kept.holder is None, kept
+    code, verified = invoke_json(source_url, target_url, "verify", "--report", os.devnull)
+    assert verified["lost"] == [], verified
     source.close()
     target.close()

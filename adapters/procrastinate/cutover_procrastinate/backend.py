@@ -421,6 +421,11 @@ class ProcrastinateBackend:
             raise JobConflictError("a different job with this id exists already",
                                    job_id=record.id,
                                    fields=sorted(found[0].differences(record)))
+        if found and record.state.live and not found[0].state.live:
+            # Same content, but it ended (cancelled, or run without counting the attempt): a
+            # job still to run is not that one (a producer used the id again).
+            raise JobConflictError(f"a job with this id exists already and has ended "
+                                   f"({found[0].state.value})", job_id=record.id, fields=["state"])
 
     def _write(self, conn: psycopg.Connection[TupleRow], records: list[JobRecord]) -> None:
         """COPY the jobs into procrastinate_jobs (ids taken from its sequence first) and their

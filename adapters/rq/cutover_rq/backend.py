@@ -569,6 +569,12 @@ class RQBackend:
                     conflict = conflict or JobConflictError(
                         "a different job with this id exists already", job_id=record.id,
                         fields=sorted(existing.differences(record)))
+                elif existing is not None and record.state.live and not existing.state.live:
+                    # Same content, but it ended (RQ's worker leaves the attempt count alone):
+                    # a job still to run is not that one (a producer used the id again).
+                    conflict = conflict or JobConflictError(
+                        f"a job with this id exists already and has ended "
+                        f"({existing.state.value})", job_id=record.id, fields=["state"])
             if conflict is not None:
                 raise conflict
         if tx_hook is not None:
