@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from wsgiref.simple_server import WSGIServer
+
 import click
 
-from cutover import adapters
+from cutover import adapters, metrics
 from cutover.backend import QueueBackend
 from cutover.cli.context import Context, emit
+from cutover.errors import ConfigurationError
 from cutover.worker import Worker
+
+log = logging.getLogger("cutover.worker")
 
 
 @click.command()
@@ -36,10 +42,17 @@ from cutover.worker import Worker
                    "thread: in the worker process (a job past its timeout is failed and the "
                    "worker exits 3 for its supervisor to restart it) "
                    "[env CUTOVER_WORKER_ISOLATION].")
+@click.option("--metrics-port", envvar="CUTOVER_METRICS_PORT", type=click.IntRange(0, 65535),
+              default=None, metavar="PORT",
+              help="Serve this process's metrics as Prometheus text at "
+                   "http://HOST:PORT/metrics (0: a free port, logged) [env CUTOVER_METRICS_PORT].")
+@click.option("--metrics-host", envvar="CUTOVER_METRICS_HOST", default="127.0.0.1",
+              show_default=True, metavar="HOST",
+              help="Address the metrics server listens on [env CUTOVER_METRICS_HOST].")
 @click.pass_obj
 def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency: int,
            burst: bool, poll_interval: float, stalled_after: float, timeout: float,
-           isolation: str) -> None:
+           isolation: str, metrics_port: int | None, metrics_host: str) -> None:
     """Run the registry's tasks from one backend.
 
     Runs jobs enqueued through queue-cutover and jobs that plain RQ or Procrastinate code
@@ -50,6 +63,7 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
     once.
     """
     backend: QueueBackend | None = None
+    server = None if metrics_port is None else _serve_metrics(metrics_port, metrics_host)
     try:
         registry = ctx.registry()
         backend = adapters.open_backend(ctx.backend_url(backend_name))
@@ -60,6 +74,9 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
     finally:
         if backend is not None:
             backend.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     summary = {"succeeded": report.succeeded, "failed": report.failed, "retried": report.retried,
                "skipped": report.skipped, "recovered": report.recovered,
                "abandoned": report.abandoned}
@@ -69,3 +86,15 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
          + "".join(f"\n  timed out, thread still running: {k}" for k in report.abandoned))
     if report.abandoned:
         raise SystemExit(3)
+
+
+def _serve_metrics(port: int, host: str) -> WSGIServer:
+    """Start the /metrics server, or refuse (exit 2) naming the address that failed."""
+    try:
+        server = metrics.serve(port, host)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+                                 ) from exc
+    log.info("metrics at http://%s:%d/metrics", host, server.server_port,
+             extra={"event": "metrics"})
+    return server
