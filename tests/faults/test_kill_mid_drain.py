@@ -103,3 +103,38 @@ def test_kill_9_mid_drain_then_rerun_then_every_job_runs_exactly_once(
     counter.close()
     source.close()
     target.close()
+
+
+def test_a_job_put_then_run_and_forgotten_by_the_target_is_not_put_again(
+        cutover_redis_url: str, cutover_database_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after a put and before the release, the drain's re-run must only release: the
+    target's workers may have run those jobs and the target forgotten them (RQ deletes a
+    finished job after its result TTL), so putting them again would run them twice."""
+    rq_url, pg_url = cutover_redis_url, cutover_database_url
+    assert invoke(rq_url, pg_url, "init", "--yes").exit_code == 0
+    source, target = adapters.open_backend(pg_url), adapters.open_backend(rq_url)
+    records = [tally.registry.make_record(tally.tally, (n,)) for n in range(8)]
+    source.enqueue(records)
+    killed = run_cli(pg_url, rq_url, "drain", "--yes", "--batch-size", "4", app=tally.APP,
+                     env={"CUTOVER_FAULT": "after_put:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    put = [r.id for r in records if target.get(r.id) is not None]
+    assert 0 < len(put) < len(records), put
+
+    counter = redis.Redis.from_url(rq_url)
+    monkeypatch.setenv(tally.URL_ENV, rq_url)
+    worker_queue = rq.Queue("default", connection=counter)
+    rq.SimpleWorker([worker_queue], connection=counter).work(burst=True)
+    assert sum(tally.counts(counter).values()) == len(put)
+    assert target.remove(put) == len(put)  # the target forgets the jobs it ran
+
+    again = run_cli(pg_url, rq_url, "drain", "--yes", app=tally.APP)
+    assert again.returncode == 0, again.stdout + again.stderr
+    rq.SimpleWorker([worker_queue], connection=counter).work(burst=True)
+    executions = tally.counts(counter)
+    assert executions == {n: 1 for n in range(8)}, executions
+    counter.delete(tally.KEY)
+    counter.close()
+    source.close()
+    target.close()
