@@ -234,7 +234,7 @@ def summary(snapshot: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 #: Counter family names that differ from the snapshot key (a counter's samples end in _total:
 #: "shadow_total" would read "cutover_shadow_total_total").
-_PROM_NAMES: Final = {"shadow_total": "cutover_shadow_runs"}
+PROM_NAMES: Final = {"shadow_total": "cutover_shadow_runs"}
 
 
 class SnapshotCollector(Collector):
@@ -269,7 +269,7 @@ class SnapshotCollector(Collector):
             "shadow_total": "Shadow dry runs per backend",
         }
         for key in COUNTERS:
-            family = CounterMetricFamily(_PROM_NAMES.get(key, f"cutover_{key}"), helps[key],
+            family = CounterMetricFamily(PROM_NAMES.get(key, f"cutover_{key}"), helps[key],
                                          labels=["backend"])
             for name, n in backends:
                 family.add_metric([name], n[key])

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cutover import stores
+from cutover import fleet_metrics, metrics, stores
 from cutover.audit import Classifier, JobClass, audit
 from cutover.backend import QueueBackend
 from cutover.cli.context import Context, console, opened
@@ -34,10 +34,22 @@ def _counts(backend: QueueBackend) -> dict[str, dict[str, int]]:
 @click.command()
 @click.option("--watch", type=click.FloatRange(min=0.5), default=None, metavar="SECONDS",
               help="Refresh every SECONDS until interrupted.")
+@click.option("--prometheus", is_flag=True,
+              help="Print only the merged metrics as Prometheus text exposition.")
+@click.option("--metrics-from", "endpoints", multiple=True, metavar="URL",
+              envvar="CUTOVER_METRICS_FROM",
+              help="Also merge the metrics a worker serves at URL (http://HOST:PORT/metrics of "
+                   "its --metrics-port; repeatable) [env CUTOVER_METRICS_FROM, space-separated].")
 @click.pass_obj
-def status(ctx: Context, watch: float | None) -> None:
+def status(ctx: Context, watch: float | None, prometheus: bool,
+           endpoints: tuple[str, ...]) -> None:
     """The phase, per backend and queue the jobs waiting / scheduled / active / completed /
-    failed, and the ledger's summary."""
+    failed, the ledger's summary, and the metrics per backend (enqueue latency p50/p99, errors,
+    consistency rate, duplicates skipped, in flight) merged over the fleet."""
+    if prometheus:
+        merged, _ = fleet_metrics.gather(endpoints=endpoints)
+        click.echo(metrics.exposition(merged), nl=False)
+        return
     urls = [u for u in (ctx.source, ctx.target) if u]
     if not urls:
         raise ConfigurationError("status needs --source and/or --target")
@@ -45,6 +57,8 @@ def status(ctx: Context, watch: float | None) -> None:
         with opened(*urls) as backends:
             while True:
                 doc = _status(ctx, dict(zip(urls, backends, strict=True)))
+                merged, sources = fleet_metrics.gather(endpoints=endpoints)
+                doc["metrics"] = {"sources": sources, "backends": metrics.summary(merged)}
                 if ctx.json:
                     click.echo(json.dumps(doc, default=str, indent=2))
                 else:
@@ -92,6 +106,30 @@ def _print_status(doc: dict[str, Any]) -> None:
         out.print(f"ledger: {row['source']} -> {row['target']}: {row['state']} {row['jobs']}")
     for cls, n in doc.get("failures", {}).items():
         out.print(f"failure records: {cls} {n}")
+    _print_metrics(doc.get("metrics", {}))
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.2f} ms"
+
+
+def _print_metrics(view: dict[str, Any]) -> None:
+    out = console()
+    out.print(f"metrics (from {', '.join(view.get('sources', []))}):")
+    table = Table()
+    for col in ("backend", "enqueue p50", "enqueue p99", "enqueued", "errors", "consistency",
+                "duplicates skipped", "in flight", "succeeded", "failed", "retried"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    for name, row in view.get("backends", {}).items():
+        rate = row["consistency_rate"]
+        table.add_row(name, _ms(row["enqueue_p50"]), _ms(row["enqueue_p99"]),
+                      str(row["enqueued"]), str(row["enqueue_errors"]),
+                      "-" if rate is None else f"{rate:.1%} of {row['shadow_total']}",
+                      str(row["duplicates_skipped"]), str(row["in_flight"]),
+                      str(row["succeeded"]), str(row["failed"]), str(row["retried"]))
+    if not view.get("backends"):
+        table.add_row("(nothing counted)", *("-" for _ in range(10)))
+    out.print(table)
 
 
 @click.command(name="audit")

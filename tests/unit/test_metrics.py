@@ -143,3 +143,18 @@ def test_exposition_parses_and_carries_the_numbers() -> None:
     assert families["cutover_enqueue_latency_seconds"].type == "histogram"
     # A snapshot renders the same text as the live object it came from.
     assert m.exposition(x.snapshot()) == text
+
+
+def test_exposition_reads_back_into_the_same_snapshot() -> None:
+    from cutover.fleet_metrics import from_exposition
+
+    x = m.Metrics()
+    x.enqueued("rq", 0.003)
+    x.enqueued("rq", 30.0)  # +Inf bucket
+    x.outcome("rq", "failed")
+    x.claimed("procrastinate")
+    x.duplicate_skipped("procrastinate")
+    x.shadow_result("procrastinate", True)
+    snap = x.snapshot()
+    assert from_exposition(m.exposition(snap)) == snap
+    assert from_exposition("# nothing of ours\nother_total 3\n") == m.empty()

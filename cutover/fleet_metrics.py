@@ -1,0 +1,101 @@
+"""The fleet-wide metrics view that ``cutover status`` shows: snapshots gathered from the fleet's
+heartbeats (control plane) and from workers' ``/metrics`` endpoints, merged
+(:func:`cutover.metrics.merge`).
+
+A worker's endpoint speaks Prometheus text; :func:`from_exposition` reads it back into a snapshot
+(the exposition carries every bucket, sum and counter, so nothing is lost on the way).
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from cutover.errors import BackendUnavailableError, ConfigurationError
+from cutover.metrics import BUCKETS, COUNTERS, METRICS, PROM_NAMES, empty, merge
+
+_LATENCY = "cutover_enqueue_latency_seconds"
+_IN_FLIGHT = "cutover_jobs_in_flight"
+#: Prometheus family name (without _total) -> snapshot counter key.
+_COUNTER_OF = {PROM_NAMES.get(key, f"cutover_{key}"): key for key in COUNTERS}
+
+
+def from_exposition(text: str) -> dict[str, Any]:
+    """A snapshot from the Prometheus text a ``cutover worker --metrics-port`` serves.
+
+    Families that are not cutover's are ignored; latency buckets with other bounds (another
+    version of the code) raise ValueError, as :func:`cutover.metrics.merge` does.
+    """
+    snap = empty()
+    backends: dict[str, dict[str, Any]] = snap["backends"]
+
+    def numbers(name: str) -> dict[str, Any]:
+        if name not in backends:
+            backends[name] = {"latency_buckets": [0] * (len(BUCKETS) + 1), "latency_sum": 0.0,
+                              "in_flight": 0, **dict.fromkeys(COUNTERS, 0)}
+        return backends[name]
+
+    cumulative: dict[str, dict[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            backend = sample.labels.get("backend")
+            if backend is None:
+                continue
+            if family.name == _LATENCY:
+                n = numbers(backend)
+                if sample.name.endswith("_bucket"):
+                    cumulative.setdefault(backend, {})[float(sample.labels["le"])] = sample.value
+                elif sample.name.endswith("_sum"):
+                    n["latency_sum"] = sample.value
+            elif family.name == _IN_FLIGHT:
+                numbers(backend)["in_flight"] = int(sample.value)
+            elif family.name in _COUNTER_OF and sample.name.endswith("_total"):
+                numbers(backend)[_COUNTER_OF[family.name]] = int(sample.value)
+    for backend, by_bound in cumulative.items():
+        bounds = sorted(by_bound)
+        if bounds != [*BUCKETS, math.inf]:
+            raise ValueError(f"metrics of backend {backend!r} with other latency buckets: "
+                             "cannot merge")
+        previous = 0.0
+        counts = []
+        for bound in bounds:
+            counts.append(int(by_bound[bound] - previous))
+            previous = by_bound[bound]
+        backends[backend]["latency_buckets"] = counts
+    return snap
+
+
+def scrape(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The snapshot served at ``url`` (a worker's ``http://host:port/metrics``)."""
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"metrics endpoint {url!r}: expected http://HOST:PORT/metrics")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http only)
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        raise BackendUnavailableError(f"metrics endpoint {url} unreachable: {exc}") from exc
+    try:
+        return from_exposition(text)
+    except ValueError as exc:
+        raise BackendUnavailableError(f"metrics endpoint {url}: {exc}") from exc
+
+
+def gather(fleet: Iterable[Mapping[str, Any]] = (),
+           endpoints: Iterable[str] = ()) -> tuple[dict[str, Any], list[str]]:
+    """Merge this process's own metrics, the fleet members' heartbeat snapshots and the
+    snapshots scraped from ``endpoints``; return the merged snapshot and where it came from."""
+    snapshots: list[Mapping[str, Any]] = [METRICS.snapshot()]
+    sources = ["this process"]
+    members = list(fleet)
+    if members:
+        snapshots.extend(members)
+        sources.append(f"{len(members)} fleet member(s)")
+    for url in endpoints:
+        snapshots.append(scrape(url))
+        sources.append(url)
+    return merge(snapshots), sources
