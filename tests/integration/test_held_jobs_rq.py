@@ -106,3 +106,22 @@ def test_a_hash_without_origin_is_refused_and_the_rest_of_the_batch_is_taken(
     assert taken.taken_ids == [first, last]
     assert taken.refused == {broken: "missing"}
     assert conn.hget(f"rq:job:{broken}", "cutover_held") is None
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect, not fixed: take.lua removes one occurrence of the id from its queue list "
+    "(LREM count 1, for speed on long lists); RQ's own enqueue of an existing job_id pushes the "
+    "id again, and RQ's worker runs the held job from the second entry while the drain moves "
+    "it: two executions"))
+def test_a_job_enqueued_twice_under_one_id_is_not_run_by_rq_while_held(
+        backend: RQBackend) -> None:
+    conn = backend.redis
+    queue = rq.Queue("default", connection=conn)
+    queue.enqueue(tasks.add, 1, 2, job_id="twice")
+    queue.enqueue(tasks.add, 1, 2, job_id="twice")  # a producer retrying its enqueue
+    assert conn.lrange("rq:queue:default", 0, -1) == [b"twice", b"twice"]
+    assert backend.take(["twice"], OWNER).taken_ids == ["twice"]
+    run_plain_rq(conn, "default")
+    assert tasks.calls == []
+    held = backend.get("twice")
+    assert held is not None and held.state is JobState.HELD
