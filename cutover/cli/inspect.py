@@ -77,6 +77,7 @@ def _status(ctx: Context, backends: dict[str, QueueBackend]) -> dict[str, Any]:
     try:
         control = ctx.control_plane()
         if control.initialized():
+            control.require()  # a schema of another version: the note says what to do
             doc["phase"] = control.phase()
             doc["ledger"] = control.summary()
             doc["failures"] = control.failures_summary()

@@ -195,6 +195,13 @@ def test_an_earlier_control_schema_is_upgraded_by_init_and_keeps_its_history(
                              (backend_key(url), backend.identity().key))
         conn.execute("DROP TABLE cutover.stores, cutover.legacy_keys")
         conn.execute("ALTER TABLE cutover.runs DROP COLUMN source_url, DROP COLUMN target_url")
+        # ... and without what came after it: numbered migrations, the staged cut-over (0002).
+        conn.execute("DROP TABLE cutover.migrations, cutover.phase_log, cutover.fleet, "
+                     "cutover.claims, cutover.shadow_results, cutover.events")
+        conn.execute("DROP FUNCTION cutover.claim, cutover.claim_extend, cutover.claim_finish")
+        conn.execute("ALTER TABLE cutover.phase DROP COLUMN source_key, DROP COLUMN source_url, "
+                     "DROP COLUMN target_key, DROP COLUMN target_url, DROP COLUMN updated_at, "
+                     "DROP CONSTRAINT phase_known")
     source.close()
     target.close()
     refused = invoke(rq_url, pg_url, "verify", "--report", os.devnull)

@@ -1,0 +1,86 @@
+"""The claims family: the fence that lets a job with a copy on each side run on one side only.
+The verbs are SQL functions (migration 0002) probing the primary key. SQL in
+``sql/claims.sql``."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import uuid
+
+from cutover.control.plane import Plumbing
+from cutover.phases import Side
+
+#: A claim's lease, seconds: the holder extends it (heartbeat) while the job runs.
+LEASE = 30.0
+
+
+class ClaimState(enum.StrEnum):
+    CLAIMED = "claimed"  # a member runs it (under its lease)
+    DONE = "done"        # it ran to success on ``side``
+    FAILED = "failed"    # it ran and failed on ``side`` (visible there, with its error)
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A job's claim as it stands after a claim attempt: ``won`` says whether the caller holds
+    it now (first claimant, its own again, or a takeover of an expired lease)."""
+
+    cutover_id: str
+    won: bool
+    state: ClaimState
+    side: Side
+    member: uuid.UUID
+    lease_until: dt.datetime
+    takeovers: int
+
+    @property
+    def finished(self) -> bool:
+        """The job ran (to success or failure): the other copy is a duplicate."""
+        return self.state is not ClaimState.CLAIMED
+
+
+class Claims(Plumbing):
+    """claim / extend / finish, and a read of a job's claim."""
+
+    def claim(self, cutover_id: str, side: Side | str, member: uuid.UUID,
+              lease: float = LEASE) -> Claim:
+        """Claim a job for ``member`` on ``side``. The first claimant wins; a claim whose lease
+        expired while still ``claimed`` is taken over (``takeovers`` counts it); a finished
+        claim is never taken: the caller gets ``won=False`` and the finished state."""
+        with self.tx("claiming a job") as conn:
+            row = conn.execute(self.query("claim"), {
+                "id": cutover_id, "side": Side(side).value, "member": member,
+                "lease": lease}).fetchone()
+        assert row is not None  # the function returns the row it made or found
+        return Claim(cutover_id, bool(row[0]), ClaimState(row[1]), Side(row[2]), row[3], row[4],
+                     int(row[5]))
+
+    def extend(self, cutover_id: str, member: uuid.UUID, lease: float = LEASE) -> bool:
+        """The holder's heartbeat; False when the claim is no longer its own."""
+        with self.tx("extending a claim") as conn:
+            row = conn.execute(self.query("claim_extend"), {
+                "id": cutover_id, "member": member, "lease": lease}).fetchone()
+        return bool(row and row[0])
+
+    def finish(self, cutover_id: str, member: uuid.UUID,
+               state: ClaimState | str = ClaimState.DONE) -> bool:
+        """Record the outcome (done or failed); False when the caller no longer held the claim
+        (its lease expired and another member took it over)."""
+        value = ClaimState(state)
+        if value is ClaimState.CLAIMED:
+            raise ValueError("finish a claim as done or failed")
+        with self.tx("finishing a claim") as conn:
+            row = conn.execute(self.query("claim_finish"), {
+                "id": cutover_id, "member": member, "state": value.value}).fetchone()
+        return bool(row and row[0])
+
+    def claim_of(self, cutover_id: str) -> Claim | None:
+        """A job's claim as it stands (a read: ``won`` is False), or None."""
+        with self.tx("reading a claim") as conn:
+            row = conn.execute(self.query("claim_get"), {"id": cutover_id}).fetchone()
+        if row is None:
+            return None
+        return Claim(cutover_id, False, ClaimState(row[1]), Side(row[2]), row[3], row[4],
+                     int(row[5]))

@@ -1,0 +1,126 @@
+"""The ledger family: one row per job the toolkit moved or accepted, where it lives now and what
+it contains. SQL in ``sql/ledger.sql``."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import psycopg
+
+from cutover.control.plane import Plumbing
+from cutover.errors import UnsupportedValueError
+from cutover.record import JobRecord
+
+
+class LedgerState(enum.StrEnum):
+    """Where a job of the ledger stands."""
+
+    MOVING = "moving"      # a drain took it and is putting it on the target
+    MOVED = "moved"        # on the target; the source copy not yet released
+    RELEASED = "released"  # the move is finished: the source copy is gone
+    ACCEPTED = "accepted"  # enqueued through the toolkit
+
+
+class LedgerEntry(NamedTuple):
+    """A job's ledger row: its state and the pair (store keys) it belongs to."""
+
+    state: LedgerState
+    source: str
+    target: str
+
+
+class UnfinishedMove(NamedTuple):
+    """A move a drain left under way."""
+
+    id: str
+    state: LedgerState
+    digest: str
+
+
+class Ledger(Plumbing):
+    """Ledger rows: written in batches by COPY, marked by id, read for verification."""
+
+    def record(self, records: Sequence[JobRecord], *, state: LedgerState | str, source: str,
+               target: str, run_id: str, conn: Any = None) -> None:
+        """Write (or move) the ledger rows of ``records``."""
+        if not records:
+            return
+        value = LedgerState(state).value
+        rows = [(r.id, r.task, r.queue, r.digest(), r.content_json(), value, source, target,
+                 r.native_id, r.origin, run_id) for r in records]
+        with self.tx("writing the ledger", conn) as c:
+            try:
+                with c.transaction(), c.cursor() as cur, \
+                        cur.copy(self.query("ledger_copy_direct")) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                return
+            except psycopg.errors.UniqueViolation:
+                pass  # some of these jobs have rows already: rolled back to the savepoint
+            c.execute(self.query("ledger_stage"))
+            with c.cursor() as cur, cur.copy(self.query("ledger_copy")) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            c.execute(self.query("ledger_upsert"))
+
+    def mark(self, ids: Sequence[str], *, state: LedgerState | str, source: str, target: str,
+             conn: Any = None) -> None:
+        if not ids:
+            return
+        with self.tx("updating the ledger", conn) as c:
+            c.execute(self.query("ledger_mark"), {"ids": "\n".join(ids),
+                                                  "state": LedgerState(state).value,
+                                                  "source": source, "target": target})
+
+    def forget(self, ids: Sequence[str], *, source: str, target: str) -> None:
+        """Delete intent rows (``moving``) of jobs that did not move after all: the target
+        refused them and they went back to the source."""
+        if not ids:
+            return
+        with self.tx("updating the ledger") as c:
+            c.execute(self.query("ledger_forget"), {"ids": list(ids), "source": source,
+                                                    "target": target})
+
+    def unfinished(self, source: str, target: str) -> list[UnfinishedMove]:
+        """Ledger rows of moves from source to target that did not finish."""
+        with self.tx("reading the ledger") as conn:
+            rows = conn.execute(self.query("ledger_unfinished"),
+                                {"source": source, "target": target}).fetchall()
+        return [UnfinishedMove(r[0], LedgerState(r[1]), r[2]) for r in rows]
+
+    def pair_history(self, source: str, target: str) -> tuple[bool, int]:
+        """Whether any job was moved from source to target; how many went the other way."""
+        with self.tx("reading the ledger") as conn:
+            row = conn.execute(self.query("ledger_pair_history"),
+                               {"source": source, "target": target}).fetchone()
+        return (bool(row[0]), int(row[1])) if row else (False, 0)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Jobs per pair (redacted URLs) and state, for ``status``."""
+        with self.tx("reading the ledger") as conn:
+            rows = conn.execute(self.query("ledger_summary")).fetchall()
+        return [{"source": r[0], "target": r[1], "state": r[2], "jobs": r[3]} for r in rows]
+
+    def states(self, ids: Sequence[str]) -> dict[str, LedgerEntry]:
+        """Ledger rows of these jobs, by id."""
+        with self.tx("reading the ledger") as conn:
+            rows = conn.execute(self.query("ledger_states"), {"ids": "\n".join(ids)}).fetchall()
+        return {r[0]: LedgerEntry(LedgerState(r[1]), r[2], r[3]) for r in rows}
+
+    # -- verification tables -----------------------------------------------------------------
+    def copy_snapshot(self, conn: psycopg.Connection[Any], side: str,
+                      records: Iterable[JobRecord]) -> int:
+        """COPY a backend's snapshot into the transaction's temporary table."""
+        n = 0
+        with conn.cursor().copy("COPY cutover_snap (side, id, queue, state, digest, attempts) "
+                                "FROM STDIN") as copy:
+            for r in records:
+                try:
+                    digest = r.digest() if not r.problem else f"problem:{r.id}"
+                except UnsupportedValueError:
+                    digest = f"unsupported:{r.id}"
+                copy.write_row((side, r.id, r.queue, r.state.value, digest, r.attempts))
+                n += 1
+        return n

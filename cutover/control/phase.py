@@ -1,0 +1,207 @@
+"""The phase family: the current phase and epoch of the staged cut-over, the pair it belongs to,
+the history of every transition, the shadow results and the audit trail. SQL in
+``sql/phase.sql``; the rules (which moves, which checks) are :mod:`cutover.phases`."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import getpass
+import json
+import os
+import socket
+from typing import Any
+
+from cutover.control.plane import Plumbing
+from cutover.errors import ConfigurationError, PreconditionError
+from cutover.phases import Decision, Phase
+
+#: The channel PhaseWatcher listens on; the payload is JSON {schema, phase, epoch}.
+CHANNEL = "cutover_phase"
+
+
+class PhaseConflictError(PreconditionError):
+    """The phase changed while this transition was being decided."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """The source and target of a cut-over: store identity keys and redacted URLs."""
+
+    source_key: str
+    source_url: str
+    target_key: str
+    target_url: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseState:
+    """The phase row: where the cut-over stands, its epoch, and the pair (None until the first
+    transition fixed it)."""
+
+    phase: Phase
+    epoch: int
+    pair: Pair | None = None
+    changed_at: dt.datetime | None = None
+    changed_by: str | None = None
+    reason: str | None = None
+    updated_at: dt.datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> PhaseState:
+        pair = Pair(row[5], row[6], row[7], row[8]) if row[5] and row[7] else None
+        return cls(phase=Phase(row[0]), epoch=int(row[1]), pair=pair, changed_at=row[2],
+                   changed_by=row[3], reason=row[4], updated_at=row[9])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase.value, "epoch": self.epoch,
+                "source": self.pair.source_url if self.pair else None,
+                "target": self.pair.target_url if self.pair else None,
+                "changed_at": self.changed_at.isoformat() if self.changed_at else None,
+                "changed_by": self.changed_by, "reason": self.reason}
+
+
+@dataclasses.dataclass(frozen=True)
+class LogEntry:
+    """One recorded transition."""
+
+    frm: Phase
+    to: Phase
+    epoch: int
+    kind: str
+    who: str
+    host: str
+    pid: int
+    at: dt.datetime
+    why: str | None
+    forced: bool
+    refusals: list[dict[str, str]]
+
+    def as_dict(self) -> dict[str, Any]:
+        doc = dataclasses.asdict(self)
+        doc.update(frm=self.frm.value, to=self.to.value, at=self.at.isoformat())
+        return doc
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadowRate:
+    """Dry runs recorded by the target's workers in shadow, and how many matched."""
+
+    jobs: int
+    matched: int
+
+    @property
+    def rate(self) -> float:
+        return self.matched / self.jobs if self.jobs else 0.0
+
+
+def operator() -> str:
+    """Who is asking: the OS user (recorded with each transition)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment (a container without passwd entry)
+        return f"uid:{os.getuid()}"
+
+
+class Phases(Plumbing):
+    """The phase row, its transitions, their history, shadow results and events."""
+
+    def read_phase(self, conn: Any = None) -> PhaseState:
+        """The current phase (``off`` at epoch 0 before any transition)."""
+        with self.tx("reading the phase", conn) as c:
+            row = c.execute(self.query("phase_read")).fetchone()
+        return PhaseState(Phase.OFF, 0) if row is None else PhaseState.from_row(row)
+
+    def phase(self) -> dict[str, Any]:
+        """The phase as a JSON-able document (``status``)."""
+        return self.read_phase().as_dict()
+
+    def check_pair(self, state: PhaseState, pair: Pair | None) -> None:
+        """Refuse (exit 2) a command naming another pair than the one the phase belongs to."""
+        if pair is None or state.pair is None:
+            return
+        if (state.pair.source_key, state.pair.target_key) != (pair.source_key, pair.target_key):
+            raise ConfigurationError(
+                f"the cut-over at {self.redacted_url} is between {state.pair.source_url} and "
+                f"{state.pair.target_url}, not {pair.source_url} -> {pair.target_url}: give "
+                f"that pair's --source and --target")
+
+    def transition(self, decision: Decision, who: str | None = None, why: str | None = None, *,
+                   pair: Pair | None = None, kind: str | None = None,
+                   expect_epoch: int | None = None) -> PhaseState:
+        """Make the decided move: bump the epoch, record it in phase_log and events, and notify
+        listeners, in one transaction holding the phase row's lock. A second operator moving at
+        the same time waits for the lock, then is refused (PhaseConflictError, exit 3) with the
+        phase the first one set. ``pair`` is fixed by the first transition."""
+        move = decision.transition
+        if not decision.allowed:
+            raise PreconditionError(f"{move.name} refused: " + "; ".join(
+                f"{check}: {detail}" for check, detail in decision.refusals))
+        who = who or operator()
+        kind = kind or ("rollback" if move.rollback else "advance")
+        refusals = [{"check": str(c), "detail": d} for c, d in decision.refusals]
+        with self.tx(f"changing the phase ({move.name})") as conn:
+            row = conn.execute(self.query("phase_lock")).fetchone()
+            current = PhaseState(Phase.OFF, 0) if row is None else PhaseState.from_row(row)
+            if current.phase is not move.frm or (expect_epoch is not None
+                                                 and current.epoch != expect_epoch):
+                raise PhaseConflictError(
+                    f"{move.name} refused: the phase changed meanwhile: it is {current.phase} "
+                    f"at epoch {current.epoch} (set by {current.changed_by or 'nobody'})")
+            self.check_pair(current, pair)
+            new = PhaseState.from_row(conn.execute(self.query("phase_write"), {
+                "phase": move.to.value, "who": who, "why": why,
+                "source_key": pair.source_key if pair else None,
+                "source_url": pair.source_url if pair else None,
+                "target_key": pair.target_key if pair else None,
+                "target_url": pair.target_url if pair else None}).fetchone())
+            conn.execute(self.query("phase_log_add"), {
+                "frm": move.frm.value, "to": move.to.value, "epoch": new.epoch, "kind": kind,
+                "who": who, "host": socket.gethostname(), "pid": os.getpid(), "why": why,
+                "forced": decision.forced, "refusals": json.dumps(refusals)})
+            self.event("phase", {"from": move.frm.value, "to": move.to.value,
+                                 "epoch": new.epoch, "who": who, "why": why,
+                                 "forced": decision.forced, "refusals": refusals}, conn=conn)
+            conn.execute(self.query("phase_notify"), {"payload": json.dumps(
+                {"schema": self.schema, "phase": new.phase.value, "epoch": new.epoch})})
+        return new
+
+    def history(self, limit: int = 10) -> list[LogEntry]:
+        """The latest transitions, newest first."""
+        with self.tx("reading the phase history") as conn:
+            rows = conn.execute(self.query("phase_log_tail"), {"limit": limit}).fetchall()
+        return [LogEntry(Phase(r[0]), Phase(r[1]), int(r[2]), r[3], r[4], r[5], int(r[6]),
+                         r[7], r[8], bool(r[9]), list(r[10])) for r in rows]
+
+    def event(self, kind: str, detail: dict[str, Any], conn: Any = None) -> None:
+        """Add to the audit trail (in the caller's transaction when given)."""
+        with self.tx("recording an event", conn) as c:
+            c.execute(self.query("event_add"), {"kind": kind,
+                                                "detail": json.dumps(detail, default=str)})
+
+    def events(self, limit: int = 20) -> list[tuple[int, dt.datetime, str, Any]]:
+        """The latest events, newest first: (id, at, kind, detail)."""
+        with self.tx("reading events") as conn:
+            rows = conn.execute(self.query("events_tail"), {"limit": limit}).fetchall()
+        return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    # -- shadow results ------------------------------------------------------------------------
+    def record_shadow(self, cutover_id: str, matched: bool, detail: str = "") -> None:
+        """A target worker's dry run of one job in shadow: did it match the source copy?"""
+        with self.tx("recording a shadow result") as conn:
+            conn.execute(self.query("shadow_record"), {"id": cutover_id, "matched": matched,
+                                                       "detail": detail or None})
+
+    def shadow_rate(self) -> ShadowRate:
+        with self.tx("reading shadow results") as conn:
+            row = conn.execute(self.query("shadow_rate")).fetchone()
+        return ShadowRate(int(row[0]), int(row[1])) if row else ShadowRate(0, 0)
+
+    def shadow_mismatches(self, limit: int = 10) -> list[tuple[str, str | None]]:
+        with self.tx("reading shadow results") as conn:
+            rows = conn.execute(self.query("shadow_mismatches"), {"limit": limit}).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+
+__all__ = ["CHANNEL", "LogEntry", "Pair", "PhaseConflictError", "PhaseState", "Phases",
+           "ShadowRate", "operator"]
