@@ -118,6 +118,18 @@ class Departure:
     at: dt.datetime | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class NativeWorker:
+    """A worker of the backend's own library that is alive now (RQ's ``rq:workers``,
+    ``procrastinate_workers``): it would run jobs without passing the cut-over's fence.
+    Adapters offer ``native_workers(exclude=())`` (optional, like ``departures``)."""
+
+    #: The id the backend knows it by (RQ worker name, procrastinate worker id).
+    id: str
+    #: What an operator reads to find it (host, pid, queues, last heartbeat).
+    detail: str = ""
+
+
 @runtime_checkable
 class QueueBackend(Protocol):
     """A queue system behind the toolkit's one interface (synchronous, thread-safe)."""

@@ -17,6 +17,7 @@ from cutover.backend import (
     Acceptor,
     Capabilities,
     Departure,
+    NativeWorker,
     Partition,
     StoreIdentity,
     TakeResult,
@@ -42,6 +43,8 @@ class _Store:
     #: ``departures`` reports once a finished job is removed, like RQ's ``cutover:ended``.
     ended: dict[str, Departure] = dataclasses.field(default_factory=dict)
     seq: itertools.count[int] = dataclasses.field(default_factory=itertools.count)
+    #: Native workers said to be alive (tests of the no-bypass check): id -> detail.
+    natives: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 _STORES: dict[str, _Store] = {}
@@ -310,6 +313,21 @@ class InMemoryBackend:
 
     def heartbeat(self, worker: str) -> None:
         return None
+
+    def native_workers(self, exclude: Collection[str] = ()) -> list[NativeWorker]:
+        """The native workers a test declared with :meth:`declare_native_worker`."""
+        with self._store.lock:
+            return [NativeWorker(i, d) for i, d in sorted(self._store.natives.items())
+                    if i not in exclude]
+
+    def declare_native_worker(self, worker_id: str, detail: str = "",
+                              alive: bool = True) -> None:
+        """Pretend a worker of the backend's own library is (or no longer is) alive."""
+        with self._store.lock:
+            if alive:
+                self._store.natives[worker_id] = detail
+            else:
+                self._store.natives.pop(worker_id, None)
 
     def close(self) -> None:
         return None

@@ -1,13 +1,13 @@
 """The ``cutover`` command: the click group and its global options. The commands live in modules
-by theme (worker, setup, inspect, move, proof); each imports :mod:`cutover.cli.context`, never
-this module, and this module adds their commands to the group."""
+by theme (worker, setup, inspect, move, proof, phase); each imports :mod:`cutover.cli.context`,
+never this module, and this module adds their commands to the group."""
 
 from __future__ import annotations
 
 import click
 
 from cutover import logs
-from cutover.cli import inspect, move, proof, setup, worker
+from cutover.cli import inspect, move, phase, proof, setup, worker
 from cutover.cli.context import Context, CutoverGroup
 from cutover.urls import hiding
 
@@ -52,7 +52,7 @@ def cli(click_ctx: click.Context, source: str | None, target: str | None, app: s
 
 
 for command in (worker.worker, setup.init, inspect.status, inspect.audit_cmd, move.drain,
-                move.release, proof.verify):
+                move.release, proof.verify, phase.phase, phase.rollback, phase.complete):
     cli.add_command(command)
 
 

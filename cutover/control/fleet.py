@@ -41,6 +41,7 @@ class Member:
     heartbeat_at: dt.datetime
     acked_epoch: int
     metrics: dict[str, Any] | None
+    native_ids: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
@@ -67,12 +68,14 @@ class Fleet(Plumbing):
         return member
 
     def heartbeat(self, member: uuid.UUID, *, mode: str | None = None,
-                  metrics: dict[str, Any] | None = None) -> bool:
-        """Say this member is alive (and its mode, a metrics snapshot). False when the member
-        is not registered any more: register again."""
+                  metrics: dict[str, Any] | None = None,
+                  native_ids: list[str] | None = None) -> bool:
+        """Say this member is alive (and its mode, a metrics snapshot, the ids its backend's own
+        worker registry knows it by). False when the member is not registered any more:
+        register again."""
         with self.tx("heartbeating") as conn:
             row = conn.execute(self.query("fleet_heartbeat"), {
-                "member": member, "mode": mode,
+                "member": member, "mode": mode, "native_ids": native_ids,
                 "metrics": json.dumps(metrics) if metrics is not None else None}).fetchone()
         return row is not None
 
@@ -89,7 +92,8 @@ class Fleet(Plumbing):
         with self.tx("reading the fleet") as conn:
             rows = conn.execute(self.query("fleet_alive"), {"lease": lease}).fetchall()
         members = [Member(r[0], MemberKind(r[1]), Side(r[2]) if r[2] else None, r[3], r[4],
-                          int(r[5]), r[6], r[7], r[8], int(r[9]), r[10]) for r in rows]
+                          int(r[5]), r[6], r[7], r[8], int(r[9]), r[10], tuple(r[11]))
+                   for r in rows]
         return [m for m in members if (kind is None or m.kind == kind)
                 and (side is None or m.side == side)]
 

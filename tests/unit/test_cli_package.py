@@ -56,7 +56,8 @@ def test_main_adds_every_command_of_every_command_module() -> None:
     for module in COMMAND_MODULES:
         mod = __import__(f"cutover.cli.{module}", fromlist=["_"])
         defined |= {id(v) for v in vars(mod).values() if isinstance(v, click.Command)}
-    assert defined and defined <= {id(c) for c in cli.commands.values()}
+    # (a nested group's commands, `phase show`, are reached through the group)
+    assert defined and defined <= {id(c) for _, c in all_commands()}
 
 
 @pytest.mark.parametrize("module", COMMAND_MODULES)

@@ -33,6 +33,7 @@ from cutover.backend import (
     Acceptor,
     Capabilities,
     Departure,
+    NativeWorker,
     Partition,
     StoreIdentity,
     TakeResult,
@@ -687,6 +688,24 @@ class ProcrastinateBackend:
                 return []
             return [r.id for r in self._select(conn, "j.id = ANY(%(ids)s::bigint[])",
                                                {"ids": natives})]
+
+    def worker_ids(self) -> list[str]:
+        """The ``procrastinate_workers`` ids this backend's cutover workers registered (a fleet
+        member declares them, so that ``native_workers`` does not count it)."""
+        with self._lock:
+            return [str(i) for i in self._workers.values()]
+
+    def native_workers(self, exclude: Collection[str] = (),
+                       stalled_after: float = 30.0) -> list[NativeWorker]:
+        """Rows of ``procrastinate_workers`` with a heartbeat in the last ``stalled_after``
+        seconds (procrastinate's own stalled-worker timeout), but for ``exclude`` (ids fleet
+        members declared) and this backend's own."""
+        mine = set(self.worker_ids())
+        with self._tx("listing procrastinate's workers") as conn:
+            rows = conn.execute(sql.query("native_workers"),
+                                {"seconds": stalled_after}).fetchall()
+        return [NativeWorker(str(r[0]), f"last heartbeat {r[1].isoformat()}") for r in rows
+                if str(r[0]) not in exclude and str(r[0]) not in mine]
 
     def close(self) -> None:
         with contextlib.suppress(Exception), self._tx("unregistering workers") as conn:

@@ -39,6 +39,7 @@ from cutover.backend import (
     Acceptor,
     Capabilities,
     Departure,
+    NativeWorker,
     Partition,
     StoreIdentity,
     TakeResult,
@@ -1147,6 +1148,26 @@ class RQBackend:
             # Stranded dependents are recovered too: queued once their dependencies are met.
             recovered += self._sweep_deferred()
         return recovered
+
+    def native_workers(self, exclude: Collection[str] = ()) -> list[NativeWorker]:
+        """RQ's own workers alive now: members of ``rq:workers`` whose ``rq:worker:<name>``
+        hash still exists (RQ lets it expire when the worker stops heartbeating). Cutover's
+        worker does not register there; ``exclude`` names any that fleet members declared."""
+        with self._errors("listing RQ's workers"):
+            names = sorted(_s(n) for n in self.redis.smembers("rq:workers"))
+            pipe = self.redis.pipeline(transaction=False)
+            for name in names:
+                key = name if name.startswith("rq:worker:") else f"rq:worker:{name}"
+                pipe.hmget(key, "hostname", "pid", "queues", "last_heartbeat")
+            found: list[NativeWorker] = []
+            for name, fields in zip(names, pipe.execute(), strict=True):
+                short = name.removeprefix("rq:worker:")
+                if short in exclude or name in exclude or not any(fields):
+                    continue
+                host, pid, queues, beat = (_s(f) if f is not None else "?" for f in fields)
+                found.append(NativeWorker(short, f"host {host} pid {pid} queues {queues} "
+                                                 f"last heartbeat {beat}"))
+        return found
 
     def close(self) -> None:
         self.redis.close()

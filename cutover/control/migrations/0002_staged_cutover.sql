@@ -43,6 +43,9 @@ CREATE TABLE {schema}.fleet (
     started_at timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     acked_epoch bigint NOT NULL DEFAULT 0,
+    -- The ids the member is known by in its backend's own worker registry (a cutover worker on
+    -- procrastinate registers in procrastinate_workers): not counted as native bypassers.
+    native_ids text[] NOT NULL DEFAULT '{{}}',
     metrics jsonb
 );
 CREATE INDEX fleet_heartbeat_idx ON {schema}.fleet (heartbeat_at);

@@ -11,7 +11,8 @@ ON CONFLICT (member) DO UPDATE SET heartbeat_at = now(), mode = EXCLUDED.mode;
 -- False (no row) when the member was removed (deregistered, or pruned): it registers again.
 UPDATE {schema}.fleet
 SET heartbeat_at = now(), mode = COALESCE(%(mode)s, mode),
-    metrics = COALESCE(%(metrics)s::jsonb, metrics)
+    metrics = COALESCE(%(metrics)s::jsonb, metrics),
+    native_ids = COALESCE(%(native_ids)s::text[], native_ids)
 WHERE member = %(member)s
 RETURNING member;
 
@@ -25,7 +26,7 @@ RETURNING member;
 
 -- name: fleet_alive
 SELECT member, kind, side, backend, host, pid, mode, started_at, heartbeat_at, acked_epoch,
-       metrics
+       metrics, native_ids
 FROM {schema}.fleet
 WHERE heartbeat_at >= now() - make_interval(secs => %(lease)s)
 ORDER BY kind, side, started_at;

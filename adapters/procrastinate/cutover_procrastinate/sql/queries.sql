@@ -220,6 +220,12 @@ WHERE j.status = 'doing'
                   AND w.last_heartbeat < now() - make_interval(secs => %(seconds)s)))
 RETURNING j.id;
 
+-- name: native_workers
+-- Workers alive by procrastinate's own measure (heartbeat within its stalled timeout).
+SELECT id, last_heartbeat FROM procrastinate_workers
+WHERE last_heartbeat >= now() - make_interval(secs => %(seconds)s)
+ORDER BY id;
+
 -- name: unregister_worker
 SELECT procrastinate_unregister_worker_v1(%(worker_id)s);
 

@@ -1,0 +1,229 @@
+"""`cutover phase show|set|advance`, `cutover rollback`, `cutover complete`: walk the staged
+cut-over, each move checked by its named preconditions (cutover.preflight), decided by the pure
+phase machine (cutover.phases), recorded by the control plane (cutover.control)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from cutover import stores
+from cutover.cli.context import Context, confirm, emit, opened
+from cutover.control import ControlPlane, MemberKind, Pair
+from cutover.drain import Drain, DrainOptions
+from cutover.errors import ConfigurationError
+from cutover.phases import Check, Decision, Phase, Transition, advance, decide
+from cutover.phases import rollback as rollback_move
+from cutover.phases import transition as set_move
+from cutover.preflight import Preflight, Thresholds
+
+Refused = click.exceptions.Exit
+
+
+@click.group()
+def phase() -> None:
+    """The phase of the staged cut-over: off -> shadow -> live -> rampdown -> complete."""
+
+
+@phase.command("show")
+@click.option("--history", "limit", default=10, show_default=True, type=click.IntRange(0, 1000),
+              help="How many recorded transitions to list.")
+@click.pass_obj
+def show(ctx: Context, limit: int) -> None:
+    """The phase, its epoch, the pair it belongs to, the latest transitions and the fleet."""
+    control = ctx.control_plane()
+    control.require()
+    state = control.read_phase()
+    history = control.history(limit)
+    members = control.alive(Thresholds.from_env().fleet_lease)
+    control.close()
+    doc: dict[str, Any] = {**state.as_dict(), "history": [h.as_dict() for h in history],
+                           "fleet": [m.as_dict() for m in members]}
+    lines = [f"phase {state.phase} (epoch {state.epoch})"]
+    if state.pair:
+        lines.append(f"  pair: {state.pair.source_url} -> {state.pair.target_url}")
+    for kind in MemberKind:
+        mine = [m for m in members if m.kind is kind]
+        lines.append(f"  {kind}s alive: {len(mine)}" + "".join(
+            f"\n    {m.side or '-'} {m.backend or ''} {m.host} pid {m.pid} mode {m.mode or '-'} "
+            f"epoch {m.acked_epoch}" for m in mine))
+    for h in history:
+        lines.append(f"  {h.at:%Y-%m-%d %H:%M:%S} {h.kind} {h.frm} -> {h.to} epoch {h.epoch} "
+                     f"by {h.who}@{h.host}" + (" FORCED" if h.forced else "")
+                     + (f": {h.why}" if h.why else ""))
+    emit(ctx, doc, "\n".join(lines))
+
+
+def _options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed((
+            click.option("--dry-run", is_flag=True,
+                         help="Evaluate and print the checks; change nothing."),
+            click.option("--yes", is_flag=True, help="Do not ask for confirmation."),
+            click.option("--force", is_flag=True,
+                         help="Move despite refused checks (needs --why; recorded)."),
+            click.option("--why", default=None, metavar="TEXT",
+                         help="Why (recorded with the transition; required with --force)."))):
+        f = option(f)
+    return f
+
+
+@phase.command("advance")
+@_options
+@click.pass_obj
+def advance_cmd(ctx: Context, dry_run: bool, yes: bool, force: bool, why: str | None) -> None:
+    """One step forward, if its preconditions hold (each refusal named; exit 3)."""
+    _move(ctx, advance, "advance", dry_run, yes, force, why)
+
+
+@phase.command("set")
+@click.argument("to", metavar="PHASE")
+@_options
+@click.pass_obj
+def set_cmd(ctx: Context, to: str, dry_run: bool, yes: bool, force: bool,
+            why: str | None) -> None:
+    """Move to PHASE: the next one, or an earlier one (a rollback)."""
+    goal = _parse(to)
+    _move(ctx, lambda current: set_move(current, goal), "set", dry_run, yes, force, why)
+
+
+@click.command()
+@click.option("--to", "to", default=None, metavar="PHASE",
+              help="Roll back to this earlier phase (default: the previous one).")
+@_options
+@click.pass_obj
+def rollback(ctx: Context, to: str | None, dry_run: bool, yes: bool, force: bool,
+             why: str | None) -> None:
+    """Step back one phase (or to --to PHASE). Out of rampdown or complete, the target's
+    waiting jobs are moved back to the source once producers acknowledged the new epoch.
+    Leaving complete needs --force --why."""
+    goal = _parse(to) if to else None
+    _move(ctx, lambda current: rollback_move(current, goal), "rollback", dry_run, yes, force,
+          why)
+
+
+@click.command()
+@_options
+@click.pass_obj
+def complete(ctx: Context, dry_run: bool, yes: bool, force: bool, why: str | None) -> None:
+    """Advance into complete (the point of no return): producers acknowledged the epoch, the
+    source drained, verify clean."""
+    def into_complete(current: Phase) -> Transition:
+        if current is not Phase.RAMPDOWN:
+            raise ConfigurationError(f"complete follows rampdown; the phase is {current}")
+        return advance(current)
+    _move(ctx, into_complete, "advance", dry_run, yes, force, why)
+
+
+def _parse(name: str) -> Phase:
+    return Phase.parse(name)  # a ConfigurationError (exit 2) names the phases
+
+
+def _move(ctx: Context, build: Callable[[Phase], Transition], kind: str, dry_run: bool,
+          yes: bool, force: bool, why: str | None) -> None:
+    if force and not (why and why.strip()):
+        raise ConfigurationError("--force needs --why TEXT: a forced phase change is "
+                                 "recorded with its reason")
+    ctx.need("source", "target")
+    assert ctx.source is not None and ctx.target is not None
+    control = ctx.control_plane()
+    try:
+        control.require()
+    except ConfigurationError as exc:
+        _refuse(ctx, "phase change", [(Check.SCHEMA, str(exc))])
+    registry = ctx.registry() if ctx.app else None
+    with opened(ctx.source, ctx.target) as (source, target):
+        sid, tid = stores.distinct(source, target, "change the phase")
+        pair = Pair(sid.key, sid.url, tid.key, tid.url)
+        state = control.read_phase()
+        control.check_pair(state, pair)
+        move = build(state.phase)
+        if move.moves_back and registry is None and not dry_run:
+            raise ConfigurationError(f"{move.name} moves the target's waiting jobs back: "
+                                     "pass --app MODULE:ATTR (the task registry)")
+        preflight = Preflight(control, source, target, ctx.source, ctx.target, registry,
+                              Thresholds.from_env())
+        decision = decide(move, preflight.evaluate(move, state.epoch), force=force, why=why)
+        doc = _document(decision, dry_run=dry_run, epoch=state.epoch)
+        if dry_run or not decision.allowed:
+            _report(ctx, doc, decision, dry_run)
+            return
+        confirm(ctx, yes, f"Move the phase {move.name}"
+                          + (" (FORCED past: " + ", ".join(c for c, _ in decision.refusals)
+                             + ")" if decision.forced else "") + "?")
+        new = control.transition(decision, why=why, pair=pair, kind=kind,
+                                 expect_epoch=state.epoch)
+        doc.update(phase=new.phase.value, epoch=new.epoch, moved=True)
+        lines = [f"phase {move.frm} -> {new.phase} (epoch {new.epoch})"
+                 + (" FORCED" if decision.forced else "")]
+        if move.moves_back:
+            assert registry is not None
+            lines += _move_back(ctx, control, preflight, new.epoch, force, doc)
+    control.close()
+    emit(ctx, doc, "\n".join(lines))
+    if doc.get("left_on_target"):
+        raise Refused(3)
+
+
+def _document(decision: Decision, *, dry_run: bool, epoch: int) -> dict[str, Any]:
+    move = decision.transition
+    refused = dict(decision.refusals)
+    return {"from": move.frm.value, "to": move.to.value, "epoch": epoch,
+            "rollback": move.rollback, "dry_run": dry_run, "allowed": decision.allowed,
+            "forced": decision.forced, "moves_back": move.moves_back,
+            "switches_writes": move.switches_writes,
+            "checks": [{"check": str(c), "passed": c not in refused,
+                        "detail": refused.get(c, "")} for c in move.checks],
+            "refusals": [{"check": str(c), "detail": d} for c, d in decision.refusals]}
+
+
+def _report(ctx: Context, doc: dict[str, Any], decision: Decision, dry_run: bool) -> None:
+    move = decision.transition
+    verdict = ("would move" if decision.allowed else "would be REFUSED") if dry_run else "REFUSED"
+    lines = [f"{move.name}: {verdict}" + (" (forced)" if decision.forced else "")]
+    refused = dict(decision.refusals)
+    for check in move.checks:
+        lines.append(f"  {'REFUSED' if check in refused else 'ok'}  {check}"
+                     + (f": {refused[check]}" if check in refused else ""))
+    for check, detail in decision.refusals:
+        if check not in move.checks:
+            lines.append(f"  REFUSED  {check}: {detail}")
+    emit(ctx, doc, "\n".join(lines))
+    if not decision.allowed:
+        raise Refused(3)
+
+
+def _refuse(ctx: Context, what: str, refusals: list[tuple[Check, str]]) -> None:
+    doc = {"allowed": False, "refusals": [{"check": str(c), "detail": d} for c, d in refusals]}
+    emit(ctx, doc, f"{what}: REFUSED\n" + "\n".join(f"  REFUSED  {c}: {d}" for c, d in refusals))
+    raise Refused(3)
+
+
+def _move_back(ctx: Context, control: ControlPlane, preflight: Preflight, epoch: int,
+               force: bool, doc: dict[str, Any]) -> list[str]:
+    """After a rollback out of rampdown/complete: once producers acknowledged ``epoch`` (they
+    stopped writing the target only), drain the target's waiting jobs back to the source."""
+    acked = preflight.producers_acknowledged(epoch)
+    doc["producers_acknowledged"] = {"passed": acked.passed, "detail": acked.detail}
+    if not acked.passed and not force:
+        doc["left_on_target"] = True
+        return [f"jobs NOT moved back yet: {acked.detail}. Once they have, move them with "
+                f"`cutover drain --source {preflight.target.url} --target {preflight.source.url}"
+                f"`"]
+    registry = preflight.registry
+    assert registry is not None
+    started = time.monotonic()
+    report = Drain(preflight.target, preflight.target_url, preflight.source,
+                   preflight.source_url, control, registry, DrainOptions()).run()
+    control.event("rollback_drain", {"epoch": epoch, "moved": report.moved,
+                                     "left": report.left_count, "run_id": report.run_id,
+                                     "forced_ack": not acked.passed})
+    doc["moved_back"] = report.as_dict()
+    doc["left_on_target"] = bool(report.left_count or report.lost)
+    return [f"moved {report.moved} waiting job(s) back to the source in "
+            f"{time.monotonic() - started:.1f} s [run {report.run_id}]"
+            + (f"; left on the target: {report.left_count} (see `cutover drain "
+               f"--dry-run`)" if report.left_count else "")]
+
