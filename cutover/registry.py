@@ -188,14 +188,21 @@ class TaskRegistry:
         """Build the record of a new job, checking that every argument can be carried."""
         resolved = self.resolve(task)
         bound_args, bound_kwargs = resolved.bind(args, kwargs or {})
-        problems = codec.check(bound_args, "args") + codec.check(bound_kwargs, "kwargs")
-        if problems:
-            raise UnsupportedValueError("; ".join(problems), task=resolved.name)
-        return JobRecord(
+        record = JobRecord(
             id=job_id or new_job_id(), task=resolved.name, args=bound_args, kwargs=bound_kwargs,
             queue=queue or resolved.queue, priority=priority or 0, run_at=run_at,
             max_attempts=resolved.max_attempts, retry_intervals=resolved.retry_intervals,
             job_key=job_key, origin=origin, created_at=utcnow())
+        problems = codec.check(bound_args, "args") if bound_args else []
+        try:
+            # The kwargs' check is their encoding, kept in the record: the backend that writes
+            # the job needs it again (one encode a job on the producer's path, not two).
+            record.encoded_kwargs()
+        except UnsupportedValueError as exc:
+            problems.append(exc.message)
+        if problems:
+            raise UnsupportedValueError("; ".join(problems), task=resolved.name)
+        return record
 
     def normalize(self, record: JobRecord) -> JobRecord:
         """Bind a stored job's positional args to names and use the canonical task name, so the
