@@ -11,13 +11,17 @@ from __future__ import annotations
 import math
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from cutover.errors import BackendUnavailableError, ConfigurationError
-from cutover.metrics import BUCKETS, COUNTERS, METRICS, PROM_NAMES, empty, merge
+from cutover.metrics import BUCKETS, COUNTERS, METRICS, PROM_NAMES, Metrics, empty, merge
+
+if TYPE_CHECKING:
+    from cutover.control.fleet import Fleet
 
 _LATENCY = "cutover_enqueue_latency_seconds"
 _IN_FLIGHT = "cutover_jobs_in_flight"
@@ -85,16 +89,42 @@ def scrape(url: str, timeout: float = 5.0) -> dict[str, Any]:
         raise BackendUnavailableError(f"metrics endpoint {url}: {exc}") from exc
 
 
+def publish(fleet: Fleet, member: uuid.UUID, metrics: Metrics = METRICS, *,
+            mode: str | None = None) -> bool:
+    """Heartbeat ``member`` with this process's metrics snapshot (stored in ``fleet.metrics``),
+    for ``cutover status`` to merge. What a fleet member calls on each heartbeat; False when the
+    member is not registered any more (register again)."""
+    return fleet.heartbeat(member, mode=mode, metrics=metrics.snapshot())
+
+
+def fleet_snapshots(fleet: Fleet) -> list[dict[str, Any]]:
+    """The snapshots the living members of ``fleet`` stored with their last heartbeat."""
+    return [m.metrics for m in fleet.alive() if m.metrics]
+
+
 def gather(fleet: Iterable[Mapping[str, Any]] = (),
            endpoints: Iterable[str] = ()) -> tuple[dict[str, Any], list[str]]:
     """Merge this process's own metrics, the fleet members' heartbeat snapshots and the
-    snapshots scraped from ``endpoints``; return the merged snapshot and where it came from."""
+    snapshots scraped from ``endpoints``; return the merged snapshot and where it came from.
+
+    A member's snapshot that cannot be merged (written by another version of the code, other
+    buckets) is left out and said so in the sources, rather than fail the whole status.
+    """
     snapshots: list[Mapping[str, Any]] = [METRICS.snapshot()]
     sources = ["this process"]
-    members = list(fleet)
+    members = mergeable = 0
+    for snap in fleet:
+        members += 1
+        try:
+            merge([snap])
+        except (ValueError, KeyError, TypeError):
+            continue
+        mergeable += 1
+        snapshots.append(snap)
     if members:
-        snapshots.extend(members)
-        sources.append(f"{len(members)} fleet member(s)")
+        sources.append(f"{mergeable} fleet member(s)" + (
+            f" ({members - mergeable} of another version left out)"
+            if mergeable < members else ""))
     for url in endpoints:
         snapshots.append(scrape(url))
         sources.append(url)

@@ -47,7 +47,7 @@ def status(ctx: Context, watch: float | None, prometheus: bool,
     failed, the ledger's summary, and the metrics per backend (enqueue latency p50/p99, errors,
     consistency rate, duplicates skipped, in flight) merged over the fleet."""
     if prometheus:
-        merged, _ = fleet_metrics.gather(endpoints=endpoints)
+        merged, _ = fleet_metrics.gather(_fleet(ctx), endpoints)
         click.echo(metrics.exposition(merged), nl=False)
         return
     urls = [u for u in (ctx.source, ctx.target) if u]
@@ -56,8 +56,8 @@ def status(ctx: Context, watch: float | None, prometheus: bool,
     try:
         with opened(*urls) as backends:
             while True:
-                doc = _status(ctx, dict(zip(urls, backends, strict=True)))
-                merged, sources = fleet_metrics.gather(endpoints=endpoints)
+                doc, fleet = _status(ctx, dict(zip(urls, backends, strict=True)))
+                merged, sources = fleet_metrics.gather(fleet, endpoints)
                 doc["metrics"] = {"sources": sources, "backends": metrics.summary(merged)}
                 if ctx.json:
                     click.echo(json.dumps(doc, default=str, indent=2))
@@ -70,8 +70,28 @@ def status(ctx: Context, watch: float | None, prometheus: bool,
         return
 
 
-def _status(ctx: Context, backends: dict[str, QueueBackend]) -> dict[str, Any]:
+def _fleet(ctx: Context) -> list[dict[str, Any]]:
+    """The metrics snapshots of the living fleet members; none without a control plane."""
+    try:
+        control = ctx.control_plane()
+    except ConfigurationError:
+        return []
+    try:
+        if not control.initialized():
+            return []
+        control.require()
+        return fleet_metrics.fleet_snapshots(control)
+    except ConfigurationError:
+        return []
+    finally:
+        control.close()
+
+
+def _status(ctx: Context, backends: dict[str, QueueBackend]
+            ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The status document, and the fleet members' metrics snapshots (merged by the caller)."""
     doc: dict[str, Any] = {"at": dt.datetime.now(dt.UTC).isoformat(), "backends": {}}
+    fleet: list[dict[str, Any]] = []
     for url, backend in backends.items():
         doc["backends"][backend_key(url)] = _counts(backend)
     try:
@@ -81,12 +101,13 @@ def _status(ctx: Context, backends: dict[str, QueueBackend]) -> dict[str, Any]:
             doc["phase"] = control.phase()
             doc["ledger"] = control.summary()
             doc["failures"] = control.failures_summary()
+            fleet = fleet_metrics.fleet_snapshots(control)
         else:
             doc["phase"] = {"phase": "off", "epoch": 0, "note": "no control schema (cutover init)"}
         control.close()
     except ConfigurationError as exc:
         doc["phase"] = {"phase": "off", "epoch": 0, "note": str(exc)}
-    return doc
+    return doc, fleet
 
 
 def _print_status(doc: dict[str, Any]) -> None:

@@ -90,3 +90,42 @@ def test_an_unreachable_endpoint_is_named() -> None:
                                       "http://127.0.0.1:1/metrics"])
     assert result.exit_code == 2
     assert "metrics endpoint http://127.0.0.1:1/metrics unreachable" in result.output
+
+
+def test_status_merges_the_snapshots_fleet_members_heartbeat(cutover_database_url: str) -> None:
+    from cutover.control import ControlPlane, MemberKind
+    from cutover.fleet_metrics import publish
+
+    control = ControlPlane(cutover_database_url)
+    try:
+        control.init()
+        counted = []
+        for n in (1, 2):
+            member = control.register(MemberKind.WORKER, side="target", backend="procrastinate")
+            mine = metrics.Metrics()
+            for _ in range(n):
+                mine.outcome("fleet-test", "succeeded")
+                mine.claimed("fleet-test")
+            mine.enqueued("fleet-test", 0.002 * n)
+            assert publish(control, member, mine) is True
+            counted.append(member)
+        # A member of another version: its snapshot cannot be merged, it is left out (named).
+        odd = control.register(MemberKind.PRODUCER)
+        control.heartbeat(odd, metrics={"version": 99, "buckets": [1.0], "backends": {}})
+    finally:
+        control.close()
+    result = CliRunner().invoke(cli, ["--json", "--control", cutover_database_url,
+                                      "--source", "memory://metrics-fleet", "status"])
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.stdout)["metrics"]
+    assert "2 fleet member(s) (1 of another version left out)" in view["sources"]
+    row = view["backends"]["fleet-test"]
+    assert (row["succeeded"], row["in_flight"], row["enqueued"]) == (3, 3, 2)
+    prom = CliRunner().invoke(cli, ["--control", cutover_database_url, "status",
+                                    "--prometheus"])
+    assert prom.exit_code == 0, prom.output
+    samples = {s.name: s.value for f in text_string_to_metric_families(prom.stdout)
+               for s in f.samples if s.labels.get("backend") == "fleet-test"
+               and "le" not in s.labels}
+    assert samples["cutover_succeeded_total"] == 3
+    assert samples["cutover_enqueue_latency_seconds_count"] == 2
