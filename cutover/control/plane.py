@@ -162,7 +162,13 @@ class Plumbing:
 
     def connect(self, doing: str = "connecting") -> psycopg.Connection[Any]:
         """A new autocommit connection of the caller's own (a watcher's LISTEN, a heartbeat)."""
+        # Behind a transaction pooler, a server-side prepared statement (psycopg prepares a
+        # query run 5 times) may be looked up on another server backend: never prepare there.
+        pooled = self._pooled if self._pooled is not None else pooling_declared()
         with self._errors(doing):
+            if pooled:
+                return psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                       prepare_threshold=None)
             return psycopg.connect(self.url, autocommit=True, connect_timeout=5)
 
     def connection(self) -> psycopg.Connection[Any]:
@@ -205,6 +211,8 @@ class Plumbing:
                     pids = {backend_pid(conn) for _ in range(3)}
                     cached = len(pids) > 1
             self._pooled = cached
+            if cached:
+                self._drop()  # reconnect without prepared statements (see connect)
         return cached
 
     def require_session(self, what: str) -> None:
