@@ -230,3 +230,29 @@ def test_a_dead_or_timed_out_job_is_seen_at_once_even_when_a_forked_helper_outli
     timed_out = cutover_backend.get(hung.id)
     assert timed_out is not None and "JobTimeoutError" in (timed_out.error or "")
     assert cutover_backend.get(after.id).result == 42  # type: ignore[union-attr]
+
+
+@pytest.mark.rq
+@pytest.mark.xfail(strict=True, reason="known defect: recovering a stalled job neither counts "
+                   "the attempt it died in nor fails it when the budget is spent, so a task that "
+                   "kills the worker itself (thread isolation: os._exit, a segfault; or the whole "
+                   "worker OOM-killed) is run again by every worker that recovers it")
+def test_a_job_that_kills_a_thread_isolated_worker_is_not_run_again_forever(
+        cutover_redis_url: str) -> None:
+    backend = RQBackend(cutover_redis_url)
+    poison = registry.make_record("w.die")  # one attempt
+    backend.enqueue([poison])
+    command = [sys.executable, "-m", "cutover", "--app", "tests.integration.worker_tasks:registry",
+               "worker", "--backend", cutover_redis_url, "--burst", "--isolation", "thread",
+               "--stalled-after", "1", "--poll-interval", "0.05"]
+    runs = 0
+    try:
+        for _ in range(3):
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            runs += "started job " + poison.id in done.stderr
+            time.sleep(1.2)  # its worker's heartbeat is stale: the next worker recovers it
+        assert runs == 1, f"a one-attempt job ran {runs} times"
+        found = backend.get(poison.id)
+        assert found is not None and found.state is JobState.FAILED
+    finally:
+        backend.close()
