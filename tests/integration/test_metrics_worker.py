@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -15,8 +16,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cutover import adapters
+from cutover.metrics import Metrics
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
+from cutover.worker import Worker
 
 APP = "cutover.testing.tasks:registry"
 
@@ -95,3 +98,23 @@ def test_a_taken_metrics_port_exits_2_naming_it(cutover_redis_url: str) -> None:
             capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, done.stderr
     assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
+
+
+def test_a_running_job_is_in_flight_until_its_outcome_is_recorded() -> None:
+    backend = adapters.open_backend("memory://metrics-in-flight")
+    backend.enqueue([registry.make_record(tasks.sleepy, (0.5,))])
+    mine = Metrics()
+    worker = Worker(backend, registry, burst=True, isolation="thread", metrics=mine)
+    thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while mine.snapshot()["backends"].get("memory", {}).get("in_flight") != 1:
+            assert time.monotonic() < deadline, "the job never showed in flight"
+            time.sleep(0.01)
+        assert mine.snapshot()["backends"]["memory"]["succeeded"] == 0
+    finally:
+        thread.join(timeout=30)
+        backend.close()
+    done = mine.snapshot()["backends"]["memory"]
+    assert (done["in_flight"], done["succeeded"]) == (0, 1)
