@@ -198,3 +198,31 @@ def test_phase_commands_refuse_without_a_control_schema(cutover_database_url: st
                                       "advance", "--yes"],
                                 env={"CUTOVER_SCHEMA": "cutover_none"})
     assert result.exit_code == 3 and "schema_present" in result.output
+
+
+def test_phase_advance_without_a_registry_refuses_tasks_resolvable(walk: Walk) -> None:
+    walk.workers()
+    result = CliRunner().invoke(cli, ["--source", walk.source_url, "--target", walk.target_url,
+                                      "--control", walk.control_url, "phase", "advance",
+                                      "--yes"], env={"CUTOVER_APP": ""})
+    assert result.exit_code == 3
+    assert "REFUSED  tasks_resolvable: no task registry to check: pass --app" in result.output
+
+
+def test_rollback_moves_nothing_back_until_producers_acknowledged(walk: Walk) -> None:
+    walk.workers()
+    walk.force_to(Phase.RAMPDOWN)
+    producer = walk.control.register(MemberKind.PRODUCER, epoch=3)
+    ids = walk.target.enqueue([registry.make_record(tasks.add, (1, 1))])
+    code, doc = walk.json("rollback", "--yes")
+    assert code == 3
+    assert walk.phase == (Phase.LIVE, 4)  # the phase moved: producers write both sides again
+    assert "have not acknowledged epoch 4" in doc["producers_acknowledged"]["detail"]
+    assert [r.id for r in walk.target.snapshot()] == ids  # nothing moved while one lags
+    assert list(walk.source.snapshot()) == []
+    walk.control.ack_epoch(producer, 4)
+    result = CliRunner().invoke(cli, ["--source", walk.target_url, "--target", walk.source_url,
+                                      "--control", walk.control_url, "--app", APP, "drain",
+                                      "--yes"])
+    assert result.exit_code == 0, result.output
+    assert [r.id for r in walk.source.snapshot()] == ids
