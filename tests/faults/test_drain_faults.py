@@ -260,7 +260,8 @@ def test_killing_the_parent_of_drain_workers_stops_them(urls: tuple[str, str]) -
         [sys.executable, "-m", "cutover", "--app", APP, "--source", rq_url, "--target", pg_url,
          "drain", "--yes", "--batch-size", "3", "--workers", "2", "--rate", "200"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(2.0)
+    # Not a fixed sleep: on a loaded machine the drain may not have started yet.
+    _wait_until_mid_drain(proc, target, len(records))
     children = _children(proc.pid)
     assert len(children) == 2, children
     proc.send_signal(signal.SIGKILL)
@@ -270,12 +271,32 @@ def test_killing_the_parent_of_drain_workers_stops_them(urls: tuple[str, str]) -
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in children), "drain workers outlived their parent"
     assert_one_place(records, source, target, settled=False)
+    moved = [r.id for r in records if target.get(r.id) is not None]
+    assert 0 < len(moved) < len(records), "the kill did not land mid-drain"
     final = run_cli(rq_url, pg_url, "drain", "--yes", "--workers", "2")
     assert final.returncode == 0, final.stderr
     assert_one_place(records, source, target, settled=True)
     assert run_cli(rq_url, pg_url, "verify", "--report", os.devnull).returncode == 0
     source.close()
     target.close()
+
+
+def _on(backend: QueueBackend) -> int:
+    """How many jobs ``backend`` holds, in any state."""
+    return sum(sum(states.values()) for states in backend.counts().values())
+
+
+def _wait_until_mid_drain(proc: subprocess.Popen[str] | subprocess.Popen[bytes],
+                          target: QueueBackend, total: int, timeout: float = 120.0) -> None:
+    """Block until the drain process has put at least one job on ``target`` (a real sign it is
+    running, whatever the machine's load), failing if it exits or the timeout passes first.
+    Fails too if the whole backlog moved before we looked: the signal would not land mid-drain."""
+    deadline = time.monotonic() + timeout
+    while (moved := _on(target)) == 0:
+        assert proc.poll() is None, f"the drain exited ({proc.returncode}) before moving a job"
+        assert time.monotonic() < deadline, f"the drain moved nothing in {timeout:.0f} s"
+        time.sleep(0.05)
+    assert moved < total, "the whole backlog moved before the signal could be sent"
 
 
 def _children(pid: int) -> list[int]:
@@ -300,7 +321,8 @@ def test_sigterm_stops_a_drain_after_the_batches_in_hand(urls: tuple[str, str],
         [sys.executable, "-m", "cutover", "--app", APP, "--source", rq_url, "--target", pg_url,
          "drain", "--yes", "--batch-size", "10", "--rate", "100", "--workers", workers],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
+    # Not a fixed sleep: on a loaded machine the drain may not have started yet.
+    _wait_until_mid_drain(proc, target, len(records))
     proc.send_signal(signal.SIGTERM)  # what a service manager or Kubernetes sends first
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err
