@@ -186,7 +186,7 @@ class QueueBackend(Protocol):
         and together hold every job), so that n processes can split the work. A backend that
         reads by position (RQ's lists) yields a batch for every window it reads, even an empty
         one: the drain's processes wait for each other between windows, so that they all read
-        the same windows (see cutover.drain_workers). One that reads by key may yield just its
+        the same windows (see cutover.drain.processes). One that reads by key may yield just its
         share's batches."""
         ...
 

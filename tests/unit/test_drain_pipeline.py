@@ -1,11 +1,11 @@
-"""The drain's pipeline of ordered stages (cutover.drain._Pipeline)."""
+"""The drain's pipeline of ordered stages (cutover.drain.pipeline.Pipeline)."""
 
 import threading
 import time
 
 import pytest
 
-from cutover.drain import _Pipeline
+from cutover.drain.pipeline import Pipeline as _Pipeline
 
 
 def feed(pipe: _Pipeline, n: int, pause: float) -> None:
