@@ -10,6 +10,7 @@ Cutover-only facts live in extra hash fields that RQ leaves alone: ``cutover_pri
 ``cutover_run_at``, ``cutover_error``, ``cutover_result``, ``cutover_held*``,
 ``cutover_positional`` (see native.py). Other keys:
 ``cutover:key:{job_key}`` (live holder of a job key), ``cutover:held:{queue}`` (held jobs),
+``cutover:held-dependents:{parent}`` (held deferred jobs, out of RQ's dependents set),
 ``cutover:paused`` and ``cutover:worker:{name}`` (heartbeats).
 """
 
@@ -888,7 +889,11 @@ class RQBackend:
         if not job_ids:
             return 0
         with self._errors("giving jobs back"):
-            return int(self._script("give_back")(args=[owner, *job_ids]))
+            moved = int(self._script("give_back")(args=[owner, *job_ids]))
+        # A deferred job whose parents RQ's worker finished while it was held (take.lua took it
+        # out of their dependents sets, so RQ did not release it): queued now, as RQ would have.
+        self._dependents("check", job_ids)
+        return moved
 
     def remove(self, job_ids: Sequence[str], *, tx_hook: TxHook | None = None) -> int:
         removed = 0

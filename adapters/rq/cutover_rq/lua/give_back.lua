@@ -13,7 +13,17 @@ for i = 2, #ARGV do
     elseif from == 'scheduled' or from == 'deferred' then
       redis.call('ZADD', 'rq:' .. from .. ':' .. origin, score, id)
     end
-    redis.call('HDEL', h, 'cutover_held', 'cutover_held_from', 'cutover_held_score')
+    -- Back in the dependents sets take.lua took a deferred job out of (the caller then queues
+    -- it if RQ finished its parents meanwhile: dependents.lua 'check').
+    local parents = redis.call('HGET', h, 'cutover_held_parents')
+    if parents then
+      for _, p in ipairs(cjson.decode(parents)) do
+        redis.call('SADD', 'rq:job:' .. p .. ':dependents', id)
+        redis.call('SREM', 'cutover:held-dependents:' .. p, id)
+      end
+    end
+    redis.call('HDEL', h, 'cutover_held', 'cutover_held_from', 'cutover_held_score',
+               'cutover_held_parents')
     redis.call('ZREM', 'cutover:held:' .. origin, id)
     moved = moved + 1
   end

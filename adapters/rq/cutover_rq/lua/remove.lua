@@ -32,6 +32,7 @@ for i = 1, #ARGV do
   -- Its parents no longer need to release it (as RQ's own delete does).
   for _, p in ipairs(redis.call('SMEMBERS', 'rq:job::' .. id .. ':dependencies')) do
     redis.call('SREM', 'rq:job:' .. p .. ':dependents', id)
+    redis.call('SREM', 'cutover:held-dependents:' .. p, id)  -- held out of that set (take.lua)
   end
   -- Its dependents set stays while a dependent still waits on it: the job moved to another
   -- backend, and the set is what lets it release them if it comes back, and what tells

@@ -3,6 +3,21 @@
 -- ARGV: owner, now, id...   Returns a flat list: id, outcome ('taken' or the refusal reason).
 local owner, now = ARGV[1], ARGV[2]
 local out = {}
+-- RQ's worker releases a deferred job from its parents' dependents sets when a parent finishes
+-- (Queue.enqueue_dependents / move_dependents_to_ready: it would queue and run a held job), so a
+-- held deferred job is out of those sets; 'cutover:held-dependents:<parent>' names it instead
+-- (the waiter check below reads both), and the hash the parents to restore (give_back.lua).
+local function detach(id, h)
+  local parents = {}
+  for _, p in ipairs(redis.call('SMEMBERS', 'rq:job::' .. id .. ':dependencies')) do
+    if redis.call('SREM', 'rq:job:' .. p .. ':dependents', id) == 1 then
+      redis.call('SADD', 'cutover:held-dependents:' .. p, id)
+      parents[#parents + 1] = p
+    end
+  end
+  if #parents > 0 then redis.call('HSET', h, 'cutover_held_parents', cjson.encode(parents)) end
+end
+
 for i = 3, #ARGV do
   local id = ARGV[i]
   local h = 'rq:job:' .. id
@@ -13,8 +28,11 @@ for i = 3, #ARGV do
   if status and not held then
     -- A job that deferred jobs wait on stays where RQ releases them when it succeeds (checked
     -- here too, atomically, for dependents enqueued after the drain classified it).
-    for _, c in ipairs(redis.call('SMEMBERS', h .. ':dependents')) do
-      if redis.call('HGET', 'rq:job:' .. c, 'status') == 'deferred' then waiter = c; break end
+    for _, key in ipairs({h .. ':dependents', 'cutover:held-dependents:' .. id}) do
+      for _, c in ipairs(redis.call('SMEMBERS', key)) do
+        if redis.call('HGET', 'rq:job:' .. c, 'status') == 'deferred' then waiter = c; break end
+      end
+      if waiter then break end
     end
   end
   if not status or not origin then
@@ -22,7 +40,13 @@ for i = 3, #ARGV do
   elseif waiter then
     res = 'deferred job ' .. waiter .. ' waits on it'
   elseif held then
-    if held == owner then res = 'taken' else res = 'held by ' .. held end
+    if held == owner then
+      -- Held by an older version (killed mid-drain) that left it in its parents' sets.
+      if redis.call('HGET', h, 'cutover_held_from') == 'deferred' then detach(id, h) end
+      res = 'taken'
+    else
+      res = 'held by ' .. held
+    end
   elseif status == 'queued' then
     -- Count 1: the search stops at the first match, so taking from the head of a long list is
     -- cheap (a drain reads lists head first).
@@ -48,6 +72,7 @@ for i = 3, #ARGV do
   if from then
     redis.call('HSET', h, 'cutover_held', owner, 'cutover_held_from', from,
                'cutover_held_score', score)
+    if from == 'deferred' then detach(id, h) end
     redis.call('ZADD', 'cutover:held:' .. origin, now, id)
     res = 'taken'
   end
