@@ -90,11 +90,12 @@ def scrape(url: str, timeout: float = 5.0) -> dict[str, Any]:
 
 
 def publish(fleet: Fleet, member: uuid.UUID, metrics: Metrics = METRICS, *,
-            mode: str | None = None) -> bool:
+            mode: str | None = None, native_ids: list[str] | None = None) -> bool:
     """Heartbeat ``member`` with this process's metrics snapshot (stored in ``fleet.metrics``),
     for ``cutover status`` to merge. What a fleet member calls on each heartbeat; False when the
-    member is not registered any more (register again)."""
-    return fleet.heartbeat(member, mode=mode, metrics=metrics.snapshot())
+    member is not registered any more (register again). ``native_ids``: the ids the backend's
+    own worker registry knows this member by (not counted as native workers)."""
+    return fleet.heartbeat(member, mode=mode, metrics=metrics.snapshot(), native_ids=native_ids)
 
 
 def fleet_snapshots(fleet: Fleet) -> list[dict[str, Any]]:

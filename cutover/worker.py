@@ -31,8 +31,11 @@ from types import FrameType
 from typing import Any, Literal
 
 from cutover.backend import QueueBackend
+from cutover.control.claims import ClaimState
 from cutover.errors import CutoverError
+from cutover.fence import PhaseGate
 from cutover.metrics import METRICS, Metrics
+from cutover.phases import Mode
 from cutover.record import JobRecord
 from cutover.registry import Task, TaskRegistry
 from cutover.runner import Outcome, ProcessSlot, call_task, timed_out
@@ -52,6 +55,10 @@ class WorkerReport:
     #: Jobs failed by the watchdog whose thread still runs the task (thread isolation): the
     #: worker stopped so that its supervisor starts a fresh process.
     abandoned: list[str] = dataclasses.field(default_factory=list)
+    #: Phase-aware workers (cutover.fence): copies removed as duplicates of a copy that ran on
+    #: the other side, and target copies dry-run in shadow (never executed).
+    duplicates: int = 0
+    shadowed: int = 0
 
     @property
     def processed(self) -> int:
@@ -80,7 +87,8 @@ class Worker:
     limit). ``isolation``: ``"process"`` (a child process per thread, killed on timeout) or
     ``"thread"`` (in-process; a timed-out job is failed and the worker stops, see the module
     docstring). ``metrics``: where claims, in-flight jobs and outcomes are counted per backend
-    (this process's :data:`cutover.metrics.METRICS` unless given another).
+    (this process's :data:`cutover.metrics.METRICS` unless given another). ``gate``: the staged
+    cut-over's phase and fence (:mod:`cutover.fence`); without one the worker runs every job.
     """
 
     def __init__(self, backend: QueueBackend, registry: TaskRegistry, *,
@@ -88,7 +96,7 @@ class Worker:
                  poll_interval: float = 0.5, stalled_after: float = 60.0,
                  heartbeat_interval: float = 10.0, name: str | None = None,
                  timeout: float | None = None, isolation: Isolation = "thread",
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, gate: PhaseGate | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if isolation not in ("process", "thread"):
@@ -104,6 +112,9 @@ class Worker:
         self.name = name or f"cutover.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.report = WorkerReport()
         self.metrics = METRICS if metrics is None else metrics
+        self.gate = gate
+        if gate is not None and gate.metrics is None:
+            gate.metrics = self.metrics
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._signals = 0
@@ -243,7 +254,16 @@ class Worker:
     def _loop(self, index: int) -> None:
         try:
             while not self._stop.is_set():
-                job = self.backend.claim(self.queues, self.name, self._accept)
+                # The mode is read between jobs: a job runs to its end in the mode it was
+                # claimed in.
+                mode, fenced = (Mode.EXECUTE, False) if self.gate is None else self.gate.mode()
+                if mode is Mode.IDLE:
+                    if self.burst:
+                        return
+                    self._idle_wait()
+                    continue
+                accept = self._accept if mode is not Mode.DRY else _accept_all
+                job = self.backend.claim(self.queues, self.name, accept)
                 if job is None:
                     if self.burst:
                         return
@@ -251,7 +271,14 @@ class Worker:
                     continue
                 self.metrics.claimed(self.backend.name)
                 try:
-                    self._execute(job, index)
+                    if self.gate is not None and mode is Mode.DRY:
+                        self.gate.dry_run(job, self.registry)
+                        with self._lock:
+                            self.report.shadowed += 1
+                    elif self.gate is not None and fenced:
+                        self._fenced(self.gate, job, index)
+                    else:
+                        self._execute(job, index)
                 finally:
                     self.metrics.released(self.backend.name)
         except CutoverError as exc:
@@ -261,6 +288,29 @@ class Worker:
             with self._lock:
                 self._error = self._error or exc
             self._stop.set()
+
+    def _fenced(self, gate: PhaseGate, job: JobRecord, index: int) -> None:
+        """Run ``job`` if this copy wins its claim; a duplicate is removed; a copy whose claim
+        another member holds waits for that claim's end or its lease's expiry."""
+        claim = gate.claim(job)
+        if not claim.won and not claim.finished:
+            log.info("job %s is claimed on the %s until %s: waiting", job.id, claim.side,
+                     claim.lease_until.isoformat(), extra={"job_id": job.id, "event": "fenced"})
+            waited = gate.wait(job, claim, self._stop)
+            if waited is None:  # stopping: the job is retried after the lease (an attempt)
+                self.backend.fail(job, self.name, "fence: the worker stopped while the other "
+                                  "copy's claim was held", claim.lease_until)
+                return
+            claim = waited
+        if claim.finished:
+            gate.duplicate(job, claim)
+            with self._lock:
+                self.report.duplicates += 1
+            return
+        if claim.takeovers:
+            log.warning("job %s: took over the claim of a member whose lease expired", job.id,
+                        extra={"job_id": job.id, "event": "takeover"})
+        self._execute(job, index)
 
     def _accept(self, record: JobRecord) -> str | None:
         reason = record.problem
@@ -301,6 +351,15 @@ class Worker:
     def _record(self, job: JobRecord, task: Task, outcome: Outcome) -> None:
         """Store the outcome: complete, schedule the retry, or fail for good."""
         extra = {"job_id": job.id, "task": task.name, "backend": self.backend.name}
+        fenced = self.gate is not None and self.gate.held(job.id)
+        attempts_made = job.attempts + 1
+        if fenced and self.gate is not None:
+            # The claim first: a crash before the backend's record leaves a finished claim,
+            # so the other copy (or this one, recovered) is a duplicate, not a second run.
+            if outcome.ok or attempts_made >= job.max_attempts:
+                self.gate.finish(job, ClaimState.DONE if outcome.ok else ClaimState.FAILED)
+            else:
+                self.gate.release(job)
         if outcome.ok:
             self.backend.complete(job, self.name, outcome.result)
             with self._lock:
@@ -311,7 +370,6 @@ class Worker:
             return
         error = outcome.traceback or outcome.error or "failed"
         extra["traceback"] = error
-        attempts_made = job.attempts + 1
         if attempts_made < job.max_attempts:
             delay = job.retry_delay(attempts_made)
             retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
@@ -333,3 +391,9 @@ class Worker:
             log.error("job %s (%s) failed for good after %d attempt(s): %s", job.id,
                       task.name, attempts_made, outcome.error,
                       extra={**extra, "event": "failed"})
+
+
+def _accept_all(record: JobRecord) -> str | None:
+    """A dry run takes every job: an undecodable one or one of an unknown task is recorded as a
+    mismatch, not left in place."""
+    return None

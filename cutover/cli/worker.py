@@ -10,7 +10,10 @@ import click
 from cutover import adapters, metrics
 from cutover.backend import QueueBackend
 from cutover.cli.context import Context, emit
+from cutover.control import ControlPlane
 from cutover.errors import ConfigurationError
+from cutover.fence import PhaseGate, side_of
+from cutover.phases import Side
 from cutover.worker import Worker
 
 log = logging.getLogger("cutover.worker")
@@ -49,10 +52,15 @@ log = logging.getLogger("cutover.worker")
 @click.option("--metrics-host", envvar="CUTOVER_METRICS_HOST", default="127.0.0.1",
               show_default=True, metavar="HOST",
               help="Address the metrics server listens on [env CUTOVER_METRICS_HOST].")
+@click.option("--lease", envvar="CUTOVER_CLAIM_LEASE", default=30.0, show_default=True,
+              type=click.FloatRange(min=0.5), metavar="SECONDS",
+              help="Staged cut-over: the lease of a job's claim in the fence, extended every "
+                   "third of it while the job runs; a worker killed mid-job loses the job to "
+                   "the other copy after it [env CUTOVER_CLAIM_LEASE].")
 @click.pass_obj
 def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency: int,
            burst: bool, poll_interval: float, stalled_after: float, timeout: float,
-           isolation: str, metrics_port: int | None, metrics_host: str) -> None:
+           isolation: str, metrics_port: int | None, metrics_host: str, lease: float) -> None:
     """Run the registry's tasks from one backend.
 
     Runs jobs enqueued through queue-cutover and jobs that plain RQ or Procrastinate code
@@ -61,17 +69,38 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
     (SystemExit and KeyboardInterrupt included) fails or retries its job, with the traceback
     logged and kept. SIGTERM or Ctrl-C finishes the running jobs and exits; a second one exits at
     once.
+
+    When a control plane exists (the PostgreSQL side's database, or --control) the worker
+    follows the staged cut-over's phase: it registers in the fleet, runs jobs through the fence
+    in live and rampdown (a job with a copy on each side runs once), dry-runs the target's jobs in
+    shadow (compared with the source copy, never run) and claims nothing where its side is out of
+    service. With no control plane, or before any phase was set, it works as a plain worker.
     """
     backend: QueueBackend | None = None
+    source: QueueBackend | None = None
+    gate: PhaseGate | None = None
     server = None if metrics_port is None else _serve_metrics(metrics_port, metrics_host)
     try:
         registry = ctx.registry()
-        backend = adapters.open_backend(ctx.backend_url(backend_name))
+        url = ctx.backend_url(backend_name)
+        backend = adapters.open_backend(url)
+        control = _control_plane(ctx)
+        if control is not None:
+            side = side_of(backend, control.read_phase(), ctx.source, ctx.target, url)
+            if side is Side.TARGET and ctx.source:
+                source = adapters.open_backend(ctx.source)
+            gate = PhaseGate(control, backend, side, source=source, lease=lease)
         report = Worker(backend, registry, queues=queues or None, concurrency=concurrency,
                         burst=burst, poll_interval=poll_interval,
                         stalled_after=stalled_after, timeout=timeout or None,
-                        isolation="process" if isolation == "process" else "thread").run()
+                        isolation="process" if isolation == "process" else "thread",
+                        gate=gate).run()
     finally:
+        if gate is not None:
+            gate.close()
+            gate.control.close()
+        if source is not None:
+            source.close()
         if backend is not None:
             backend.close()
         if server is not None:
@@ -79,9 +108,12 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
             server.server_close()
     summary = {"succeeded": report.succeeded, "failed": report.failed, "retried": report.retried,
                "skipped": report.skipped, "recovered": report.recovered,
-               "abandoned": report.abandoned}
+               "abandoned": report.abandoned, "duplicates_skipped": report.duplicates,
+               "shadowed": report.shadowed}
     emit(ctx, summary, f"succeeded {report.succeeded}, failed {report.failed}, retried "
          f"{report.retried}, skipped {len(report.skipped)}"
+         + (f", duplicates skipped {report.duplicates}" if report.duplicates else "")
+         + (f", dry-run (shadow) {report.shadowed}" if report.shadowed else "")
          + "".join(f"\n  skipped {k}: {v}" for k, v in report.skipped.items())
          + "".join(f"\n  timed out, thread still running: {k}" for k in report.abandoned))
     if report.abandoned:
@@ -98,3 +130,20 @@ def _serve_metrics(port: int, host: str) -> WSGIServer:
     log.info("metrics at http://%s:%d/metrics", host, server.server_port,
              extra={"event": "metrics"})
     return server
+
+
+def _control_plane(ctx: Context) -> ControlPlane | None:
+    """The control plane the worker follows, or None: no PostgreSQL side and no --control, or a
+    database without the control schema (no cut-over there: the worker works as before). A
+    control plane that exists but cannot be read refuses (its error's exit code)."""
+    if not (ctx.control or ctx.source or ctx.target):
+        return None
+    try:
+        control = ctx.control_plane()
+    except ConfigurationError:
+        return None  # neither side is PostgreSQL and no --control: no staged cut-over
+    if not control.initialized():
+        control.close()
+        return None
+    control.require()
+    return control

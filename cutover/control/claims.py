@@ -76,6 +76,14 @@ class Claims(Plumbing):
                 "id": cutover_id, "member": member, "state": value.value}).fetchone()
         return bool(row and row[0])
 
+    def release(self, cutover_id: str, member: uuid.UUID) -> bool:
+        """Give the claim up (a retry): its lease ends now, so the next attempt, on either
+        side, claims again. False when the caller did not hold it."""
+        with self.tx("releasing a claim") as conn:
+            row = conn.execute(self.query("claim_release"), {"id": cutover_id,
+                                                             "member": member}).fetchone()
+        return bool(row and row[0])
+
     def claim_of(self, cutover_id: str) -> Claim | None:
         """A job's claim as it stands (a read: ``won`` is False), or None."""
         with self.tx("reading a claim") as conn:

@@ -4,6 +4,7 @@ it contains. SQL in ``sql/ledger.sql``."""
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -108,6 +109,15 @@ class Ledger(Plumbing):
         with self.tx("reading the ledger") as conn:
             rows = conn.execute(self.query("ledger_states"), {"ids": "\n".join(ids)}).fetchall()
         return {r[0]: LedgerEntry(LedgerState(r[1]), r[2], r[3]) for r in rows}
+
+    def content_of(self, cutover_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(digest, content) of a job as its ledger row recorded it, or None."""
+        with self.tx("reading the ledger") as conn:
+            row = conn.execute(self.query("ledger_content"), {"id": cutover_id}).fetchone()
+        if row is None:
+            return None
+        content = row[1] if isinstance(row[1], dict) else json.loads(row[1]) if row[1] else {}
+        return str(row[0]), content
 
     # -- verification tables -----------------------------------------------------------------
     def copy_snapshot(self, conn: psycopg.Connection[Any], side: str,

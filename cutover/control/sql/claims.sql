@@ -14,3 +14,10 @@ SELECT {schema}.claim_finish(%(id)s, %(member)s, %(state)s);
 -- name: claim_get
 SELECT true, state, side, member, lease_until, takeovers FROM {schema}.claims
 WHERE cutover_id = %(id)s;
+
+-- name: claim_release
+-- A retry gives the claim up: its lease ends now, so the next attempt (a copy on either side)
+-- takes it over through claim(). The row stays (takeovers keeps counting).
+UPDATE {schema}.claims SET lease_until = now() - interval '1 millisecond'
+WHERE cutover_id = %(id)s AND member = %(member)s AND state = 'claimed'
+RETURNING true;

@@ -68,3 +68,7 @@ FROM (SELECT source, target, state, count(*) AS n FROM {schema}.ledger GROUP BY 
 LEFT JOIN {schema}.stores s ON s.key = l.source
 LEFT JOIN {schema}.stores t ON t.key = l.target
 ORDER BY 1, 2, 3;
+
+-- name: ledger_content
+-- One job's content as the ledger recorded it (a shadow dry run compares its copy with it).
+SELECT digest, content FROM {schema}.ledger WHERE cutover_id = %(id)s;

@@ -1,0 +1,295 @@
+"""The execution fence and the phase, as a cutover worker sees them.
+
+A :class:`PhaseGate` joins one worker to the control plane: it registers the worker in the fleet
+(side, backend, mode), heartbeats it with its metrics snapshot, acknowledges each epoch, reads the
+phase through one :class:`~cutover.control.PhaseWatcher` and says, between jobs, what the worker
+does (:func:`cutover.phases.mode`):
+
+- ``EXECUTE`` / ``FENCED``: run the job. Whenever a staged cut-over is under way (any phase but
+  ``off``) the run goes through the fence, because a job may have a copy on the other side: the
+  job's cutover id is claimed in ``claims`` under a lease, which a heartbeat extends while the job
+  runs. The first claimant runs it; a claim already finished makes this copy a duplicate (removed
+  without running, counted); a claim held under a valid lease makes this copy wait (its thread
+  polls the claim, the backend copy stays started under this worker's heartbeat, no attempt is
+  consumed) until the claim finishes or its lease expires (then this copy takes over). The claim
+  is finished (done or failed) *before* the outcome is written to the backend, so a crash in
+  between leaves a claim that marks the other copy a duplicate, not a second run. A retry
+  releases the claim, so the next attempt, on either side, claims again.
+- ``DRY`` (the target in ``shadow``): decode, resolve the task, compare the copy with the source
+  copy (its ledger row's content, else the source backend's copy by the same cutover id), record
+  the result (``shadow_results``) and remove the target copy without running it. A removal is no
+  departure (neither backend's records say the job *ran*), so verify and drain read the target as
+  never having had the job, which is the truth: it ran on the source.
+- ``IDLE``: claim nothing (logged once per change); ``--burst`` exits 0.
+
+``off`` at epoch 0 (no staged cut-over ever started: drains only) keeps today's behaviour on both
+sides, fence-free. After a rollback to ``off`` (epoch > 0) the target is idle: its copies of jobs
+the source runs must not run there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cutover import codec, fleet_metrics
+from cutover.backend import QueueBackend
+from cutover.control import Claim, ControlPlane, MemberKind, PhaseWatcher
+from cutover.control.claims import LEASE, ClaimState
+from cutover.control.fleet import HEARTBEAT
+from cutover.control.phase import PhaseState
+from cutover.errors import ConfigurationError, CutoverError
+from cutover.metrics import METRICS, Metrics
+from cutover.phases import Mode, Phase, Side, mode
+from cutover.record import JobRecord
+from cutover.registry import TaskRegistry
+
+log = logging.getLogger("cutover.fence")
+
+#: Content fields a run of the source copy changes (attempts made, the next retry's time): a
+#: dry run compares them only while the source copy has not been attempted.
+RUN_FIELDS = ("attempts", "run_at")
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """A dry run's result: matched, or why not."""
+
+    matched: bool
+    detail: str = ""
+
+
+def compare(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Content fields that differ between a target copy and the source copy (encoded content
+    dicts), leaving out what a run of the source copy changed."""
+    skip: set[str] = set()
+    if int(theirs.get("attempts") or 0) > int(mine.get("attempts") or 0):
+        skip.update(RUN_FIELDS)
+    return {k: (mine.get(k), theirs.get(k)) for k in sorted(set(mine) | set(theirs))
+            if k not in skip and codec.canonical(mine.get(k)) != codec.canonical(theirs.get(k))}
+
+
+class PhaseGate:
+    """One worker's view of the staged cut-over: its mode, its fleet membership, its claims."""
+
+    def __init__(self, control: ControlPlane, backend: QueueBackend, side: Side, *,
+                 source: QueueBackend | None = None, lease: float = LEASE,
+                 heartbeat: float = HEARTBEAT, refresh: float | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.control = control
+        self.backend = backend
+        self.side = side
+        self.source = source
+        self.lease = lease
+        self.heartbeat_interval = min(heartbeat, lease / 3)
+        self.metrics = metrics
+        self.member = control.register(MemberKind.WORKER, side=side, backend=backend.name)
+        kwargs: dict[str, Any] = {} if refresh is None else {"refresh": refresh}
+        self.watcher = PhaseWatcher(control, **kwargs).start()
+        self._lock = threading.Lock()
+        self._held: set[str] = set()
+        self._stop = threading.Event()
+        self._acked = -1
+        self._logged: tuple[Phase, Mode] | None = None
+        self._beat()
+        self._thread = threading.Thread(target=self._run, name="cutover-fence-heartbeat",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- the mode ----------------------------------------------------------------------------
+    def state(self) -> PhaseState:
+        return self.watcher.state()
+
+    def mode(self) -> tuple[Mode, bool]:
+        """(mode, fenced): what the worker does with the next job, and whether a run goes
+        through the fence. Read between jobs, never during one."""
+        state = self.state()
+        if state.phase is Phase.OFF and state.epoch == 0:
+            now, fenced = Mode.EXECUTE, False  # no staged cut-over ever started: as before
+        else:
+            now = mode(state.phase, self.side)
+            fenced = now is Mode.FENCED or (now is Mode.EXECUTE and state.phase is not Phase.OFF)
+        if self._logged != (state.phase, now):
+            self._logged = (state.phase, now)
+            how = {Mode.IDLE: "claims nothing (this side is not in service in this phase)",
+                   Mode.DRY: "dry-runs jobs: compares them with the source copy, runs nothing",
+                   Mode.FENCED: "runs jobs through the fence",
+                   Mode.EXECUTE: "runs jobs" + (" through the fence" if fenced else "")}[now]
+            log.info("phase %s (epoch %d): the %s worker on %s %s", state.phase, state.epoch,
+                     self.side, self.backend.name, how,
+                     extra={"event": "mode", "backend": self.backend.name})
+        self._ack(state.epoch)
+        return now, fenced
+
+    def _ack(self, epoch: int) -> None:
+        # Acknowledged when the worker asks for its next mode: the jobs it started under an
+        # older epoch have been taken (the caller asks between jobs).
+        if epoch != self._acked:
+            with contextlib.suppress(CutoverError):
+                self.control.ack_epoch(self.member, epoch)
+                self._acked = epoch
+
+    # -- the fence ---------------------------------------------------------------------------
+    def claim(self, job: JobRecord) -> Claim:
+        """Try to claim ``job`` for this worker; a won claim is kept alive by the heartbeat."""
+        claim = self.control.claim(job.id, self.side, self.member, self.lease)
+        if claim.won:
+            with self._lock:
+                self._held.add(job.id)
+        return claim
+
+    def wait(self, job: JobRecord, claim: Claim, stop: threading.Event) -> Claim | None:
+        """Wait while another member holds ``job``'s claim under a valid lease: returns the
+        claim once it is won (the lease expired: take over) or finished (this copy is a
+        duplicate), or None when the worker stops first."""
+        while not claim.won and not claim.finished:
+            left = (claim.lease_until.timestamp() - time.time())
+            if stop.wait(min(max(left, 0.05), 1.0)):
+                return None
+            claim = self.claim(job)
+        return claim
+
+    def finish(self, job: JobRecord, state: ClaimState) -> None:
+        """The job ran to its end here (before the backend records it: see the docstring)."""
+        with self._lock:
+            self._held.discard(job.id)
+        if not self.control.finish(job.id, self.member, state):
+            log.error("job %s finished on the %s, but its claim had been taken over (its lease "
+                      "expired while it ran: a heartbeat was late); the other copy may run too",
+                      job.id, self.side, extra={"job_id": job.id, "event": "claim_lost"})
+
+    def release(self, job: JobRecord) -> None:
+        """A retry: give the claim up so the next attempt, on either side, claims again."""
+        with self._lock:
+            self._held.discard(job.id)
+        self.control.release(job.id, self.member)
+
+    def held(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._held
+
+    def duplicate(self, job: JobRecord, claim: Claim) -> None:
+        """The other copy ran (``claim`` finished): remove this one without running it."""
+        self.backend.remove([job.id])
+        if self.metrics is not None:
+            self.metrics.duplicate_skipped(self.backend.name)
+        log.info("job %s on %s is a duplicate: it %s on the %s; removed without running",
+                 job.id, self.backend.name, "ran" if claim.state is ClaimState.DONE else "failed",
+                 claim.side, extra={"job_id": job.id, "backend": self.backend.name,
+                                    "event": "duplicate_skipped"})
+
+    # -- shadow --------------------------------------------------------------------------------
+    def dry_run(self, job: JobRecord, registry: TaskRegistry) -> Verdict:
+        """Decode, resolve, compare with the source copy, record; remove the target copy."""
+        verdict = self._judge(job, registry)
+        self.control.record_shadow(job.id, verdict.matched, verdict.detail)
+        if self.metrics is not None:
+            self.metrics.shadow_result(self.backend.name, verdict.matched)
+        self.backend.remove([job.id])
+        log.log(logging.INFO if verdict.matched else logging.WARNING,
+                "shadow: job %s %s", job.id,
+                "matched its source copy" if verdict.matched else f"differs: {verdict.detail}",
+                extra={"job_id": job.id, "backend": self.backend.name, "event": "shadowed"})
+        return verdict
+
+    def _judge(self, job: JobRecord, registry: TaskRegistry) -> Verdict:
+        if job.problem:
+            return Verdict(False, f"undecodable: {job.problem}")
+        if job.task not in registry:
+            return Verdict(False, f"unknown task {job.task!r}")
+        try:
+            mine = json.loads(job.content_json())
+        except CutoverError as exc:
+            return Verdict(False, f"undecodable: {exc}")
+        # Against both references there are: the ledger row (what the producer wrote) and the
+        # source copy (what the source's workers run), when it is still there.
+        references: list[tuple[str, dict[str, Any]]] = []
+        found = self.control.content_of(job.id)
+        if found is not None and found[0] != job.digest():
+            references.append(("ledger", found[1]))
+        copy = self.source.get(job.id) if self.source is not None else None
+        if copy is not None and copy.problem:
+            return Verdict(False, f"the source copy is undecodable: {copy.problem}")
+        if copy is not None:
+            references.append(("source", json.loads(copy.content_json())))
+        elif found is None:
+            return Verdict(False, "no source copy to compare with (no ledger row, and none on "
+                                  "the source)")
+        problems = []
+        for where, theirs in references:
+            diffs = compare(mine, theirs)
+            problems += [f"{k}: target {codec.canonical(a)} != {where} {codec.canonical(b)}"
+                         for k, (a, b) in diffs.items()]
+        if not problems:
+            return Verdict(True)
+        return Verdict(False, ("digest differs: " + "; ".join(problems))[:2000])
+
+    # -- membership ----------------------------------------------------------------------------
+    def _beat(self) -> None:
+        ids: Callable[[], list[str]] | None = getattr(self.backend, "worker_ids", None)
+        mode_now = self._logged[1].value if self._logged else None
+        if not fleet_metrics.publish(self.control, self.member, self.metrics or METRICS,
+                                     mode=mode_now,
+                                     native_ids=ids() if ids else None):
+            self.member = self.control.register(MemberKind.WORKER, side=self.side,
+                                                backend=self.backend.name, member=self.member)
+
+    def _run(self) -> None:
+        """Extend the leases of running jobs (every lease/3) and heartbeat the membership."""
+        last = time.monotonic()
+        while not self._stop.wait(self.lease / 3):
+            with self._lock:
+                held = sorted(self._held)
+            for job_id in held:
+                try:
+                    if not self.control.extend(job_id, self.member, self.lease):
+                        with self._lock:
+                            ours = job_id in self._held
+                        if ours:
+                            log.error("lost the claim of running job %s (taken over)", job_id)
+                except CutoverError as exc:
+                    log.error("could not extend the claim of job %s: %s", job_id, exc)
+            if time.monotonic() - last >= self.heartbeat_interval:
+                last = time.monotonic()
+                try:
+                    self._beat()
+                except CutoverError as exc:
+                    log.error("fleet heartbeat failed: %s", exc)
+
+    def close(self) -> None:
+        """Leave the fleet (running claims are finished or released by the worker first).
+        Idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join(timeout=self.lease)
+        self.watcher.close()
+        with contextlib.suppress(CutoverError):
+            self.control.deregister(self.member)
+
+
+def side_of(backend: QueueBackend, state: PhaseState, source_url: str | None,
+            target_url: str | None, url: str) -> Side:
+    """Which side of the pair ``backend`` is: by the phase's pair (store identities) when one is
+    fixed, else by the URLs given; refuse (exit 2) a backend that is neither."""
+    if state.pair is not None:
+        key = backend.identity().key
+        if key == state.pair.source_key:
+            return Side.SOURCE
+        if key == state.pair.target_key:
+            return Side.TARGET
+        raise ConfigurationError(
+            f"the worker's backend {backend.url} is neither side of the cut-over "
+            f"({state.pair.source_url} -> {state.pair.target_url})")
+    if url == source_url:
+        return Side.SOURCE
+    if url == target_url:
+        return Side.TARGET
+    raise ConfigurationError(f"cannot tell which side of the cut-over {backend.url} is: give "
+                             "--source and --target")

@@ -1,0 +1,45 @@
+"""Tasks for the fence's proof tests (importable: ``--app tests.integration.fence_tasks:registry``).
+Each execution writes a row in ``fence_runs`` of the database named by ``FENCE_RUNS_URL``: the
+tests count executions there, not in logs."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psycopg
+
+from cutover.registry import TaskRegistry
+
+registry = TaskRegistry()
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS fence_runs (key text NOT NULL, what text NOT NULL, " \
+         "pid integer NOT NULL, at timestamptz NOT NULL DEFAULT now())"
+
+
+def _write(key: str, what: str) -> None:
+    with psycopg.connect(os.environ["FENCE_RUNS_URL"], autocommit=True) as conn:
+        conn.execute("INSERT INTO fence_runs (key, what, pid) VALUES (%s, %s, %s)",
+                     (key, what, os.getpid()))
+
+
+@registry.task(name="fence.count")
+def count(key: str) -> str:
+    """One execution, counted."""
+    _write(key, "done")
+    return key
+
+
+@registry.task(name="fence.slow_first")
+def slow_first(key: str, seconds: float) -> str:
+    """The first execution of ``key`` sleeps ``seconds`` (long enough to be killed in); later
+    ones do not. Started and finished executions are counted apart."""
+    with psycopg.connect(os.environ["FENCE_RUNS_URL"], autocommit=True) as conn:
+        started = conn.execute("SELECT count(*) FROM fence_runs WHERE key = %s AND what = "
+                               "'started'", (key,)).fetchone()
+        conn.execute("INSERT INTO fence_runs (key, what, pid) VALUES (%s, 'started', %s)",
+                     (key, os.getpid()))
+    if started is not None and started[0] == 0:
+        time.sleep(seconds)
+    _write(key, "done")
+    return key

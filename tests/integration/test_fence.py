@@ -1,0 +1,252 @@
+"""The execution fence and the phase-aware worker against real servers (RQ on Redis as the
+source, Procrastinate on PostgreSQL as the target, the control plane in the target's database).
+
+Each job is written on both backends with the same cutover id plus its ledger row (as the
+Router's dual write does); executions are counted in a table the task writes (fence_tasks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from cutover import adapters
+from cutover.control import ControlPlane, LedgerState, Pair
+from cutover.control.claims import ClaimState
+from cutover.fence import PhaseGate
+from cutover.metrics import Metrics
+from cutover.phases import ORDER, Phase, Side, decide, transition
+from cutover.record import JobRecord
+from cutover.worker import Worker, WorkerReport
+from tests.integration import fence_tasks
+from tests.integration.fence_tasks import registry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Pairing:
+    """A source (RQ) and a target (Procrastinate) with the control plane on the target."""
+
+    def __init__(self, redis_url: str, database_url: str) -> None:
+        self.source_url, self.target_url = redis_url, database_url
+        self.source = adapters.open_backend(redis_url)
+        self.target = adapters.open_backend(database_url)
+        self.control = ControlPlane(database_url)
+        self.control.init()
+        sid, tid = self.source.identity(), self.target.identity()
+        self.pair = Pair(sid.key, sid.url, tid.key, tid.url)
+        self.gates: list[PhaseGate] = []
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(fence_tasks.SCHEMA)
+
+    def set_phase(self, to: Phase) -> None:
+        """Walk (forced: the preconditions are the phase commands' tests) to ``to``."""
+        while (state := self.control.read_phase()).phase.step < to.step:
+            move = transition(state.phase, Phase(ORDER[state.phase.step + 1]))
+            self.control.transition(decide(move, {}, force=True, why="test"), why="test",
+                                    pair=self.pair, kind="set")
+
+    def dual(self, task: str, *args: Any, target_args: tuple[Any, ...] | None = None
+             ) -> JobRecord:
+        """Both copies of one job (same cutover id), the target's first, and its ledger row."""
+        record = registry.make_record(task, args, {})
+        target_copy = record if target_args is None else record.replace(args=target_args)
+        self.target.enqueue([target_copy])
+        self.control.record([record], state=LedgerState.ACCEPTED, source=self.pair.source_key,
+                            target=self.pair.target_key, run_id="fence-test")
+        self.source.enqueue([record])
+        return record
+
+    def worker(self, side: Side, *, concurrency: int = 3, burst: bool = True,
+               lease: float = 30.0, stalled_after: float = 60.0,
+               metrics: Metrics | None = None) -> Worker:
+        backend = self.source if side is Side.SOURCE else self.target
+        gate = PhaseGate(ControlPlane(self.target_url), backend, side,
+                         source=self.source if side is Side.TARGET else None, lease=lease,
+                         refresh=0.2, metrics=metrics)
+        self.gates.append(gate)
+        return Worker(backend, registry, concurrency=concurrency, burst=burst,
+                      isolation="thread", poll_interval=0.05, stalled_after=stalled_after,
+                      gate=gate, metrics=metrics)
+
+    def runs(self, what: str = "done") -> dict[str, int]:
+        with psycopg.connect(self.target_url) as conn:
+            rows = conn.execute("SELECT key, count(*) FROM fence_runs WHERE what = %s "
+                                "GROUP BY key", (what,)).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def close(self) -> None:
+        for gate in self.gates:
+            gate.close()
+            gate.control.close()
+        self.source.close()
+        self.target.close()
+        self.control.close()
+
+
+@pytest.fixture
+def pairing(cutover_redis_url: str, cutover_database_url: str,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Pairing]:
+    monkeypatch.setenv("FENCE_RUNS_URL", cutover_database_url)
+    p = Pairing(cutover_redis_url, cutover_database_url)
+    yield p
+    p.close()
+
+
+def run_all(*workers: Worker) -> list[WorkerReport]:
+    reports: list[WorkerReport | None] = [None] * len(workers)
+
+    def one(i: int) -> None:
+        try:
+            reports[i] = workers[i].run(install_signal_handlers=False)
+        finally:
+            assert workers[i].gate is not None
+            workers[i].gate.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(workers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(r is not None for r in reports)
+    return [r for r in reports if r is not None]
+
+
+def test_both_fleets_in_live_run_every_dual_written_job_exactly_once(pairing: Pairing) -> None:
+    pairing.set_phase(Phase.LIVE)
+    jobs = [pairing.dual("fence.count", f"k{i}") for i in range(60)]
+    metrics = Metrics()
+    reports = run_all(pairing.worker(Side.SOURCE, metrics=metrics),
+                      pairing.worker(Side.TARGET, metrics=metrics))
+    runs = pairing.runs()
+    assert runs == {f"k{i}": 1 for i in range(60)}
+    assert sum(r.succeeded for r in reports) == 60
+    assert sum(r.duplicates for r in reports) == 60  # each job's other copy, removed
+    snap = metrics.snapshot()
+    skipped = sum(b.get("duplicates_skipped", 0) for b in snap["backends"].values())
+    assert skipped == 60
+    for job in jobs:
+        claim = pairing.control.claim_of(job.id)
+        assert claim is not None and claim.state is ClaimState.DONE
+        # One copy completed, the other removed: never a copy left to run.
+        left = [b.get(job.id) for b in (pairing.source, pairing.target)]
+        assert sum(1 for r in left if r is not None and r.state.live) == 0
+
+
+def test_shadow_target_records_consistency_and_runs_nothing(pairing: Pairing) -> None:
+    pairing.set_phase(Phase.SHADOW)
+    good = [pairing.dual("fence.count", f"s{i}") for i in range(5)]
+    altered = pairing.dual("fence.count", "orig", target_args=("changed",))
+    report = pairing.worker(Side.TARGET).run(install_signal_handlers=False)
+    assert report.shadowed == 6 and report.processed == 0
+    assert pairing.runs() == {}  # nothing executed on the target
+    rate = pairing.control.shadow_rate()
+    assert (rate.jobs, rate.matched) == (6, 5)
+    bad = dict(pairing.control.shadow_mismatches(10))
+    detail = bad[altered.id] or ""
+    assert "args" in detail and "changed" in detail and "ledger" in detail and "source" in detail
+    for job in [*good, altered]:
+        assert pairing.target.get(job.id) is None  # the target copy was removed, not run
+        source_copy = pairing.source.get(job.id)
+        assert source_copy is not None and source_copy.state.live  # the source runs it
+
+
+def test_a_kill_9_of_the_claim_holder_runs_the_job_exactly_once(pairing: Pairing) -> None:
+    pairing.set_phase(Phase.LIVE)
+    job = pairing.dual("fence.slow_first", "victim", 60.0)
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cutover", "--source", pairing.source_url, "--target",
+         pairing.target_url, "--app", "tests.integration.fence_tasks:registry", "worker",
+         "--backend", "source", "--lease", "2", "--isolation", "process"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while pairing.runs("started").get("victim") != 1:
+            assert time.monotonic() < deadline, "the source worker never started the job"
+            time.sleep(0.1)
+        claim = pairing.control.claim_of(job.id)
+        assert claim is not None and claim.state is ClaimState.CLAIMED
+        assert claim.side is Side.SOURCE
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    # The target's copy waits for the lease (2 s), then takes over and runs it.
+    report = pairing.worker(Side.TARGET, concurrency=1, lease=2).run(
+        install_signal_handlers=False)
+    assert report.succeeded == 1
+    claim = pairing.control.claim_of(job.id)
+    assert claim is not None and claim.state is ClaimState.DONE and claim.side is Side.TARGET
+    assert claim.takeovers == 1
+    # The killed worker's copy, recovered as stalled, is a duplicate: removed, not run.
+    time.sleep(1.1)
+    report = pairing.worker(Side.SOURCE, concurrency=1, stalled_after=1).run(
+        install_signal_handlers=False)
+    assert report.recovered == [job.id] and report.duplicates == 1 and report.succeeded == 0
+    assert pairing.runs() == {"victim": 1}
+    assert pairing.runs("started") == {"victim": 2}  # killed once, run to its end once
+
+
+def test_the_phase_changing_under_a_running_worker_switches_its_mode(pairing: Pairing) -> None:
+    pairing.set_phase(Phase.SHADOW)
+    worker = pairing.worker(Side.TARGET, burst=False, concurrency=2)
+    done: list[WorkerReport] = []
+    thread = threading.Thread(target=lambda: done.append(
+        worker.run(install_signal_handlers=False)))
+    thread.start()
+    try:
+        shadowed = pairing.dual("fence.count", "in-shadow")
+        wait_for(lambda: pairing.control.shadow_rate().jobs == 1)
+        assert pairing.runs() == {}
+        for phase in (Phase.LIVE, Phase.RAMPDOWN, Phase.COMPLETE):
+            pairing.set_phase(phase)
+            wait_for(lambda p=phase: worker.gate is not None  # type: ignore[misc]
+                     and worker.gate.state().phase is p)
+            key = f"in-{phase}"
+            pairing.dual("fence.count", key)
+            wait_for(lambda k=key: pairing.runs().get(k) == 1)  # type: ignore[misc]
+        assert pairing.source.get(shadowed.id) is not None  # shadow left the source's copy
+        assert pairing.runs() == {"in-live": 1, "in-rampdown": 1, "in-complete": 1}
+        members = pairing.control.alive(kind="worker")
+        assert [m.acked_epoch for m in members] == [pairing.control.read_phase().epoch]
+    finally:
+        worker.stop()
+        thread.join(30)
+        assert worker.gate is not None
+        worker.gate.close()
+    assert done and done[0].shadowed == 1 and done[0].succeeded == 3
+    assert pairing.control.alive(kind="worker") == []  # deregistered on exit
+
+
+def test_idle_side_claims_nothing_and_burst_exits(pairing: Pairing) -> None:
+    pairing.set_phase(Phase.COMPLETE)
+    job = pairing.dual("fence.count", "left")
+    report = pairing.worker(Side.SOURCE).run(install_signal_handlers=False)
+    assert report.processed == 0 and report.duplicates == 0
+    copy = pairing.source.get(job.id)
+    assert copy is not None and copy.state.live  # left where it was: the source is out of service
+
+
+def test_no_control_plane_phase_off_works_as_before(pairing: Pairing) -> None:
+    pairing.dual("fence.count", "plain")
+    report = pairing.worker(Side.TARGET).run(install_signal_handlers=False)
+    assert report.succeeded == 1 and pairing.runs() == {"plain": 1}
+    assert pairing.control.claim_of(next(iter([r.id for r in pairing.target.snapshot()]))
+                                    ) is None  # epoch 0: no fence
+
+
+def wait_for(check: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
