@@ -246,7 +246,7 @@ class ProcrastinateBackend:
         names longer than procrastinate_jobs' varchar(128), text PostgreSQL refuses (NUL, lone
         surrogates), ids with a line break (ids travel one per line), integers beyond
         ``integer``, retry waits jsonb cannot hold, run-at on the hold marker, args beyond
-        jsonb's size."""
+        jsonb's size; an id ``pg-N`` that names procrastinate's own job N here."""
         out = [*text_limits(record.id, "job id", newline=False, empty=False),
                *text_limits(record.queue, "queue name", max_chars=_NAME_MAX),
                *text_limits(record.task, "task name", max_chars=_NAME_MAX, empty=False),
@@ -257,10 +257,28 @@ class ProcrastinateBackend:
             out += int_limits(value, what)
         if not all(math.isfinite(i) for i in record.retry_intervals):
             out.append("a retry wait is not a finite number (jsonb cannot hold it)")
+        if _NATIVE.match(record.id):
+            with self._tx("checking a job id") as conn:
+                out += self._native_clashes(conn, [record.id]).values()
         if record.run_at is not None and record.run_at >= _FAR:
             out.append(f"run-at {record.run_at.isoformat()} is at or after {_FAR.date()}, the "
                        "mark of a held job here")
         return out + size_limits(record, "a jsonb value", _JSONB_MAX)
+
+    def _native_clashes(self, conn: psycopg.Connection[TupleRow],
+                        job_ids: Sequence[str]) -> dict[str, str]:
+        """Why each incoming id of the form ``pg-N`` would be confused with procrastinate's own
+        job N (the name this adapter gives a plain job): job N is a plain job here, or the id
+        sequence has not reached N yet. A job cutover moved away from here is held (a
+        cutover_jobs row) or deleted, so its id comes back freely."""
+        native = _native(job_ids)
+        if not native:
+            return {}
+        clash = {int(row[0]) for row in conn.execute(sql.query("native_clashes"),
+                                                    {"native": native}).fetchall()}
+        return {i: (f"id {i} is how this adapter names procrastinate's own job {n} in this "
+                    "database, a different job: give the job another id on its source")
+                for i in job_ids if (m := _NATIVE.match(i)) and (n := int(m.group(1))) in clash}
 
     # -- records ---------------------------------------------------------------------------
     def _record(self, row: tuple[Any, ...]) -> JobRecord:
@@ -383,6 +401,9 @@ class ProcrastinateBackend:
                 holders = {row[0]: row[1] for row in conn.execute(
                     sql.query("live_key_holders"), {"keys": keys}).fetchall()}
             ids = [r.id for r in records]
+            if mode == "put":
+                for job_id, reason in self._native_clashes(conn, ids).items():
+                    raise JobConflictError(reason, job_id=job_id)
             existing = {row[0] for row in conn.execute(
                 sql.query("existing_ids"), {"ids": _lines(ids), "native": _native(ids)}
             ).fetchall()}

@@ -287,3 +287,13 @@ WHERE d.datname = current_database();
 SELECT cutover_enqueue_v1(%(id)s, %(queue)s, %(task)s, %(priority)s, %(key)s, %(args)s::jsonb,
                           %(run_at)s, %(attempts)s, %(max_attempts)s, %(intervals)s::jsonb,
                           %(positional)s::jsonb, %(origin)s, %(created_at)s, %(native)s::jsonb);
+
+-- name: native_clashes
+-- Of ids pg-N coming from another backend, those that would be confused with procrastinate's
+-- own job N: a plain job N here now (a job cutover moved away is held, with a cutover_jobs
+-- row, or deleted), or an N the id sequence has not reached (a job deferred later would get it).
+SELECT n FROM unnest(%(native)s::bigint[]) AS u(n)
+WHERE n > coalesce(pg_sequence_last_value(
+          pg_get_serial_sequence('procrastinate_jobs', 'id')::regclass), 0)
+   OR EXISTS (SELECT 1 FROM procrastinate_jobs p WHERE p.id = n
+              AND NOT EXISTS (SELECT 1 FROM cutover_jobs c WHERE c.job_id = p.id));
