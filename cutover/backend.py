@@ -247,9 +247,11 @@ class QueueBackend(Protocol):
         ...
 
     def recover_stalled(self, older_than: float) -> list[str]:
-        """Put jobs whose worker died (no heartbeat for ``older_than`` s) back to waiting.
-        Returns their ids, and those of other jobs it made runnable again (RQ: deferred jobs
-        whose dependencies are met but that nobody queued)."""
+        """Count the attempt of each job whose worker died (no heartbeat for ``older_than`` s)
+        as failed (:func:`stalled_outcome`): retried with its backoff while its budget lasts,
+        else failed for good, as the worker's own fail would. Returns their ids, and those of
+        other jobs it made runnable again (RQ: deferred jobs whose dependencies are met but
+        that nobody queued)."""
         ...
 
     def heartbeat(self, worker: str) -> None:
@@ -259,3 +261,17 @@ class QueueBackend(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+def stalled_outcome(job: JobRecord) -> tuple[str, dt.datetime | None]:
+    """The error and retry time (None: fail for good) of a job whose worker died running it.
+
+    The attempt it was on counts, as a failure would (else a task that kills its worker runs
+    again in every worker, forever): the retry time is what the worker's fail path computes.
+    """
+    attempt = job.attempts + 1
+    error = (f"its worker died while running it (attempt {attempt} of {job.max_attempts})")
+    if attempt >= job.max_attempts:
+        return error, None
+    delay = job.retry_delay(attempt)
+    return error, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)

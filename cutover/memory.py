@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import threading
+import time
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from cutover.backend import (
     TxHook,
     chunked,
     in_partition,
+    stalled_outcome,
 )
 from cutover.errors import JobConflictError
 from cutover.record import JobRecord, JobState, utcnow
@@ -45,6 +47,10 @@ class _Store:
     seq: itertools.count[int] = dataclasses.field(default_factory=itertools.count)
     #: Native workers said to be alive (tests of the no-bypass check): id -> detail.
     natives: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Claimed jobs' workers, and each worker's last sign of life (time.monotonic()): what
+    #: recover_stalled reads, as the other backends read their heartbeats.
+    claims: dict[str, str] = dataclasses.field(default_factory=dict)
+    beats: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 _STORES: dict[str, _Store] = {}
@@ -274,6 +280,8 @@ class InMemoryBackend:
                     continue
                 started = record.replace(state=JobState.STARTED, updated_at=now)
                 self._store.jobs[record.id] = started
+                self._store.claims[record.id] = worker
+                self._store.beats[worker] = time.monotonic()
                 return started
         return None
 
@@ -309,10 +317,26 @@ class InMemoryBackend:
                 del self._store.keys[current.job_key]
 
     def recover_stalled(self, older_than: float) -> list[str]:
-        return []  # in-process: a worker cannot die without the store dying with it
+        """A worker thread that stopped beating (tests declare one dead by never beating)."""
+        now = time.monotonic()
+        stalled: list[JobRecord] = []
+        with self._store.lock:
+            for job_id, worker in list(self._store.claims.items()):
+                current = self._store.jobs.get(job_id)
+                if current is None or current.state is not JobState.STARTED:
+                    del self._store.claims[job_id]  # its outcome was recorded
+                    continue
+                if now - self._store.beats.get(worker, float("-inf")) >= older_than:
+                    del self._store.claims[job_id]
+                    stalled.append(current)
+            for job in stalled:
+                error, retry_at = stalled_outcome(job)
+                self.fail(job, "", error, retry_at)
+        return [job.id for job in stalled]
 
     def heartbeat(self, worker: str) -> None:
-        return None
+        with self._store.lock:
+            self._store.beats[worker] = time.monotonic()
 
     def native_workers(self, exclude: Collection[str] = ()) -> list[NativeWorker]:
         """The native workers a test declared with :meth:`declare_native_worker`."""
@@ -341,3 +365,5 @@ class InMemoryBackend:
             self._store.held.clear()
             self._store.paused.clear()
             self._store.ended.clear()
+            self._store.claims.clear()
+            self._store.beats.clear()

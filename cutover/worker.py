@@ -145,7 +145,9 @@ class Worker:
         else:
             log.warning("worker %s got %s again: exiting now; running jobs stay 'started' "
                         "until a worker recovers them as stalled", self.name, name)
-            raise SystemExit(1)
+            # 2 as the drain's second signal (an interrupted command); 1 is verify's "found
+            # loss", which a supervisor or script must not read here.
+            raise SystemExit(2)
 
     # -- running ---------------------------------------------------------------------------
     def run(self, install_signal_handlers: bool = True) -> WorkerReport:

@@ -68,7 +68,7 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
     in the registry is reported and left in place, never run. Whatever a task raises
     (SystemExit and KeyboardInterrupt included) fails or retries its job, with the traceback
     logged and kept. SIGTERM or Ctrl-C finishes the running jobs and exits; a second one exits at
-    once.
+    once with code 2 (interrupted), its running jobs recovered as stalled by the next worker.
 
     When a control plane exists (the PostgreSQL side's database, or --control) the worker
     follows the staged cut-over's phase: it registers in the fleet, runs jobs through the fence

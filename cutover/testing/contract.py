@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import itertools
+import time
 import uuid
 from typing import Any
 
@@ -241,6 +242,59 @@ class BackendContract:
         delay = (waiting.run_at - before).total_seconds()
         assert 28 <= delay <= 33
         assert waiting.retry_delay(2) == 60.0
+
+    # -- jobs whose worker died -------------------------------------------------------------
+    def _stall(self, backend: QueueBackend, record: JobRecord) -> None:
+        """Claim ``record`` as a worker that then dies: it never beats nor records an outcome."""
+        backend.enqueue([record])
+        claimed = backend.claim(None, f"dead-{uuid.uuid4().hex[:8]}", lambda _: None)
+        assert claimed is not None and claimed.id == record.id
+        time.sleep(0.05)  # its last sign of life is older than the recovery's limit below
+
+    def test_a_stalled_job_whose_budget_is_spent_fails_for_good(
+            self, cutover_backend: QueueBackend) -> None:
+        record = make("boom")
+        assert record.max_attempts == 1
+        self._stall(cutover_backend, record)
+        assert record.id in cutover_backend.recover_stalled(0.01)
+        done = cutover_backend.get(record.id)
+        assert done is not None and done.state is JobState.FAILED
+        assert done.attempts == 1
+        assert done.error is not None
+        assert "its worker died while running it (attempt 1 of 1)" in done.error
+        assert total(cutover_backend.counts(), JobState.FAILED) == 1
+        # Counted once: a second recovery finds nothing, and no worker runs it again.
+        assert record.id not in cutover_backend.recover_stalled(0.01)
+        assert run_burst(cutover_backend).report.failed == 0
+        again = cutover_backend.get(record.id)
+        assert again is not None and again.attempts == 1
+
+    def test_a_stalled_job_within_its_budget_is_retried_with_the_attempt_counted(
+            self, cutover_backend: QueueBackend) -> None:
+        record = make("slow_retry")
+        self._stall(cutover_backend, record)
+        before = utcnow()
+        assert record.id in cutover_backend.recover_stalled(0.01)
+        waiting = cutover_backend.get(record.id)
+        assert waiting is not None and waiting.state is JobState.SCHEDULED
+        assert waiting.attempts == 1
+        assert waiting.error is not None
+        assert "its worker died while running it (attempt 1 of 3)" in waiting.error
+        assert waiting.run_at is not None  # the job's own backoff, as a failed attempt's
+        assert 28 <= (waiting.run_at - before).total_seconds() <= 33
+        assert record.id not in cutover_backend.recover_stalled(0.01)
+
+    def test_a_job_whose_outcome_was_recorded_is_not_recovered(
+            self, cutover_backend: QueueBackend) -> None:
+        record = make("add", 1, 2)
+        cutover_backend.enqueue([record])
+        claimed = cutover_backend.claim(None, f"dead-{uuid.uuid4().hex[:8]}", lambda _: None)
+        assert claimed is not None
+        cutover_backend.complete(claimed, "dead", 3)  # then died before anything else
+        time.sleep(0.05)
+        assert record.id not in cutover_backend.recover_stalled(0.01)
+        done = cutover_backend.get(record.id)
+        assert done is not None and done.state is JobState.FINISHED and done.attempts == 1
 
     # -- counts and snapshots ----------------------------------------------------------------
     def test_counts_by_state_match_the_snapshot(self, cutover_backend: QueueBackend) -> None:

@@ -16,7 +16,7 @@ from cutover_rq import RQBackend
 
 from cutover import InMemoryBackend
 from cutover.cli import cli
-from cutover.record import JobState
+from cutover.record import JobRecord, JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
 
@@ -93,6 +93,16 @@ def test_unreachable_backend_error_hides_the_password() -> None:
     assert "unreachable" in result.output and "hunter2" not in result.output
 
 
+def _wait_until_started(backend: RQBackend, record: JobRecord) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        current = backend.get(record.id)
+        if current is not None and current.state is JobState.STARTED:
+            return
+        time.sleep(0.05)
+    pytest.fail("the worker never started the job")
+
+
 @pytest.mark.rq
 @pytest.mark.parametrize("to_group", [False, True], ids=["SIGTERM", "Ctrl-C to the group"])
 def test_sigterm_finishes_the_running_job_then_exits(cutover_redis_url: str,
@@ -108,14 +118,7 @@ def test_sigterm_finishes_the_running_job_then_exits(cutover_redis_url: str,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=to_group)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            current = backend.get(record.id)
-            if current is not None and current.state is JobState.STARTED:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the worker never started the job")
+        _wait_until_started(backend, record)
         if to_group:
             os.killpg(proc.pid, signal.SIGINT)
         else:
@@ -131,6 +134,31 @@ def test_sigterm_finishes_the_running_job_then_exits(cutover_redis_url: str,
     lifecycle = [e.get("event") for e in events if e.get("job_id") == record.id]
     assert lifecycle == ["started", "succeeded"]
     assert any(("SIGINT" if to_group else "SIGTERM") in e["message"] for e in events)
+    backend.close()
+
+
+@pytest.mark.rq
+def test_a_second_sigterm_exits_at_once_with_the_interrupted_code(cutover_redis_url: str
+                                                                  ) -> None:
+    """2 (an interrupted command, as the drain's second signal), never 1: verify's "found loss"."""
+    backend = RQBackend(cutover_redis_url)
+    record = registry.make_record(tasks.sleepy, (30.0,))
+    backend.enqueue([record])
+    env = {**os.environ, "CUTOVER_APP": APP, "CUTOVER_SOURCE": cutover_redis_url}
+    proc = subprocess.Popen([sys.executable, "-m", "cutover", "worker", "--backend", "rq",
+                             "--poll-interval", "0.1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_started(backend, record)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)  # well before the 30 s job would end
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, err
+    assert "got SIGTERM again: exiting now" in err
     backend.close()
 
 

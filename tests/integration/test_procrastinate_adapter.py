@@ -89,7 +89,7 @@ def test_schema_is_applied_once_even_from_many_processes_at_once(
     again.close()
 
 
-def test_stalled_jobs_are_put_back_to_waiting(backend: ProcrastinateBackend,
+def test_stalled_jobs_of_dead_workers_count_the_attempt(backend: ProcrastinateBackend,
                                               cutover_database_url: str) -> None:
     record = registry.make_record(tasks.add, (1, 1))
     backend.enqueue([record])
@@ -98,9 +98,14 @@ def test_stalled_jobs_are_put_back_to_waiting(backend: ProcrastinateBackend,
     sql(cutover_database_url, "UPDATE procrastinate_workers SET last_heartbeat = now() - "
         "interval '1 hour'")
     assert backend.recover_stalled(60) == [record.id]
-    assert backend.get(record.id).state is JobState.QUEUED  # type: ignore[union-attr]
+    # One attempt, spent by the worker that died: failed for good, as procrastinate shows it.
+    assert sql(cutover_database_url, "SELECT status::text FROM procrastinate_jobs") == [
+        ("failed",)]
+    assert sql(cutover_database_url, "SELECT error FROM cutover_jobs") == [
+        ("its worker died while running it (attempt 1 of 1)",)]
+    assert backend.recover_stalled(60) == []
     burst(backend)
-    assert tasks.calls == [("add", {"a": 1, "b": 1})]
+    assert tasks.calls == []
 
 
 def test_held_jobs_are_not_fetched_by_procrastinate_workers(

@@ -226,17 +226,35 @@ def test_counts_do_not_trigger_rq_registry_cleanup(backend: RQBackend,
     assert conn.zcard("rq:wip:default") == 1 and conn.zcard("rq:finished:default") == 1
 
 
-def test_stalled_jobs_of_dead_cutover_workers_are_recovered(backend: RQBackend,
-                                                            conn: redis.Redis) -> None:
-    record = registry.make_record(tasks.add, (1, 1))
+def test_a_stalled_job_with_its_budget_spent_fails_where_rq_shows_failures(
+        backend: RQBackend, conn: redis.Redis) -> None:
+    record = registry.make_record(tasks.add, (1, 1))  # one attempt
     backend.enqueue([record])
     claimed = backend.claim(None, "dead-worker", lambda r: None)
     assert claimed is not None and claimed.id == record.id
     assert backend.recover_stalled(60) == [record.id]
-    assert backend.get(record.id).state is JobState.QUEUED  # type: ignore[union-attr]
+    assert backend.get(record.id).state is JobState.FAILED  # type: ignore[union-attr]
+    assert conn.zcard("rq:wip:default") == 0
+    assert record.id in rq.registry.FailedJobRegistry("default", connection=conn).get_job_ids()
+    exc_info = zlib.decompress(conn.hget(f"rq:job:{record.id}", "exc_info")).decode()  # type: ignore[arg-type]
+    assert exc_info == "its worker died while running it (attempt 1 of 1)"
+    burst(backend)
+    assert tasks.calls == []  # never run again
+
+
+def test_a_stalled_job_within_its_budget_is_retried_once_with_the_attempt_counted(
+        backend: RQBackend, conn: redis.Redis) -> None:
+    record = registry.make_record(tasks.flaky, (), {"key": "recovery", "failures": 0})
+    backend.enqueue([record])
+    assert backend.claim(None, "dead-worker", lambda r: None) is not None
+    assert backend.recover_stalled(60) == [record.id]
+    waiting = backend.get(record.id)
+    assert waiting is not None and waiting.state is JobState.QUEUED and waiting.attempts == 1
     assert conn.zcard("rq:wip:default") == 0
     burst(backend)
-    assert tasks.calls == [("add", {"a": 1, "b": 1})]
+    done = backend.get(record.id)
+    assert done is not None and done.state is JobState.FINISHED and done.attempts == 2
+    assert [c[0] for c in tasks.calls] == ["flaky"]
 
 
 def test_live_worker_jobs_are_not_recovered(backend: RQBackend) -> None:

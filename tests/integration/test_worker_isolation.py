@@ -233,10 +233,6 @@ def test_a_dead_or_timed_out_job_is_seen_at_once_even_when_a_forked_helper_outli
 
 
 @pytest.mark.rq
-@pytest.mark.xfail(strict=True, reason="known defect: recovering a stalled job neither counts "
-                   "the attempt it died in nor fails it when the budget is spent, so a task that "
-                   "kills the worker itself (thread isolation: os._exit, a segfault; or the whole "
-                   "worker OOM-killed) is run again by every worker that recovers it")
 def test_a_job_that_kills_a_thread_isolated_worker_is_not_run_again_forever(
         cutover_redis_url: str) -> None:
     backend = RQBackend(cutover_redis_url)
@@ -254,5 +250,7 @@ def test_a_job_that_kills_a_thread_isolated_worker_is_not_run_again_forever(
         assert runs == 1, f"a one-attempt job ran {runs} times"
         found = backend.get(poison.id)
         assert found is not None and found.state is JobState.FAILED
+        assert found.error is not None
+        assert "its worker died while running it (attempt 1 of 1)" in found.error
     finally:
         backend.close()

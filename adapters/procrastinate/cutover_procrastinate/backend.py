@@ -39,6 +39,7 @@ from cutover.backend import (
     TakeResult,
     TxHook,
     chunked,
+    stalled_outcome,
 )
 from cutover.errors import (
     BackendError,
@@ -692,13 +693,18 @@ class ProcrastinateBackend:
     def fail(self, job: JobRecord, worker: str, error: str,
              retry_at: dt.datetime | None) -> None:
         with self._pipelined(f"recording the outcome of job {job.id}") as conn:
-            if retry_at is None:
-                conn.execute(sql.query("finish_job"), {"id": int(job.native_id or 0),
-                                                       "status": "failed"})
-            else:
-                conn.execute(sql.query("retry_job"), {"id": int(job.native_id or 0),
-                                                      "retry_at": retry_at})
-            self._outcome(conn, job, error, None)
+            self._failed(conn, job, error, retry_at)
+
+    def _failed(self, conn: psycopg.Connection[TupleRow], job: JobRecord, error: str,
+                retry_at: dt.datetime | None) -> None:
+        """A failed attempt: the retry at ``retry_at``, or failed for good (None)."""
+        if retry_at is None:
+            conn.execute(sql.query("finish_job"), {"id": int(job.native_id or 0),
+                                                   "status": "failed"})
+        else:
+            conn.execute(sql.query("retry_job"), {"id": int(job.native_id or 0),
+                                                  "retry_at": retry_at})
+        self._outcome(conn, job, error, None)
 
     def heartbeat(self, worker: str) -> None:
         with self._tx("sending a heartbeat") as conn:
@@ -710,8 +716,11 @@ class ProcrastinateBackend:
             natives = [int(r[0]) for r in rows]
             if not natives:
                 return []
-            return [r.id for r in self._select(conn, "j.id = ANY(%(ids)s::bigint[])",
-                                               {"ids": natives})]
+            stalled = self._select(conn, "j.id = ANY(%(ids)s::bigint[])", {"ids": natives})
+            for job in stalled:
+                # The attempt it was on counts, as the worker's fail would record it.
+                self._failed(conn, job, *stalled_outcome(job))
+            return [job.id for job in stalled]
 
     def worker_ids(self) -> list[str]:
         """The ``procrastinate_workers`` ids this backend's cutover workers registered (a fleet

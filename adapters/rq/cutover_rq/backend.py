@@ -47,6 +47,7 @@ from cutover.backend import (
     TxHook,
     chunked,
     in_partition,
+    stalled_outcome,
 )
 from cutover.errors import (
     BackendError,
@@ -1148,11 +1149,26 @@ class RQBackend:
                     beat = cast(bytes | None, self.redis.get(f"cutover:worker:{owner}"))
                     if beat is not None and now - float(beat) < older_than:
                         continue
-                    if self._script("recover")(args=[job_id, member, owner]):
+                    token = f"cutover-recovery-{uuid.uuid4().hex}"
+                    if self._script("recover")(args=[job_id, member, owner, token]):
+                        self._fail_stalled(job_id, member, owner)
                         recovered.append(job_id)
             # Stranded dependents are recovered too: queued once their dependencies are met.
             recovered += self._sweep_deferred()
         return recovered
+
+    def _fail_stalled(self, job_id: str, member: str, dead: str) -> None:
+        """Record the attempt of a job taken over from a dead worker as failed, through the
+        worker's own fail path: RQ's failed registry and ``exc_info`` for a spent budget (then
+        its dependents, as for any failure), else the retry at the job's backoff."""
+        job = self.get(job_id)
+        if job is None:
+            return
+        with self._lock:
+            self._claims[job_id] = _Claim(member, native.SERIALIZERS[self.serializer_name],
+                                          time.time())
+        error, retry_at = stalled_outcome(job)
+        self.fail(job, dead, error, retry_at)
 
     def native_workers(self, exclude: Collection[str] = ()) -> list[NativeWorker]:
         """RQ's own workers alive now: members of ``rq:workers`` whose ``rq:worker:<name>``

@@ -212,13 +212,17 @@ SELECT worker_id FROM procrastinate_register_worker_v1();
 SELECT procrastinate_update_heartbeat_v1(%(worker_id)s);
 
 -- name: recover_stalled
-UPDATE procrastinate_jobs j SET status = 'todo', worker_id = NULL
+-- Jobs whose worker died, locked until the transaction records their attempt as failed
+-- (finish_job / retry_job, as the worker's fail does); SKIP LOCKED: two recovering workers
+-- never count one attempt twice, and a job whose outcome was recorded is no longer 'doing'.
+SELECT j.id FROM procrastinate_jobs j
 WHERE j.status = 'doing'
   AND (j.worker_id IS NULL
        OR NOT EXISTS (SELECT 1 FROM procrastinate_workers w WHERE w.id = j.worker_id)
        OR EXISTS (SELECT 1 FROM procrastinate_workers w WHERE w.id = j.worker_id
                   AND w.last_heartbeat < now() - make_interval(secs => %(seconds)s)))
-RETURNING j.id;
+ORDER BY j.id
+FOR UPDATE OF j SKIP LOCKED;
 
 -- name: native_workers
 -- Workers alive by procrastinate's own measure (heartbeat within its stalled timeout).
