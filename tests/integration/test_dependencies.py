@@ -210,6 +210,24 @@ def test_a_failed_parent_keeps_its_dependent_deferred_unless_failures_are_allowe
     assert "deferred job(s) b wait on it" in reasons["a"]
 
 
+def test_a_parent_whose_worker_died_with_its_budget_spent_follows_the_failure_rules(
+        dsn: str, conn: redis.Redis, source: RQBackend) -> None:
+    """Recovered as failed for good (issue 9): dependents go as after any failure."""
+    a = enqueue(conn, dsn, "a")
+    enqueue(conn, dsn, "b", depends_on=a)
+    enqueue(conn, dsn, "tolerant", depends_on=rq.job.Dependency(jobs=[a], allow_failure=True))
+    claimed = source.claim(None, "dead-worker", lambda r: None)  # then its worker dies
+    assert claimed is not None and claimed.id == "a"
+
+    assert "a" in source.recover_stalled(60)
+    assert status(conn, "a") == "failed" and status(conn, "b") == "deferred"
+    assert status(conn, "tolerant") == "queued"
+    cutover_worker(source)
+    # a never ran again (nor to its end: "!early"); b waits on its failed parent.
+    assert executions(dsn) == ["tolerant!early"]
+    assert status(conn, "b") == "deferred"
+
+
 def strand(conn: redis.Redis, dsn: str) -> None:
     """a finished, b still deferred on it: what a cutover worker killed between finishing a
     parent and queueing its dependents (or an older cutover worker) leaves."""
