@@ -174,6 +174,11 @@ class PhaseGate:
         with self._lock:
             return job_id in self._held
 
+    def finished_claim(self, job_id: str) -> Claim | None:
+        """``job_id``'s claim if it ended (a copy ran to its end, here or on the other side)."""
+        claim = self.control.claim_of(job_id)
+        return claim if claim is not None and claim.finished else None
+
     def duplicate(self, job: JobRecord, claim: Claim) -> None:
         """The other copy ran (``claim`` finished): remove this one without running it."""
         self.backend.remove([job.id])

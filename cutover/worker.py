@@ -206,6 +206,21 @@ class Worker:
                         ", ".join(recovered))
             with self._lock:
                 self.report.recovered.extend(recovered)
+            if self.gate is not None:
+                self._settle_recovered(self.gate, recovered)
+
+    def _settle_recovered(self, gate: PhaseGate, recovered: list[str]) -> None:
+        """Recovery counted each dead worker's attempt (failed for good or retried); a copy
+        whose fence claim ended (it ran on the other side, or here before the backend's
+        record) is a duplicate: removed, as the fence removes one it claims."""
+        for job_id in recovered:
+            claim = gate.finished_claim(job_id)
+            job = self.backend.get(job_id) if claim is not None else None
+            if claim is None or job is None:
+                continue
+            gate.duplicate(job, claim)
+            with self._lock:
+                self.report.duplicates += 1
 
     def _beat(self) -> None:
         """Heartbeat, and put back the jobs of workers that died, while the worker runs."""
