@@ -97,7 +97,7 @@ class PhaseGate:
         self._stop = threading.Event()
         self._acked = -1
         self._logged: tuple[Phase, Mode] | None = None
-        self._beat()
+        self.beat()
         self._thread = threading.Thread(target=self._run, name="cutover-fence-heartbeat",
                                         daemon=True)
         self._thread.start()
@@ -236,7 +236,9 @@ class PhaseGate:
         return Verdict(False, ("digest differs: " + "; ".join(problems))[:2000])
 
     # -- membership ----------------------------------------------------------------------------
-    def _beat(self) -> None:
+    def beat(self) -> None:
+        """Heartbeat the membership now (mode, metrics, native ids); register again if the
+        registration was pruned."""
         ids: Callable[[], list[str]] | None = getattr(self.backend, "worker_ids", None)
         mode_now = self._logged[1].value if self._logged else None
         if not fleet_metrics.publish(self.control, self.member, self.metrics or METRICS,
@@ -263,7 +265,7 @@ class PhaseGate:
             if time.monotonic() - last >= self.heartbeat_interval:
                 last = time.monotonic()
                 try:
-                    self._beat()
+                    self.beat()
                 except CutoverError as exc:
                     log.error("fleet heartbeat failed: %s", exc)
 

@@ -161,6 +161,10 @@ class Worker:
                  self.concurrency, ", burst" if self.burst else "")
         try:
             self.backend.heartbeat(self.name)
+            if self.gate is not None:
+                # Now that the backend registered this worker in its own registry (procrastinate
+                # does), the fleet learns its ids: they are not native workers.
+                self.gate.beat()
             self._recover()
             if self.isolation == "process":
                 # Forked before this worker's own threads start (fewer locks that a fork could

@@ -15,9 +15,11 @@ from cutover import fleet_metrics, metrics, stores
 from cutover.audit import Classifier, JobClass, audit
 from cutover.backend import QueueBackend
 from cutover.cli.context import Context, console, opened
-from cutover.control import backend_key
+from cutover.control import ControlPlane, backend_key
 from cutover.errors import ConfigurationError
 from cutover.held import drain_owner
+from cutover.phases import Phase
+from cutover.preflight import Preflight, Thresholds
 from cutover.record import SUMMARY_STATES
 
 CLASSES = [c.value for c in JobClass]
@@ -102,6 +104,9 @@ def _status(ctx: Context, backends: dict[str, QueueBackend]
             doc["ledger"] = control.summary()
             doc["failures"] = control.failures_summary()
             fleet = fleet_metrics.fleet_snapshots(control)
+            warnings = _bypass_warnings(ctx, control, backends)
+            if warnings:
+                doc["warnings"] = warnings
         else:
             doc["phase"] = {"phase": "off", "epoch": 0, "note": "no control schema (cutover init)"}
         control.close()
@@ -110,11 +115,28 @@ def _status(ctx: Context, backends: dict[str, QueueBackend]
     return doc, fleet
 
 
+def _bypass_warnings(ctx: Context, control: ControlPlane,
+                     backends: dict[str, QueueBackend]) -> list[str]:
+    """Native workers (RQ's own, procrastinate's own) alive where they would run jobs without
+    the fence or the dry run in the current phase: the check ``phase advance`` refuses on
+    (NO_NATIVE_BYPASS), read again, since one may have started after the advance."""
+    phase = control.read_phase().phase
+    if phase is Phase.OFF or not (ctx.source in backends and ctx.target in backends):
+        return []
+    assert ctx.source is not None and ctx.target is not None
+    outcome = Preflight(control, backends[ctx.source], backends[ctx.target], ctx.source,
+                        ctx.target, None, Thresholds.from_env()).no_native_bypass(phase)
+    return [] if outcome.passed else [f"native worker bypassing the fence: {w}"
+                                      for w in outcome.detail.split("; ")]
+
+
 def _print_status(doc: dict[str, Any]) -> None:
     out = console()
     phase = doc.get("phase", {})
     out.print(f"phase: [bold]{phase.get('phase')}[/bold] (epoch {phase.get('epoch')})"
               + (f" - {phase['note']}" if phase.get("note") else ""))
+    for warning in doc.get("warnings", []):
+        out.print(f"[bold red]WARNING[/bold red] {warning}")
     table = Table()
     for col in ("backend", "queue", *SUMMARY_STATES):
         table.add_column(col, justify="right" if col in SUMMARY_STATES else "left")

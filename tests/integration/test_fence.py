@@ -6,6 +6,7 @@ Router's dual write does); executions are counted in a table the task writes (fe
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -250,3 +251,39 @@ def wait_for(check: Any, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+
+
+def test_status_warns_of_a_native_worker_that_would_bypass_the_fence(pairing: Pairing) -> None:
+    import redis
+    import rq
+    from click.testing import CliRunner
+
+    from cutover.cli import cli
+
+    def warnings() -> list[str]:
+        result = CliRunner().invoke(cli, ["--source", pairing.source_url, "--target",
+                                          pairing.target_url, "--json", "status"])
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        return list(doc.get("warnings", []))
+
+    native = rq.Worker(["default"], connection=redis.Redis.from_url(pairing.source_url),
+                       name="native-rq-fence")
+    native.register_birth()
+    pairing.set_phase(Phase.SHADOW)
+    assert warnings() == []  # an RQ worker in shadow runs source jobs only: no bypass
+    with psycopg.connect(pairing.target_url, autocommit=True) as conn:
+        row = conn.execute("SELECT worker_id FROM procrastinate_register_worker_v1()").fetchone()
+    assert row is not None
+    found = warnings()
+    assert len(found) == 1 and f"target procrastinate worker {row[0]}" in found[0]
+    with psycopg.connect(pairing.target_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM procrastinate_workers WHERE id = %s", (row[0],))
+    pairing.set_phase(Phase.LIVE)
+    found = warnings()
+    assert len(found) == 1 and "source rq worker native-rq-fence" in found[0]
+    # A cutover worker on procrastinate registers there too, but declares itself: no warning.
+    worker = pairing.worker(Side.TARGET)
+    worker.run(install_signal_handlers=False)
+    assert pairing.target.worker_ids()  # type: ignore[attr-defined]
+    assert len(warnings()) == 1
