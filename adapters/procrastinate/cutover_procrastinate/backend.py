@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import math
-import re
 import select
 import threading
 import time
@@ -46,7 +44,6 @@ from cutover.errors import (
     BackendUnavailableError,
     ConfigurationError,
     CutoverError,
-    DecodeError,
     JobConflictError,
     JobError,
 )
@@ -54,43 +51,19 @@ from cutover.limits import int_limits, size_limits, text_limits
 from cutover.record import JobRecord, JobState, utcnow
 from cutover.urls import redact, redact_text, secrets_of
 from cutover_procrastinate import sql
-
-_NATIVE = re.compile(r"^pg-(\d+)$")
-_PUT_STATUS = {
-    JobState.QUEUED: "todo", JobState.SCHEDULED: "todo", JobState.HELD: "todo",
-    JobState.DEFERRED: "todo", JobState.FINISHED: "succeeded", JobState.FAILED: "failed",
-    JobState.CANCELED: "cancelled",
-}
-#: procrastinate statuses that can hold a job in each state (the state is then decided per row)
-_STATUSES: dict[JobState, tuple[str, ...]] = {
-    JobState.QUEUED: ("todo",), JobState.SCHEDULED: ("todo",), JobState.HELD: ("todo",),
-    JobState.DEFERRED: (), JobState.STARTED: ("doing", "aborting"),
-    JobState.FINISHED: ("succeeded",), JobState.FAILED: ("failed",),
-    JobState.CANCELED: ("cancelled", "aborted"),
-}
-_FAR = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)  # a held job's scheduled_at
-_NAME_MAX = 128  # procrastinate_jobs.queue_name and task_name are character varying(128)
-_JSONB_MAX = 255 * 2**20  # PostgreSQL's largest jsonb value (args)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-_BY_IDS: LiteralString = (
-    "j.id IN (SELECT c.job_id FROM unnest(string_to_array(%(ids)s, E'\\n')) AS u(id) "
-    "JOIN cutover_jobs c ON c.cutover_id = u.id UNION ALL SELECT p.id FROM procrastinate_jobs p "
-    "WHERE p.id = ANY(%(native)s::bigint[]) AND NOT EXISTS (SELECT 1 FROM cutover_jobs x "
-    "WHERE x.job_id = p.id))")
-
-
-def _lines(job_ids: Sequence[str]) -> str:
-    """Ids as one newline-separated text (cheap to send; see queries.sql)."""
-    for job_id in job_ids:
-        if "\n" in job_id:
-            raise JobError("a job id cannot contain a newline", job_id=repr(job_id))
-    return "\n".join(job_ids)
-
+from cutover_procrastinate.mapping import (
+    FAR,
+    JSONB_MAX,
+    NAME_MAX,
+    NATIVE,
+    PUT_STATUS,
+    STATUSES,
+    encoded,
+    lines,
+    native_ids,
+    record_from_row,
+    to_json,
+)
 
 #: when each pooled connection was last given back (a connection idle longer is checked)
 _RETURNED: weakref.WeakKeyDictionary[psycopg.Connection[TupleRow], float] = \
@@ -126,11 +99,7 @@ def _configure(conn: psycopg.Connection[TupleRow]) -> None:
     PostgreSQL then keeps a generic plan, made from the statistics of that moment: made while
     the tables were empty (or never analyzed) it scans them, and each enqueue, claim or take
     costs more as they grow. A custom plan sees the ids it looks up and uses the indexes."""
-    conn.execute("SET plan_cache_mode = force_custom_plan")
-
-
-def _native(job_ids: Sequence[str]) -> list[int]:
-    return [int(m.group(1)) for i in job_ids if (m := _NATIVE.match(i))]
+    conn.execute(sql.query("custom_plans"))
 
 
 class ProcrastinateBackend:
@@ -249,8 +218,8 @@ class ProcrastinateBackend:
         ``integer``, retry waits jsonb cannot hold, run-at on the hold marker, args beyond
         jsonb's size; an id ``pg-N`` that names procrastinate's own job N here."""
         out = [*text_limits(record.id, "job id", newline=False, empty=False),
-               *text_limits(record.queue, "queue name", max_chars=_NAME_MAX),
-               *text_limits(record.task, "task name", max_chars=_NAME_MAX, empty=False),
+               *text_limits(record.queue, "queue name", max_chars=NAME_MAX),
+               *text_limits(record.task, "task name", max_chars=NAME_MAX, empty=False),
                *text_limits(record.job_key, "job key"), *text_limits(record.error, "error"),
                *text_limits(record.origin, "origin")]
         for value, what in ((record.priority, "priority"), (record.attempts, "attempts"),
@@ -258,13 +227,13 @@ class ProcrastinateBackend:
             out += int_limits(value, what)
         if not all(math.isfinite(i) for i in record.retry_intervals):
             out.append("a retry wait is not a finite number (jsonb cannot hold it)")
-        if _NATIVE.match(record.id):
+        if NATIVE.match(record.id):
             with self._tx("checking a job id") as conn:
                 out += self._native_clashes(conn, [record.id]).values()
-        if record.run_at is not None and record.run_at >= _FAR:
-            out.append(f"run-at {record.run_at.isoformat()} is at or after {_FAR.date()}, the "
+        if record.run_at is not None and record.run_at >= FAR:
+            out.append(f"run-at {record.run_at.isoformat()} is at or after {FAR.date()}, the "
                        "mark of a held job here")
-        return out + size_limits(record, "a jsonb value", _JSONB_MAX)
+        return out + size_limits(record, "a jsonb value", JSONB_MAX)
 
     def _native_clashes(self, conn: psycopg.Connection[TupleRow],
                         job_ids: Sequence[str]) -> dict[str, str]:
@@ -272,68 +241,19 @@ class ProcrastinateBackend:
         job N (the name this adapter gives a plain job): job N is a plain job here, or the id
         sequence has not reached N yet. A job cutover moved away from here is held (a
         cutover_jobs row) or deleted, so its id comes back freely."""
-        native = _native(job_ids)
+        native = native_ids(job_ids)
         if not native:
             return {}
         clash = {int(row[0]) for row in conn.execute(sql.query("native_clashes"),
                                                     {"native": native}).fetchall()}
         return {i: (f"id {i} is how this adapter names procrastinate's own job {n} in this "
                     "database, a different job: give the job another id on its source")
-                for i in job_ids if (m := _NATIVE.match(i)) and (n := int(m.group(1))) in clash}
-
-    # -- records ---------------------------------------------------------------------------
-    def _record(self, row: tuple[Any, ...]) -> JobRecord:
-        (job_id, queue, task, priority, key, args, status, scheduled_at, attempts, cutover_id,
-         max_attempts, intervals, positional, origin, created_at, updated_at, held_by,
-         held_scheduled_at, error, result, lock, job_native) = row
-        problem = None
-        try:
-            kwargs = codec.decode(args or {})
-            pos = tuple(codec.decode(positional)) if positional else ()
-        except DecodeError as exc:
-            kwargs, pos, problem = {}, (), f"undecodable args: {exc.message}"
-        if not isinstance(kwargs, dict):
-            kwargs, problem = {}, f"args are not an object: {type(kwargs).__name__}"
-        run_at = held_scheduled_at if held_by else scheduled_at
-        if status == "todo":
-            state = (JobState.SCHEDULED if scheduled_at is not None and scheduled_at > utcnow()
-                     else JobState.QUEUED)
-        elif status in ("doing", "aborting"):
-            state = JobState.STARTED
-        elif status == "succeeded":
-            state = JobState.FINISHED
-        elif status == "failed":
-            state = JobState.FAILED
-        else:
-            state = JobState.CANCELED
-        if held_by:
-            state = JobState.HELD
-        try:
-            decoded_result = codec.decode(result) if result is not None else None
-        except DecodeError:
-            decoded_result = result
-        try:
-            native = codec.decode(job_native) if isinstance(job_native, dict) else {}
-        except DecodeError:
-            native = {}  # format memory only: the job itself is intact
-        # The job's own time limit (RQ's job timeout) rides along with the format memory.
-        timeout = native.pop("timeout", None)
-        return JobRecord(
-            id=cutover_id or f"pg-{job_id}", task=task, args=pos, kwargs=kwargs, queue=queue,
-            priority=priority, run_at=run_at if run_at != _FAR and run_at is not None else None,
-            attempts=attempts, max_attempts=max(max_attempts or 1, attempts + 1 if state.live
-                                                else attempts, 1),
-            retry_intervals=tuple(intervals or ()), job_key=key, state=state,
-            origin=origin or "procrastinate", created_at=created_at, updated_at=updated_at,
-            error=error, result=decoded_result, native_id=str(job_id), problem=problem,
-            location=f"procrastinate_jobs:{job_id}", holder=held_by,
-            losses=(f"procrastinate lock {lock!r}",) if lock else (), native=native,
-            timeout=float(timeout) if isinstance(timeout, int | float) else None)
+                for i in job_ids if (m := NATIVE.match(i)) and (n := int(m.group(1))) in clash}
 
     def _select(self, conn: psycopg.Connection[TupleRow], where: LiteralString,
                 params: dict[str, Any]) -> list[JobRecord]:
         query = sql.query("select_jobs") + " WHERE " + where + " ORDER BY j.id"
-        return [self._record(r) for r in conn.execute(query, params).fetchall()]
+        return [record_from_row(r) for r in conn.execute(query, params).fetchall()]
 
     # -- producing -------------------------------------------------------------------------
     def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
@@ -351,30 +271,18 @@ class ProcrastinateBackend:
         """One job in one round trip (``cutover_enqueue_v1``, sql/schema.sql): the same rules
         as :meth:`_insert` (existing id, live job key), on an autocommit connection."""
         try:
-            args, positional, _, memory = self._encoded(r)
+            args, positional, _, memory = encoded(r)
         except CutoverError as exc:
             raise JobError(str(exc), job_id=r.id) from exc
         with self._errors("enqueuing a job"), self.pool.connection() as conn:
             row = conn.execute(sql.query("enqueue_one"), {
                 "id": r.id, "queue": r.queue, "task": r.task, "priority": r.priority,
                 "key": r.job_key, "args": args, "run_at": r.run_at, "attempts": r.attempts,
-                "max_attempts": r.max_attempts, "intervals": _json(list(r.retry_intervals)),
+                "max_attempts": r.max_attempts, "intervals": to_json(list(r.retry_intervals)),
                 "positional": positional, "origin": r.origin or self.name,
                 "created_at": r.created_at or utcnow(), "native": memory}).fetchone()
         assert row is not None
         return str(row[0])
-
-    @staticmethod
-    def _encoded(r: JobRecord) -> tuple[str, str | None, str | None, str | None]:
-        """A record's kwargs, positional args, result and format memory as JSON text."""
-        args = _json(r.encoded_kwargs())
-        positional = _json(r.encoded_args()) if r.args else None
-        result = _json(codec.encode(r.result, "result")) if r.result is not None else None
-        carried = dict(r.native)
-        if r.timeout is not None:
-            carried["timeout"] = r.timeout
-        memory = _json(codec.encode(carried, "native")) if carried else None
-        return args, positional, result, memory
 
     def put(self, records: Sequence[JobRecord], *,
             tx_hook: TxHook | None = None) -> list[str]:
@@ -406,7 +314,7 @@ class ProcrastinateBackend:
                 for job_id, reason in self._native_clashes(conn, ids).items():
                     raise JobConflictError(reason, job_id=job_id)
             existing = {row[0] for row in conn.execute(
-                sql.query("existing_ids"), {"ids": _lines(ids), "native": _native(ids)}
+                sql.query("existing_ids"), {"ids": lines(ids), "native": native_ids(ids)}
             ).fetchall()}
             todo: list[JobRecord] = []
             seen: set[str] = set()
@@ -416,7 +324,7 @@ class ProcrastinateBackend:
                     if mode == "put" and r.id in existing:
                         self._check_same(conn, r)
                     continue
-                if r.job_key is not None and _PUT_STATUS.get(r.state) == "todo":
+                if r.job_key is not None and PUT_STATUS.get(r.state) == "todo":
                     holder = holders.get(r.job_key)
                     if holder is not None:
                         if mode == "put":
@@ -438,8 +346,8 @@ class ProcrastinateBackend:
                  job_ids: Sequence[str]) -> list[JobRecord]:
         """Jobs by cutover id: a row of cutover_jobs, or ``pg-N`` for a plain job. (Written as
         an IN over a UNION so that both halves use an index; an OR would scan the table.)"""
-        return self._select(conn, _BY_IDS, {"ids": _lines(job_ids),
-                                            "native": _native(job_ids)})
+        return self._select(conn, sql.query("where_by_ids"), {"ids": lines(job_ids),
+                                            "native": native_ids(job_ids)})
 
     def _check_same(self, conn: psycopg.Connection[TupleRow], record: JobRecord) -> None:
         found = self._by_ids(conn, [record.id])
@@ -462,22 +370,22 @@ class ProcrastinateBackend:
         meta: list[tuple[Any, ...]] = []
         now = utcnow()
         for native, r in zip(native_ids, records, strict=True):
-            status = _PUT_STATUS.get(r.state)
+            status = PUT_STATUS.get(r.state)
             if status is None:
                 raise JobError(f"a {r.state.value} job cannot be written to procrastinate",
                                job_id=r.id)
             try:
-                args, positional, result, memory = self._encoded(r)
+                args, positional, result, memory = encoded(r)
             except CutoverError as exc:
                 raise JobError(str(exc), job_id=r.id) from exc
             jobs.append((native, r.queue, r.task, r.priority,
                          r.job_key if status == "todo" else None, args, r.run_at, r.attempts,
                          status))
-            meta.append((native, r.id, r.max_attempts, _json(list(r.retry_intervals)),
+            meta.append((native, r.id, r.max_attempts, to_json(list(r.retry_intervals)),
                          positional, r.origin or self.name, r.created_at or now, r.error,
                          result, memory))
         with conn.cursor() as cur:
-            cur.execute(sql.query("clear_departures"), {"ids": _lines([r.id for r in records])})
+            cur.execute(sql.query("clear_departures"), {"ids": lines([r.id for r in records])})
             with cur.copy(sql.query("copy_jobs")) as copy:
                 for row in jobs:
                     copy.write_row(row)
@@ -500,14 +408,10 @@ class ProcrastinateBackend:
                 batch_size: int, partition: Partition | None) -> Iterator[JobRecord]:
         """Jobs in id order. A partition is chosen in SQL by a hash of the cutover id (each
         reader gets only its share off the server)."""
-        query = sql.query("select_jobs") + (
-            " WHERE (%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s::text[]))"
-            " AND (%(statuses)s::text[] IS NULL OR j.status::text = ANY(%(statuses)s::text[]))"
-            " AND (%(shares)s::int IS NULL OR mod(abs(hashtext(COALESCE(c.cutover_id,"
-            " 'pg-' || j.id))::bigint), %(shares)s) = %(share)s)"
-            " ORDER BY j.id")
+        query = (sql.query("select_jobs") + " WHERE " + sql.query("where_snapshot")
+                 + " ORDER BY j.id")
         statuses = None if states is None else sorted(
-            {status for state in states for status in _STATUSES[state]})
+            {status for state in states for status in STATUSES[state]})
         params = {"queues": list(queues) if queues is not None else None, "statuses": statuses,
                   "shares": partition[1] if partition else None,
                   "share": partition[0] if partition else None}
@@ -516,7 +420,7 @@ class ProcrastinateBackend:
             cur.itersize = batch_size
             cur.execute(query, params)
             for row in cur:
-                record = self._record(row)
+                record = record_from_row(row)
                 if states is None or record.state in states:
                     yield record
 
@@ -540,8 +444,8 @@ class ProcrastinateBackend:
     # -- moving ----------------------------------------------------------------------------
     def _resolve(self, conn: psycopg.Connection[TupleRow],
                  job_ids: Sequence[str]) -> dict[str, int]:
-        rows = conn.execute(sql.query("resolve_ids"), {"ids": _lines(job_ids),
-                                                       "native": _native(job_ids)})
+        rows = conn.execute(sql.query("resolve_ids"), {"ids": lines(job_ids),
+                                                       "native": native_ids(job_ids)})
         return {str(cutover_id): int(native) for cutover_id, native in rows.fetchall()}
 
     def take(self, job_ids: Sequence[str], owner: str, *, tx_hook: TxHook | None = None,
@@ -603,7 +507,7 @@ class ProcrastinateBackend:
         if not job_ids:
             return {}
         with self._tx("reading departures") as conn:
-            rows = conn.execute(sql.query("departures"), {"ids": _lines(job_ids)}).fetchall()
+            rows = conn.execute(sql.query("departures"), {"ids": lines(job_ids)}).fetchall()
         return {job_id: Departure(finished=bool(finished), status=status,
                                   evidence=f"procrastinate job {how} (cutover_departed)",
                                   at=at)
@@ -654,7 +558,7 @@ class ProcrastinateBackend:
                     "worker_id": worker_id}).fetchone()
                 if row is None:
                     return None
-                record = self._record(row)
+                record = record_from_row(row)
                 if accept(record) is not None or record.problem:
                     with self._lock:
                         self._skipped.add(int(record.native_id or 0))

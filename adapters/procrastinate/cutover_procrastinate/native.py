@@ -146,7 +146,7 @@ def _side(rows: list[dict[str, Any]] | None, attempts: int) -> _Side:
     if not rows:
         return _Side(None, Budget(max(1, attempts + 1)), table=rows is not None)
     row = rows[0]
-    # The same reading as ProcrastinateBackend._record for a running job.
+    # The same reading as mapping.record_from_row for a running job.
     budget = Budget(max(row["max_attempts"] or 1, attempts + 1, 1),
                     tuple(float(i) for i in row["retry_intervals"] or ()))
     return _Side(row["positional"], budget, has_outcome=row["has_outcome"])

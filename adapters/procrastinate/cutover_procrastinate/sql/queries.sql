@@ -301,3 +301,27 @@ WHERE n > coalesce(pg_sequence_last_value(
           pg_get_serial_sequence('procrastinate_jobs', 'id')::regclass), 0)
    OR EXISTS (SELECT 1 FROM procrastinate_jobs p WHERE p.id = n
               AND NOT EXISTS (SELECT 1 FROM cutover_jobs c WHERE c.job_id = p.id));
+
+-- name: where_by_ids
+-- Jobs by cutover id: a row of cutover_jobs, or pg-N for a plain job (native). An IN over a
+-- UNION so that both halves use an index; an OR would scan the table. Ids travel as one text,
+-- a line each.
+j.id IN (SELECT c.job_id FROM unnest(string_to_array(%(ids)s, E'\n')) AS u(id)
+         JOIN cutover_jobs c ON c.cutover_id = u.id
+         UNION ALL
+         SELECT p.id FROM procrastinate_jobs p
+          WHERE p.id = ANY(%(native)s::bigint[])
+            AND NOT EXISTS (SELECT 1 FROM cutover_jobs x WHERE x.job_id = p.id))
+
+-- name: where_snapshot
+-- A snapshot's or a batch reader's filter: queues, statuses, and a partition chosen by a hash
+-- of the cutover id (each reader gets only its share off the server); NULL means any.
+(%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s::text[]))
+AND (%(statuses)s::text[] IS NULL OR j.status::text = ANY(%(statuses)s::text[]))
+AND (%(shares)s::int IS NULL
+     OR mod(abs(hashtext(COALESCE(c.cutover_id, 'pg-' || j.id))::bigint), %(shares)s) = %(share)s)
+
+-- name: custom_plans
+-- Every statement planned for its own values (see _configure in backend.py: a generic plan made
+-- while the tables were empty would scan them).
+SET plan_cache_mode = force_custom_plan
