@@ -117,6 +117,8 @@ def test_control_probe_notices_pgbouncer_rotating_server_backends(
         held = [psycopg.connect(url) for _ in range(3)]
         for conn in held:
             conn.execute("SELECT 1")
+        for conn in held:  # committed, not closed mid-transaction: the pool keeps the backends
+            conn.commit()
         for conn in held:
             conn.close()
         pooled = ControlPlane(url, schema="cutover_pgb2")
