@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -97,11 +98,18 @@ def test_an_unknown_task_is_refused_with_a_suggestion(source_url: str) -> None:
 
 def test_close_releases_the_connections_and_the_router_can_enqueue_again(
         cutover_database_url: str) -> None:
-    def connections() -> int:
-        with psycopg.connect(cutover_database_url, autocommit=True) as conn:
-            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                               "current_database() AND pid <> pg_backend_pid()").fetchone()
-        return int(row[0]) if row else 0
+    def connections(settle_to: int | None = None) -> int:
+        """Other connections to the database; with ``settle_to``, wait (up to 5 s) for the
+        server to see closed ones go (a backend leaves pg_stat_activity a moment later)."""
+        deadline = time.monotonic() + 5
+        while True:
+            with psycopg.connect(cutover_database_url, autocommit=True) as conn:
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                   "current_database() AND pid <> pg_backend_pid()").fetchone()
+            n = int(row[0]) if row else 0
+            if settle_to is None or n <= settle_to or time.monotonic() > deadline:
+                return n
+            time.sleep(0.05)
 
     before = connections()
     router = Router(registry, source=cutover_database_url)
@@ -109,13 +117,13 @@ def test_close_releases_the_connections_and_the_router_can_enqueue_again(
     opened = router.source  # kept alive here: closing must not rely on garbage collection
     assert connections() > before
     router.close()
-    assert connections() == before
+    assert connections(settle_to=before) == before
     assert router.source is not opened
     router.close()  # twice is fine
     job = router.enqueue(tasks.add, 3, 4)  # opens again on demand
     with router:
         assert router.source.get(job) is not None
-    assert connections() == before
+    assert connections(settle_to=before) == before
 
 
 def test_from_env_reads_source_and_target(monkeypatch: pytest.MonkeyPatch) -> None:
