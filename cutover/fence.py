@@ -96,6 +96,7 @@ class PhaseGate:
         self._held: set[str] = set()
         self._stop = threading.Event()
         self._acked = -1
+        self._seen: dict[str, int] = {}
         self._logged: tuple[Phase, Mode] | None = None
         self.beat()
         self._thread = threading.Thread(target=self._run, name="cutover-fence-heartbeat",
@@ -128,12 +129,16 @@ class PhaseGate:
         return now, fenced
 
     def _ack(self, epoch: int) -> None:
-        # Acknowledged when the worker asks for its next mode: the jobs it started under an
-        # older epoch have been taken (the caller asks between jobs).
-        if epoch != self._acked:
+        # Each worker thread asks for its mode between jobs; the worker acknowledges an epoch
+        # once every thread has asked under it, i.e. no job taken under an older epoch still
+        # runs here.
+        with self._lock:
+            self._seen[threading.current_thread().name] = epoch
+            settled = min(self._seen.values())
+        if settled != self._acked:
             with contextlib.suppress(CutoverError):
-                self.control.ack_epoch(self.member, epoch)
-                self._acked = epoch
+                self.control.ack_epoch(self.member, settled)
+                self._acked = settled
 
     # -- the fence ---------------------------------------------------------------------------
     def claim(self, job: JobRecord) -> Claim:

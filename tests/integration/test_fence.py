@@ -287,3 +287,26 @@ def test_status_warns_of_a_native_worker_that_would_bypass_the_fence(pairing: Pa
     worker.run(install_signal_handlers=False)
     assert pairing.target.worker_ids()  # type: ignore[attr-defined]
     assert len(warnings()) == 1
+
+
+def test_the_epoch_is_acknowledged_once_no_job_of_the_older_epoch_runs(pairing: Pairing) -> None:
+    pairing.set_phase(Phase.LIVE)
+    worker = pairing.worker(Side.TARGET, burst=False, concurrency=2)
+    thread = threading.Thread(target=lambda: worker.run(install_signal_handlers=False))
+    thread.start()
+    try:
+        gate = worker.gate
+        assert gate is not None
+        live_epoch = pairing.control.read_phase().epoch
+        pairing.dual("fence.slow_first", "long", 3.0)
+        wait_for(lambda: pairing.runs("started").get("long") == 1)
+        pairing.set_phase(Phase.RAMPDOWN)
+        wait_for(lambda: gate.state().phase is Phase.RAMPDOWN)
+        time.sleep(0.5)  # the idle thread has asked for its mode under the new epoch
+        [member] = pairing.control.alive(kind="worker")
+        assert member.acked_epoch == live_epoch  # a job of the live epoch still runs
+        wait_for(lambda: pairing.runs().get("long") == 1)
+        wait_for(lambda: pairing.control.alive(kind="worker")[0].acked_epoch == live_epoch + 1)
+    finally:
+        worker.stop()
+        thread.join(30)
