@@ -275,3 +275,15 @@ def stalled_outcome(job: JobRecord) -> tuple[str, dt.datetime | None]:
         return error, None
     delay = job.retry_delay(attempt)
     return error, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+
+
+@runtime_checkable
+class TransactionalEnqueue(Protocol):
+    """A backend that can enqueue inside a database transaction: its own, joined by ``tx_hook``
+    (the Router's ledger row commits with the jobs), or the caller's ``conn``
+    (``Router.enqueue(..., connection=conn)``). The PostgreSQL adapter has it."""
+
+    def enqueue_tx(self, records: Sequence[JobRecord], *, tx_hook: TxHook | None = None,
+                   conn: Any = None) -> list[str]:
+        """:meth:`QueueBackend.enqueue` in one transaction (on ``conn`` when given)."""
+        ...

@@ -1,18 +1,42 @@
-"""The producer facade: ``router.enqueue(task, ...)`` sends a job where the current phase says."""
+"""The producer facade: ``router.enqueue(task, ...)`` sends a job where the current phase says.
+
+Where each phase writes is :func:`cutover.phases.writes`; this module only carries it out:
+
+- ``off`` (or no control plane): the source only, exactly as the application did before;
+- ``shadow`` and ``live``: the target first (its ledger row ``accepted`` in the same transaction
+  when the target is the control plane's PostgreSQL database), then the source, under the same
+  cutover id. If the source write fails, the target copy and its ledger row are removed and the
+  error is raised: the caller gets an error or a job on both sides, never a silent half. A process
+  killed between the two writes leaves a target-only copy with its ledger row, an id the caller
+  never received: at-least-once, like any enqueue whose answer is lost; the shadow dry run finds
+  no source copy to compare (a mismatch it reports), and in ``live`` the fence runs it once;
+- ``rampdown`` and ``complete``: the target only.
+
+A job key held by a live job on either side returns that job's id and leaves nothing new on
+either side (a target copy written before the source said so is removed again).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cutover import adapters
-from cutover.backend import QueueBackend
+from cutover import adapters, faults
+from cutover.backend import QueueBackend, TransactionalEnqueue
+from cutover.control import PG_SCHEMES, ControlPlane, control_url
+from cutover.control.fleet import HEARTBEAT
+from cutover.control.ledger import LedgerState
+from cutover.control.watcher import REFRESH
 from cutover.errors import ConfigurationError
 from cutover.metrics import METRICS, Metrics
+from cutover.phases import Phase, Side, writes
+from cutover.producer import Membership
 from cutover.record import JobRecord
 from cutover.registry import TaskRegistry
 
@@ -33,53 +57,147 @@ class Call:
     priority: int | None = None
 
 
+log = logging.getLogger("cutover.router")
+
+
 class Router:
-    """Enqueue through the toolkit.
+    """Enqueue through the toolkit, where the current phase says (see the module's doc).
 
     Until a cut-over is started there is no control plane and the phase is ``off``: every job goes
-    to the source backend only, exactly as the application did before. The target URL is opened
-    lazily, when a phase needs it.
+    to the source backend only, exactly as the application did before, with no extra round trip.
+    With a control plane, the phase is read from one :class:`~cutover.control.PhaseWatcher` per
+    Router (LISTEN + a re-read every ``refresh`` seconds), shared by its threads, never per call;
+    the Router registers in the fleet as a producer, heartbeats, and acknowledges each epoch once
+    its enqueues routed by older epochs have finished. After ``fork`` the child's Router drops the
+    parent's connections and threads and starts its own on first use.
 
     Every enqueue call is timed and counted per backend in ``metrics`` (this process's
     :data:`cutover.metrics.METRICS` unless given another): latency, jobs, errors.
     """
 
-    phase = "off"
-
     def __init__(self, registry: TaskRegistry, source: str, target: str | None = None, *,
-                 metrics: Metrics | None = None) -> None:
+                 control: str | None = None, metrics: Metrics | None = None,
+                 refresh: float = REFRESH, heartbeat: float = HEARTBEAT) -> None:
         self.registry = registry
         self.source_url = source
         self.target_url = target
         self.metrics = METRICS if metrics is None else metrics
+        self.refresh = refresh
+        self.heartbeat = heartbeat
+        self.control_url: str | None = None
+        if target is not None:
+            if adapters.split(source)[1] == adapters.split(target)[1]:
+                raise ConfigurationError("the router's source and target are one store")
+            try:
+                self.control_url = control_url(source, target, control)
+            except ConfigurationError:
+                self.control_url = None  # no PostgreSQL side: no control plane, phase off
+        self._lock = threading.RLock()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget connections and threads (at start, and in a forked child, whose copies of the
+        parent's sockets must not be used or closed: they are the parent's)."""
+        self._pid = os.getpid()
         self._source: QueueBackend | None = None
+        self._target: QueueBackend | None = None
+        self._membership: Membership | None = None
+        self._probe_at = 0.0
+        self._keys: tuple[str, str] | None = None
+        self._shared = False
 
     @classmethod
     def from_env(cls, registry: TaskRegistry) -> Router:
-        """Build from ``CUTOVER_SOURCE`` and ``CUTOVER_TARGET``."""
+        """Build from ``CUTOVER_SOURCE``, ``CUTOVER_TARGET`` and ``CUTOVER_CONTROL``."""
         source = os.environ.get("CUTOVER_SOURCE")
         if not source:
             raise ConfigurationError("CUTOVER_SOURCE is not set (the URL of the backend the "
                                      "application uses today)")
-        return cls(registry, source=source, target=os.environ.get("CUTOVER_TARGET") or None)
+        return cls(registry, source=source, target=os.environ.get("CUTOVER_TARGET") or None,
+                   control=os.environ.get("CUTOVER_CONTROL") or None)
+
+    # -- backends and the phase -------------------------------------------------------------
+    def _forked(self) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._reset()
 
     @property
     def source(self) -> QueueBackend:
+        self._forked()
         if self._source is None:
-            self._source = adapters.open_backend(self.source_url)
+            with self._lock:
+                if self._source is None:
+                    self._source = adapters.open_backend(self.source_url)
         return self._source
 
+    @property
+    def target(self) -> QueueBackend:
+        self._forked()
+        if self.target_url is None:
+            raise ConfigurationError("the phase writes the target, but the router has none: give "
+                                     "target= (CUTOVER_TARGET)")
+        if self._target is None:
+            with self._lock:
+                if self._target is None:
+                    self._target = adapters.open_backend(self.target_url)
+        return self._target
+
+    def _member(self) -> Membership | None:
+        """The fleet membership, once a control plane exists (looked for every ``refresh``
+        seconds until then: phase off meanwhile)."""
+        self._forked()
+        member = self._membership
+        if member is not None or self.control_url is None:
+            return member
+        if time.monotonic() < self._probe_at:
+            return None
+        with self._lock:
+            if self._membership is None and time.monotonic() >= self._probe_at:
+                self._probe_at = time.monotonic() + self.refresh
+                plane = ControlPlane(self.control_url)
+                if plane.schema_version() is None:
+                    plane.close()
+                    return None
+                self._membership = Membership(plane, refresh=self.refresh,
+                                              heartbeat=self.heartbeat).start()
+            return self._membership
+
+    @property
+    def phase(self) -> Phase:
+        """The phase this router writes by now."""
+        member = self._member()
+        return Phase.OFF if member is None else member.watcher.current()[0]
+
+    def _ledger_keys(self, plane: ControlPlane) -> tuple[str, str]:
+        if self._keys is None:
+            assert self.target_url is not None
+            self._keys = (self.source.identity().key, self.target.identity().key)
+            inner = adapters.split(self.target_url)[1]
+            self._shared = (inner.split("://", 1)[0].lower() in PG_SCHEMES
+                            and inner.split("?", 1)[0] == plane.url.split("?", 1)[0])
+        return self._keys
+
+    # -- enqueueing ------------------------------------------------------------------------
     def enqueue(self, task: str | Callable[..., Any], *args: Any, job_key: str | None = None,
                 queue: str | None = None, run_at: dt.datetime | None = None,
-                priority: int | None = None, **kwargs: Any) -> str:
-        """Enqueue one job; return its cutover id (the live job's id when ``job_key`` is held)."""
+                priority: int | None = None, connection: Any = None, **kwargs: Any) -> str:
+        """Enqueue one job; return its cutover id (the live job's id when ``job_key`` is held).
+
+        ``connection``: a psycopg connection of the caller's, to the target's PostgreSQL
+        database (or the source's, in ``off``): the job and its ledger row are written in its
+        transaction and commit or roll back with the caller's data. Refused (exit 2) when the
+        phase writes a backend that cannot join it (Redis), and in ``shadow``/``live``, whose
+        second write (the source) could not be taken back if the caller rolled back.
+        """
         record = self.registry.make_record(task, args, kwargs, job_key=job_key, queue=queue,
                                            run_at=run_at, priority=priority)
-        return self._send(self.source, [record])[0]
+        return self._route([record], connection)[0]
 
-    def enqueue_many(self, calls: Iterable[Call]) -> list[str]:
+    def enqueue_many(self, calls: Iterable[Call], *, connection: Any = None) -> list[str]:
         """Enqueue many jobs in one batch (one transaction on PostgreSQL, one pipeline on
-        Redis); return each call's cutover id, in order.
+        Redis, per side the phase writes); return each call's cutover id, in order.
 
         Each call follows :meth:`enqueue`'s rules: a ``job_key`` held by a live job (or by an
         earlier call of the same batch) enqueues nothing and returns that job's id. Every
@@ -89,24 +207,135 @@ class Router:
         records = [self.registry.make_record(c.task, c.args, c.kwargs, job_key=c.job_key,
                                              queue=c.queue, run_at=c.run_at,
                                              priority=c.priority) for c in calls]
-        return self._send(self.source, records) if records else []
+        return self._route(records, connection) if records else []
+
+    def _route(self, records: list[JobRecord], connection: Any) -> list[str]:
+        member = self._member()
+        if member is None:
+            return self._one_side(self.source, records, connection, None)
+        with member.begin() as state:
+            sides = writes(state.phase)
+            if sides == (Side.SOURCE,):
+                return self._one_side(self.source, records, connection, None)
+            if sides == (Side.TARGET,):
+                return self._one_side(self.target, records, connection, member.plane)
+            if connection is not None:
+                raise ConfigurationError(
+                    f"enqueue(connection=...) is refused in {state.phase.value}: the job is "
+                    f"written to both backends, and the source's copy could not be taken back "
+                    f"if your transaction rolled back. Enqueue without connection= until "
+                    f"rampdown, or after your commit")
+            return self._dual(records, member.plane)
+
+    def _one_side(self, backend: QueueBackend, records: list[JobRecord], connection: Any,
+                  plane: ControlPlane | None) -> list[str]:
+        """The phase writes one side: with the ledger row when it is the target."""
+        if connection is not None and not isinstance(backend, TransactionalEnqueue):
+            raise ConfigurationError(
+                f"enqueue(connection=...) needs a PostgreSQL backend, and the phase writes "
+                f"{backend.name} ({backend.url}), which cannot join your transaction: a job "
+                f"written there at once would run even if you rolled back. Enqueue without "
+                f"connection= (after your commit)")
+        if plane is None:
+            if connection is None:
+                return self._send(backend, records)
+            assert isinstance(backend, TransactionalEnqueue)
+            tx = backend
+            return self._timed(backend, len(records), lambda: tx.enqueue_tx(records,
+                                                                             conn=connection))
+        return self._write_target(records, plane, connection)
+
+    def _write_target(self, records: list[JobRecord], plane: ControlPlane,
+                      connection: Any = None) -> list[str]:
+        """The target copies and their ledger rows (``accepted``, one transaction when the
+        target is the control plane's database). Returns each record's id on the target."""
+        source_key, target_key = self._ledger_keys(plane)
+        target = self.target
+
+        def ledger(rows: list[JobRecord], conn: Any) -> None:
+            plane.record(rows, state=LedgerState.ACCEPTED, source=source_key,
+                         target=target_key, run_id="router", conn=conn)
+
+        if self._shared and isinstance(target, TransactionalEnqueue):
+            tx = target
+            ids = self._timed(target, len(records), lambda: tx.enqueue_tx(
+                records, tx_hook=lambda conn: ledger(records, conn), conn=connection))
+        else:
+            ids = self._send(target, records)
+            written = [r for r, i in zip(records, ids, strict=True) if i == r.id]
+            try:
+                ledger(written, None)
+            except BaseException:
+                self._take_back(written, plane)
+                raise
+            return ids
+        held = [r.id for r, i in zip(records, ids, strict=True) if i != r.id]
+        if held:  # rows written for calls whose key (or id) another job held: not ours
+            plane.discard(held, source=source_key, target=target_key, conn=None)
+        return ids
+
+    def _dual(self, records: list[JobRecord], plane: ControlPlane) -> list[str]:
+        """shadow/live: the target first, then the source; never a silent half."""
+        target_ids = self._write_target(records, plane)
+        # Calls whose key a live target job holds write nothing on the source either.
+        fresh = [r for r, i in zip(records, target_ids, strict=True) if i == r.id]
+        faults.point("router-between-writes")
+        try:
+            source_ids = self._send(self.source, fresh) if fresh else []
+        except BaseException:
+            self._take_back(fresh, plane)
+            raise
+        by_id = dict(zip([r.id for r in fresh], source_ids, strict=True))
+        # A key a live source job holds: that job is the answer; our target copy goes.
+        lost = [r for r in fresh if by_id[r.id] != r.id]
+        if lost:
+            self._take_back(lost, plane)
+        return [by_id.get(i, i) for i in target_ids]
+
+    def _take_back(self, records: list[JobRecord], plane: ControlPlane) -> None:
+        """Remove target copies the source did not take, with their ledger rows."""
+        if not records:
+            return
+        source_key, target_key = self._ledger_keys(plane)
+        ids = [r.id for r in records]
+        try:
+            if self._shared:
+                self.target.remove(ids, tx_hook=lambda conn: plane.discard(
+                    ids, source=source_key, target=target_key, conn=conn))
+            else:
+                self.target.remove(ids)
+                plane.discard(ids, source=source_key, target=target_key)
+        except Exception:
+            log.exception("could not remove the target copies of %d job(s) the source did not "
+                          "take (%s): they stay on the target, in the ledger as accepted",
+                          len(ids), ", ".join(ids[:5]))
 
     def _send(self, backend: QueueBackend, records: list[JobRecord]) -> list[str]:
         """One enqueue call to ``backend``, timed and counted in :attr:`metrics`."""
+        return self._timed(backend, len(records), lambda: backend.enqueue(records))
+
+    def _timed(self, backend: QueueBackend, n: int, call: Callable[[], list[str]]) -> list[str]:
         started = time.perf_counter()
         try:
-            ids = backend.enqueue(records)
+            ids = call()
         except BaseException:
             self.metrics.enqueue_failed(backend.name)
             raise
-        self.metrics.enqueued(backend.name, time.perf_counter() - started, len(records))
+        self.metrics.enqueued(backend.name, time.perf_counter() - started, n)
         return ids
 
     def close(self) -> None:
-        """Release connections."""
-        if self._source is not None:
-            self._source.close()
-            self._source = None
+        """Leave the fleet, stop the watcher, release connections."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._reset()
+                return
+            if self._membership is not None:
+                self._membership.close()
+            for backend in (self._source, self._target):
+                if backend is not None:
+                    backend.close()
+            self._reset()
 
     def __enter__(self) -> Router:
         return self

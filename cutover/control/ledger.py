@@ -21,7 +21,7 @@ class LedgerState(enum.StrEnum):
     MOVING = "moving"      # a drain took it and is putting it on the target
     MOVED = "moved"        # on the target; the source copy not yet released
     RELEASED = "released"  # the move is finished: the source copy is gone
-    ACCEPTED = "accepted"  # enqueued through the toolkit
+    ACCEPTED = "accepted"  # enqueued through the toolkit (the Router's dual write: both sides)
 
 
 class LedgerEntry(NamedTuple):
@@ -83,6 +83,14 @@ class Ledger(Plumbing):
         with self.tx("updating the ledger") as c:
             c.execute(self.query("ledger_forget"), {"ids": list(ids), "source": source,
                                                     "target": target})
+
+    def discard(self, ids: Sequence[str], *, source: str, target: str, conn: Any = None) -> None:
+        """Delete ``accepted`` rows of jobs the Router took back (see ``ledger_discard``)."""
+        if not ids:
+            return
+        with self.tx("updating the ledger", conn) as c:
+            c.execute(self.query("ledger_discard"), {"ids": list(ids), "source": source,
+                                                     "target": target})
 
     def unfinished(self, source: str, target: str) -> list[UnfinishedMove]:
         """Ledger rows of moves from source to target that did not finish."""

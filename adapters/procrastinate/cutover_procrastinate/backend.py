@@ -267,6 +267,17 @@ class ProcrastinateBackend:
             return [self._enqueue_one(fresh[0])]
         return self._insert(fresh, mode="enqueue")[0]
 
+    def enqueue_tx(self, records: Sequence[JobRecord], *, tx_hook: TxHook | None = None,
+                   conn: psycopg.Connection[Any] | None = None) -> list[str]:
+        """:meth:`enqueue` in one transaction that ``tx_hook`` (given the connection) joins,
+        on ``conn`` when given: the caller's own connection, whose transaction the jobs then
+        commit or roll back with (a savepoint inside it; nothing is committed here)."""
+        now = utcnow()
+        fresh = [r if r.state in (JobState.QUEUED, JobState.SCHEDULED) else
+                 r.replace(state=JobState.SCHEDULED if r.run_at and r.run_at > now
+                           else JobState.QUEUED, origin=r.origin or self.name) for r in records]
+        return self._insert(fresh, mode="enqueue", tx_hook=tx_hook, conn=conn)[0]
+
     def _enqueue_one(self, r: JobRecord) -> str:
         """One job in one round trip (``cutover_enqueue_v1``, sql/schema.sql): the same rules
         as :meth:`_insert` (existing id, live job key), on an autocommit connection."""
@@ -294,15 +305,33 @@ class ProcrastinateBackend:
         ids, inserted = self._insert(list(records), mode="put", tx_hook=tx_hook)
         return [i for i in ids if i in inserted]
 
-    def _insert(self, records: list[JobRecord], mode: str,
-                tx_hook: TxHook | None = None) -> tuple[list[str], set[str]]:
+    @contextlib.contextmanager
+    def _tx_on(self, doing: str, conn: psycopg.Connection[Any] | None
+               ) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction of our pool's, or a savepoint in the caller's transaction on its conn
+        (an autocommit conn: a transaction of its own, committed here)."""
+        if conn is None:
+            with self._tx(doing) as own:
+                yield own
+            return
+        with self._errors(doing):
+            if not conn.autocommit and (conn.info.transaction_status
+                                        == psycopg.pq.TransactionStatus.IDLE):
+                # psycopg's transaction() on an idle connection would COMMIT at its end: open
+                # the caller's transaction first, so that ours is a savepoint inside it.
+                conn.execute("SELECT 1")
+            with conn.transaction():
+                yield conn
+
+    def _insert(self, records: list[JobRecord], mode: str, tx_hook: TxHook | None = None,
+                conn: psycopg.Connection[Any] | None = None) -> tuple[list[str], set[str]]:
         """Insert in one transaction; returns each record's resulting id and the ids inserted."""
         if not records:
             if tx_hook is not None:
-                tx_hook(None)
+                tx_hook(conn)
             return [], set()
         out: dict[int, str] = {}
-        with self._tx(f"{mode}ing jobs") as conn:
+        with self._tx_on(f"{mode}ing jobs", conn) as conn:
             keys = sorted({r.job_key for r in records if r.job_key is not None})
             holders: dict[str, str] = {}
             if keys:

@@ -72,3 +72,10 @@ ORDER BY 1, 2, 3;
 -- name: ledger_content
 -- One job's content as the ledger recorded it (a shadow dry run compares its copy with it).
 SELECT digest, content FROM {schema}.ledger WHERE cutover_id = %(id)s;
+
+-- name: ledger_discard
+-- Rows of jobs the Router wrote on the target whose source write then failed (or whose job
+-- key was held on the source): the target copy is removed with its row.
+DELETE FROM {schema}.ledger
+WHERE cutover_id = ANY(%(ids)s::text[]) AND source = %(source)s AND target = %(target)s
+  AND state = 'accepted';
