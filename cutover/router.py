@@ -155,10 +155,15 @@ class Router:
             return None
         with self._lock:
             if self._membership is None and time.monotonic() >= self._probe_at:
-                self._probe_at = time.monotonic() + self.refresh
                 plane = ControlPlane(self.control_url)
-                if plane.schema_version() is None:
+                try:
+                    absent = plane.schema_version() is None
+                except BaseException:
+                    plane.close()  # unreachable: refuse (the phase is unknown), ask again next call
+                    raise
+                if absent:  # no cut-over started: off; look again in ``refresh`` seconds
                     plane.close()
+                    self._probe_at = time.monotonic() + self.refresh
                     return None
                 self._membership = Membership(plane, refresh=self.refresh,
                                               heartbeat=self.heartbeat).start()

@@ -132,11 +132,18 @@ def test_from_env_reads_source_and_target(monkeypatch: pytest.MonkeyPatch) -> No
     router = Router.from_env(registry)
     assert router.source_url == "memory://router-env"
     assert router.target_url == "postgresql://app@db.example/app"
-    job = router.enqueue(tasks.add, 1, 2)  # the target is not opened while the phase is off
-    assert router.source.get(job) is not None
+    # With a target, the phase lives in its database: unreachable, the router cannot know
+    # where a job must go, and refuses rather than guess (it might be rampdown already).
+    for _ in range(2):  # every call, not just the first
+        with pytest.raises(BackendUnavailableError, match="control plane"):
+            router.enqueue(tasks.add, 1, 2)
     router.close()
     monkeypatch.setenv("CUTOVER_TARGET", "")
-    assert Router.from_env(registry).target_url is None
+    plain = Router.from_env(registry)
+    assert plain.target_url is None
+    job = plain.enqueue(tasks.add, 1, 2)  # no target: no control plane, the source only
+    assert plain.source.get(job) is not None
+    plain.close()
 
 
 def test_from_env_without_a_source_is_a_configuration_error(
