@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from cutover import stores
+from cutover import faults, stores
 from cutover.cli.context import Context, confirm, emit, opened
-from cutover.control import ControlPlane, MemberKind, Pair
+from cutover.control import ControlPlane, MemberKind, Pair, PhaseState
 from cutover.drain import Drain, DrainOptions
 from cutover.errors import ConfigurationError
 from cutover.phases import Check, Decision, Phase, Transition, advance, decide
@@ -86,7 +86,8 @@ def set_cmd(ctx: Context, to: str, dry_run: bool, yes: bool, force: bool,
             why: str | None) -> None:
     """Move to PHASE: the next one, or an earlier one (a rollback)."""
     goal = _parse(to)
-    _move(ctx, lambda current: set_move(current, goal), "set", dry_run, yes, force, why)
+    _move(ctx, lambda current: set_move(current, goal), "set", dry_run, yes, force, why,
+          goal=goal)
 
 
 @click.command()
@@ -101,7 +102,7 @@ def rollback(ctx: Context, to: str | None, dry_run: bool, yes: bool, force: bool
     Leaving complete needs --force --why."""
     goal = _parse(to) if to else None
     _move(ctx, lambda current: rollback_move(current, goal), "rollback", dry_run, yes, force,
-          why)
+          why, goal=goal)
 
 
 @click.command()
@@ -122,7 +123,10 @@ def _parse(name: str) -> Phase:
 
 
 def _move(ctx: Context, build: Callable[[Phase], Transition], kind: str, dry_run: bool,
-          yes: bool, force: bool, why: str | None) -> None:
+          yes: bool, force: bool, why: str | None, goal: Phase | None = None) -> None:
+    """``goal``: the phase the command names (``set PHASE``, ``rollback --to PHASE``). When the
+    phase is already there, the command is a re-run (the first run may have been killed after
+    its commit): it finishes what that move left undone instead of failing."""
     if force and not (why and why.strip()):
         raise ConfigurationError("--force needs --why TEXT: a forced phase change is "
                                  "recorded with its reason")
@@ -139,6 +143,15 @@ def _move(ctx: Context, build: Callable[[Phase], Transition], kind: str, dry_run
         pair = Pair(sid.key, sid.url, tid.key, tid.url)
         state = control.read_phase()
         control.check_pair(state, pair)
+        if goal is not None and goal is state.phase:
+            doc, lines = _rerun(control, state, Preflight(
+                control, source, target, ctx.source, ctx.target, registry,
+                Thresholds.from_env()), force, dry_run)
+            control.close()
+            emit(ctx, doc, "\n".join(lines))
+            if doc.get("left_on_target"):
+                raise Refused(3)
+            return
         move = build(state.phase)
         if move.moves_back and registry is None and not dry_run:
             raise ConfigurationError(f"{move.name} moves the target's waiting jobs back: "
@@ -153,18 +166,43 @@ def _move(ctx: Context, build: Callable[[Phase], Transition], kind: str, dry_run
         confirm(ctx, yes, f"Move the phase {move.name}"
                           + (" (FORCED past: " + ", ".join(c for c, _ in decision.refusals)
                              + ")" if decision.forced else "") + "?")
+        faults.point("phase_checked")  # decided, nothing written: a kill here changes nothing
         new = control.transition(decision, why=why, pair=pair, kind=kind,
                                  expect_epoch=state.epoch)
+        faults.point("phase_committed")  # moved; a move back not started: a re-run does it
         doc.update(phase=new.phase.value, epoch=new.epoch, moved=True)
         lines = [f"phase {move.frm} -> {new.phase} (epoch {new.epoch})"
                  + (" FORCED" if decision.forced else "")]
         if move.moves_back:
             assert registry is not None
-            lines += _move_back(ctx, control, preflight, new.epoch, force, doc)
+            lines += _move_back(control, preflight, new.epoch, force, doc)
     control.close()
     emit(ctx, doc, "\n".join(lines))
     if doc.get("left_on_target"):
         raise Refused(3)
+
+
+def _rerun(control: ControlPlane, state: PhaseState, preflight: Preflight, force: bool,
+           dry_run: bool) -> tuple[dict[str, Any], list[str]]:
+    """The phase is already where the command asks. If the transition that brought it there was
+    a rollback that moves the target's waiting jobs back, (re)run that move back: the first run
+    may have died after its commit, before or during its drain (the drain resumes). Otherwise
+    there is nothing to do."""
+    doc: dict[str, Any] = {"phase": state.phase.value, "epoch": state.epoch, "moved": False,
+                           "rerun": True, "dry_run": dry_run}
+    lines = [f"phase {state.phase} (epoch {state.epoch}) already"]
+    last = next(iter(control.history(1)), None)
+    if (last is None or last.to is not state.phase or last.epoch != state.epoch
+            or last.frm.step <= state.phase.step
+            or not rollback_move(last.frm, state.phase).moves_back):
+        return doc, [*lines, "nothing to do"]
+    if preflight.registry is None:
+        raise ConfigurationError(f"the rollback {last.frm} -> {state.phase} moves the target's "
+                                 "waiting jobs back: pass --app MODULE:ATTR (the task registry)")
+    if dry_run:
+        return doc, [*lines, f"would move the target's waiting jobs back (rollback "
+                             f"{last.frm} -> {state.phase})"]
+    return doc, lines + _move_back(control, preflight, state.epoch, force, doc)
 
 
 def _document(decision: Decision, *, dry_run: bool, epoch: int) -> dict[str, Any]:
@@ -201,7 +239,7 @@ def _refuse(ctx: Context, what: str, refusals: list[tuple[Check, str]]) -> None:
     raise Refused(3)
 
 
-def _move_back(ctx: Context, control: ControlPlane, preflight: Preflight, epoch: int,
+def _move_back(control: ControlPlane, preflight: Preflight, epoch: int,
                force: bool, doc: dict[str, Any]) -> list[str]:
     """After a rollback out of rampdown/complete: once producers acknowledged ``epoch`` (they
     stopped writing the target only), drain the target's waiting jobs back to the source."""

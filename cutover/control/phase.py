@@ -12,6 +12,7 @@ import os
 import socket
 from typing import Any
 
+from cutover import faults
 from cutover.control.plane import Plumbing
 from cutover.errors import ConfigurationError, PreconditionError
 from cutover.phases import Decision, Phase
@@ -164,6 +165,7 @@ class Phases(Plumbing):
                                  "forced": decision.forced, "refusals": refusals}, conn=conn)
             conn.execute(self.query("phase_notify"), {"payload": json.dumps(
                 {"schema": self.schema, "phase": new.phase.value, "epoch": new.epoch})})
+            faults.point("phase_in_tx")  # written, not committed: a kill here changes nothing
         return new
 
     def history(self, limit: int = 10) -> list[LogEntry]:
