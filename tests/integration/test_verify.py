@@ -296,3 +296,72 @@ def expire_like_rq(conn: redis.Redis, record: JobRecord) -> None:
     for registry_name in ("finished", "failed", "scheduled"):
         conn.zrem(f"rq:{registry_name}:{record.queue}", record.id)
     conn.lrem(f"rq:queue:{record.queue}", 0, record.id)
+
+
+# -- pinned by mutation testing (benchmarks/MUTATION.md) ----------------------------------------
+def reinsert_on_source(source: str, record: JobRecord, saved: dict[bytes, bytes] | None) -> None:
+    """Put a released job back on the source as a producer or a buggy release could: RQ gets
+    the job's exact hash back (and its id in its queue), PostgreSQL the same record again."""
+    if saved is None:
+        adapters.open_backend(source).put([record])
+        return
+    conn = redis.Redis.from_url(source)
+    conn.hset(f"rq:job:{record.id}", mapping=saved)
+    conn.rpush(f"rq:queue:{record.queue}", record.id)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_a_released_job_back_on_the_source_is_duplicated_though_fingerprints_agree(
+        urls: tuple[str, str], direction: str) -> None:
+    """The fingerprints compare the ledger with the target only: a released job whose source
+    copy is back is a duplicate even when every queue's fingerprint is equal (the "ids in both
+    backends" check must not depend on the fingerprint shortcut)."""
+    source, target = pair(urls, direction)
+    records = [registry.make_record(tasks.add, (i, 5)) for i in range(4)]
+    dup = records[2]
+    saved: dict[bytes, bytes] | None = None
+    if direction == "rq->pg":
+        adapters.open_backend(source).enqueue(records)
+        saved = redis.Redis.from_url(source).hgetall(f"rq:job:{dup.id}")
+        assert saved
+        code, moved = invoke_json(source, target, "drain", "--yes")
+        assert code == 0 and moved["moved"] == 4
+    else:
+        drained(source, target, records)
+    assert verify(source, target)[0] == 0
+    reinsert_on_source(source, dup, saved)
+    code, report = verify(source, target)
+    assert code == 1 and report["clean"] is False
+    assert ids(report["duplicated"]) == [dup.id]
+    # The shortcut saw nothing wrong: only the ids-in-both check can have found it.
+    assert report["queues"][dup.queue]["fingerprint_equal"] is True
+    assert report["lost"] == report["mismatched"] == report["pending"] == []
+
+
+def set_target_attempts(target: str, pg_url: str, record: JobRecord, attempts: int) -> None:
+    """Change the attempts a waiting job has used on the target, by hand."""
+    if target == pg_url:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("UPDATE procrastinate_jobs SET attempts = %s WHERE id = %s",
+                         (attempts, native_id(pg_url, record.id)))
+    else:
+        redis.Redis.from_url(target).hset(f"rq:job:{record.id}", "cutover_attempts", attempts)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_fewer_attempts_on_the_target_is_an_alteration_more_is_a_run(
+        urls: tuple[str, str], direction: str) -> None:
+    """Only attempts used since the move (more than the ledger's) mean the job ran on the
+    target; a waiting job whose attempts went back (reset by hand, a buggy put) was altered."""
+    source, target = pair(urls, direction)
+    records = [registry.make_record(tasks.add, (i, 6)).replace(attempts=2, max_attempts=5)
+               for i in range(3)]
+    drained(source, target, records)
+    lowered, raised = records[0], records[1]
+    set_target_attempts(target, urls[1], lowered, 0)
+    set_target_attempts(target, urls[1], raised, 3)
+    code, report = verify(source, target)
+    assert code == 1 and ids(report["mismatched"]) == [lowered.id]
+    assert report["mismatched"][0]["fields"]["attempts"] == {"ledger": 2, "target": 0}
+    assert report["ran_on_target"] == 1
+    assert report["lost"] == report["duplicated"] == []
