@@ -105,3 +105,26 @@ def test_a_password_the_url_shows_anyway_does_not_mangle_messages() -> None:
     assert text == ("PostgreSQL at postgresql://postgres:***@db:5432/app is unreachable: no "
                     "postgres listening")
     assert secrets_of("redis://:s3cr%2Ft@h/0") == ("s3cr%2Ft", "s3cr/t")
+
+
+@pytest.mark.parametrize("shorter", ["hunter", "2xyz", "ter2x"])
+def test_a_secret_inside_a_longer_one_leaves_none_of_the_longer_showing(shorter: str) -> None:
+    """Longest first: replacing the shorter secret first would leave the rest of the longer."""
+    longer = "hunter2xyz"
+    text = f"auth failed for {longer}; retrying"
+    assert redact_text(text, shorter, longer) == "auth failed for ***; retrying"
+    with hiding(f"redis://:{shorter}@a:6379/0", f"postgresql://u:{longer}@b/app"):
+        assert redact_text(text) == "auth failed for ***; retrying"
+
+
+@pytest.mark.parametrize("url", ["redis://cache:6379/0?password=pa?ss&ssl=1",
+                                 "postgresql://u@db:5432/app?sslmode=off&password=pa?ss"])
+def test_a_password_in_the_query_string_is_hidden_everywhere(url: str) -> None:
+    """``password=`` in the query: redact() hides it in the URL, and hiding() registers it
+    whole (up to the next ``&``, a ``?`` in it included) so that redact_text() hides it alone."""
+    assert "pa?ss" not in redact(url) and "password=***" in redact(url)
+    assert secrets_of(url) == ("pa?ss",)
+    with hiding(url):
+        text = redact_text(f"connecting to {url} failed: bad password 'pa?ss'")
+    assert "pa?ss" not in text and "ss'" not in text
+    assert text == f"connecting to {redact(url)} failed: bad password '***'"
