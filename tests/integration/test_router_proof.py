@@ -1,0 +1,163 @@
+"""Proof: producers in several threads and two processes enqueue continuously through the Router
+(``enqueue`` and ``enqueue_many``) while the phase walks off -> shadow -> live -> rampdown ->
+complete, with phase-aware cutover workers running on both sides; every accepted job (every id an
+enqueue returned) runs exactly once, counted in the table the task writes (fence_runs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cutover import Call, Router
+from cutover.control import MemberKind
+from cutover.phases import Phase, Side
+from cutover.worker import Worker
+from tests.integration.fence_tasks import registry
+from tests.integration.test_fence import ROOT, Pairing
+
+PRODUCER = """
+import sys, os, time
+from cutover import Call, Router
+from tests.integration.fence_tasks import registry
+router = Router(registry, source=sys.argv[1], target=sys.argv[2], refresh=0.2, heartbeat=0.3)
+name, stop, n = sys.argv[3], sys.argv[4], 0
+while not os.path.exists(stop):
+    n += 1
+    try:
+        if n % 2:
+            router.enqueue("fence.count", f"{name}-{n}")
+            print(f"{name}-{n}", flush=True)
+        else:
+            keys = [f"{name}-{n}-{i}" for i in range(4)]
+            router.enqueue_many([Call("fence.count", (k,)) for k in keys])
+            print("\\n".join(keys), flush=True)
+    except Exception as exc:  # not accepted: not counted
+        print(f"error {exc}", file=sys.stderr, flush=True)
+    time.sleep(0.02)
+router.close()
+"""
+
+
+@pytest.fixture
+def pairing(cutover_redis_url: str, cutover_database_url: str,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Pairing]:
+    monkeypatch.setenv("FENCE_RUNS_URL", cutover_database_url)
+    p = Pairing(cutover_redis_url, cutover_database_url)
+    yield p
+    p.close()
+
+
+class Producers:
+    """Three threads sharing one Router here, and two producer processes."""
+
+    def __init__(self, pairing: Pairing, tmp: Path) -> None:
+        self.stop_file = tmp / "stop"
+        self.accepted: list[str] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.router = Router(registry, source=pairing.source_url,
+                             target=pairing.target_url, refresh=0.2, heartbeat=0.3)
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        self.procs = [subprocess.Popen(
+            [sys.executable, "-c", PRODUCER, pairing.source_url, pairing.target_url,
+             f"p{i}", str(self.stop_file)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True) for i in range(2)]
+        self.threads = [threading.Thread(target=self._loop, args=(f"t{i}",)) for i in range(3)]
+        for t in self.threads:
+            t.start()
+
+    def _loop(self, name: str) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            try:
+                if n % 2:
+                    self.router.enqueue("fence.count", f"{name}-{n}")
+                    keys = [f"{name}-{n}"]
+                else:
+                    keys = [f"{name}-{n}-{i}" for i in range(3)]
+                    self.router.enqueue_many([Call("fence.count", (k,)) for k in keys])
+            except Exception as exc:
+                with self._lock:
+                    self.errors.append(repr(exc))
+                continue
+            with self._lock:
+                self.accepted.extend(keys)
+            time.sleep(0.02)
+
+    def finish(self) -> tuple[list[str], list[str]]:
+        self._stop.set()
+        self.stop_file.write_text("stop")
+        for t in self.threads:
+            t.join(30)
+        accepted, errors = list(self.accepted), list(self.errors)
+        for proc in self.procs:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            accepted += [line for line in out.splitlines() if line]
+            errors += [line for line in err.splitlines() if line.startswith("error")]
+        self.router.close()
+        return accepted, errors
+
+
+def test_every_accepted_job_runs_exactly_once_through_the_whole_walk(
+        pairing: Pairing, tmp_path: Path) -> None:
+    workers: list[Worker] = [pairing.worker(side, burst=False, lease=5.0)
+                             for side in (Side.SOURCE, Side.TARGET)]
+    runners = [threading.Thread(target=w.run, kwargs={"install_signal_handlers": False})
+               for w in workers]
+    for r in runners:
+        r.start()
+    producers = Producers(pairing, tmp_path)
+    try:
+        time.sleep(1.5)  # off: the source only
+        for phase in (Phase.SHADOW, Phase.LIVE, Phase.RAMPDOWN):
+            pairing.set_phase(phase)
+            acked(pairing, pairing.control.read_phase().epoch)
+            time.sleep(2.0)
+        # The leftovers of the source run there (fenced) until it is empty; then complete.
+        wait(lambda: not waiting(pairing), 60, "the source's leftovers to run")
+        pairing.set_phase(Phase.COMPLETE)
+        acked(pairing, pairing.control.read_phase().epoch)
+        time.sleep(1.5)
+    finally:
+        accepted, errors = producers.finish()
+    assert len(accepted) > 100 and len(set(accepted)) == len(accepted)
+    wait(lambda: set(accepted) <= set(pairing.runs()), 120, "every accepted job to run")
+    time.sleep(2.0)  # a second run, if any, would show now
+    for w in workers:
+        w.stop()
+    for r in runners:
+        r.join(60)
+    runs = pairing.runs()
+    twice = {k: n for k, n in runs.items() if n != 1}
+    assert twice == {}, f"ran more than once: {sorted(twice.items())[:10]}"
+    assert set(runs) == set(accepted)  # nothing ran that no producer was told was accepted
+    assert errors == []
+
+
+def waiting(pairing: Pairing) -> int:
+    return sum(n for per in pairing.source.counts().values() for s, n in per.items()
+               if s.live and s.value != "started")
+
+
+def acked(pairing: Pairing, epoch: int) -> None:
+    wait(lambda: all(p.acked_epoch >= epoch
+                     for p in pairing.control.alive(kind=MemberKind.PRODUCER)),
+         30, f"every producer to acknowledge epoch {epoch}")
+
+
+def wait(check: object, timeout: float, what: str) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
