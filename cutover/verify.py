@@ -124,7 +124,7 @@ def _compare(conn: Any, control: ControlPlane, pair: dict[str, str], queues: lis
     jobs neither backend holds, for :func:`_account_for_missing`."""
     missing: list[tuple[str, str]] = []
     rows = conn.execute(control.query("verify_settled"), {**pair, "queues": queues}).fetchall()
-    for job_id, queue, ldigest, tstate, tdigest, sstate, content, tattempts in rows:
+    for job_id, queue, _ldigest, tstate, _tdigest, sstate, content, tattempts in rows:
         if sstate is not None:
             report.duplicated.append({"id": job_id, "source_state": sstate,
                                       "target_state": tstate})
@@ -132,8 +132,8 @@ def _compare(conn: Any, control: ControlPlane, pair: dict[str, str], queues: lis
         if tstate is None:
             missing.append((job_id, queue))
             continue
-        if tdigest == ldigest:
-            continue
+        # verify_settled returns a target copy only when its digest differs from the ledger's
+        # (or the source holds the job too, handled above): no unchanged copy reaches here.
         expected = json.loads(content) if content else {}
         # A job that has run on the target since (it is no longer waiting, or has used
         # attempts) has a new digest: that is the target doing its work, not an alteration.
