@@ -19,11 +19,12 @@ import redis
 from cutover.backend import StoreIdentity
 from cutover.errors import ConfigurationError
 from cutover.urls import redact
+from cutover_rq import keys
 
 log = logging.getLogger("cutover.rq")
 
 #: The key of the marker, in every Redis database the toolkit opens.
-MARKER = "cutover:store-id"
+MARKER = keys.STORE_ID
 _DIGITS = re.compile(r"^[0-9]+$")
 
 
