@@ -75,6 +75,9 @@ def writes(phase: Phase) -> tuple[Side, ...]:
 
 def mode(phase: Phase, side: Side) -> Mode:
     """What a cutover worker on ``side`` does in ``phase``."""
+    # A plain "source" string is not Side.SOURCE by identity: it would silently get the
+    # target's rules (DRY in shadow: the source's jobs removed unrun). Normalise, or refuse.
+    side = Side(side)
     if side is Side.SOURCE:
         return {Phase.OFF: Mode.EXECUTE, Phase.SHADOW: Mode.EXECUTE, Phase.LIVE: Mode.FENCED,
                 Phase.RAMPDOWN: Mode.FENCED, Phase.COMPLETE: Mode.IDLE}[phase]

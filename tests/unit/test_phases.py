@@ -119,3 +119,11 @@ def test_phase_names_parse_or_say_which_exist() -> None:
     assert Phase.parse(" Live ") is Phase.LIVE
     with pytest.raises(ConfigurationError, match="off, shadow, live, rampdown, complete"):
         Phase.parse("liv")
+
+
+def test_mode_takes_a_side_by_its_name_and_refuses_an_unknown_one() -> None:
+    # "source" as a plain string once got the target's rules: DRY in shadow (removed unrun)
+    assert mode(Phase.SHADOW, "source") is Mode.EXECUTE  # type: ignore[arg-type]
+    assert mode(Phase.SHADOW, "target") is Mode.DRY  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sideways"):
+        mode(Phase.SHADOW, "sideways")  # type: ignore[arg-type]
