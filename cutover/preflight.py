@@ -10,17 +10,17 @@ report.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 
 from cutover.backend import QueueBackend
 from cutover.control import ControlPlane, MemberKind
 from cutover.control import fleet as fleet_family
-from cutover.errors import ConfigurationError, CutoverError
+from cutover.errors import CutoverError
 from cutover.phases import Check, Mode, Outcome, Phase, Side, Transition, mode
 from cutover.record import JobRecord, JobState
 from cutover.registry import TaskRegistry
+from cutover.settings import Settings
 
 #: Job states that count as "still waiting on the source" for SOURCE_DRAINED.
 WAITING = (JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED, JobState.HELD,
@@ -29,7 +29,8 @@ WAITING = (JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED, JobState.HELD
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    """How much evidence a move wants. From the environment by default:
+    """How much evidence a move wants; the command line's from its Settings
+    (:meth:`from_settings`):
     CUTOVER_SHADOW_MIN_JOBS (100), CUTOVER_SHADOW_MIN_RATE (0.99), CUTOVER_ACK_WAIT (seconds a
     check waits for producers to acknowledge the epoch, 10), CUTOVER_FLEET_LEASE (seconds a
     member stays alive after its last heartbeat, 15)."""
@@ -40,27 +41,12 @@ class Thresholds:
     fleet_lease: float = fleet_family.LEASE
 
     @classmethod
-    def from_env(cls) -> Thresholds:
-        def number(name: str, default: float, kind: Callable[[str], float]) -> float:
-            raw = os.environ.get(name)
-            if raw is None or not raw.strip():
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ConfigurationError(f"{name}={raw!r} is not a number") from None
-            if value < 0:
-                raise ConfigurationError(f"{name}={raw!r} must not be negative")
-            return value
-
-        rate = number("CUTOVER_SHADOW_MIN_RATE", cls.shadow_min_rate, float)
-        if rate > 1:
-            raise ConfigurationError(f"CUTOVER_SHADOW_MIN_RATE={rate} is a rate: 0..1")
-        return cls(shadow_min_jobs=int(number("CUTOVER_SHADOW_MIN_JOBS", cls.shadow_min_jobs,
-                                              int)),
-                   shadow_min_rate=rate,
-                   ack_wait=number("CUTOVER_ACK_WAIT", cls.ack_wait, float),
-                   fleet_lease=number("CUTOVER_FLEET_LEASE", cls.fleet_lease, float))
+    def from_settings(cls, settings: Settings) -> Thresholds:
+        """The thresholds of ``settings`` (their variables validated there, named if refused)."""
+        return cls(shadow_min_jobs=settings.shadow_min_jobs,
+                   shadow_min_rate=settings.shadow_min_rate, ack_wait=settings.ack_wait,
+                   fleet_lease=(cls.fleet_lease if settings.fleet_lease is None
+                                else settings.fleet_lease))
 
 
 @dataclasses.dataclass

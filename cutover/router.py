@@ -39,6 +39,7 @@ from cutover.phases import Phase, Side, writes
 from cutover.producer import Membership
 from cutover.record import JobRecord
 from cutover.registry import TaskRegistry
+from cutover.settings import DEFAULT_SCHEMA, Settings
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,10 @@ class Router:
 
     def __init__(self, registry: TaskRegistry, source: str, target: str | None = None, *,
                  control: str | None = None, metrics: Metrics | None = None,
-                 refresh: float = REFRESH, heartbeat: float = HEARTBEAT) -> None:
+                 refresh: float = REFRESH, heartbeat: float = HEARTBEAT,
+                 schema: str = DEFAULT_SCHEMA) -> None:
         self.registry = registry
+        self.schema = schema  # of the control plane (Settings.schema: CUTOVER_SCHEMA)
         self.source_url = source
         self.target_url = target
         self.metrics = METRICS if metrics is None else metrics
@@ -107,14 +110,16 @@ class Router:
         self._shared = False
 
     @classmethod
-    def from_env(cls, registry: TaskRegistry) -> Router:
-        """Build from ``CUTOVER_SOURCE``, ``CUTOVER_TARGET`` and ``CUTOVER_CONTROL``."""
-        source = os.environ.get("CUTOVER_SOURCE")
-        if not source:
+    def from_env(cls, registry: TaskRegistry, settings: Settings | None = None) -> Router:
+        """Build from ``CUTOVER_SOURCE``, ``CUTOVER_TARGET``, ``CUTOVER_CONTROL`` and
+        ``CUTOVER_SCHEMA`` (read by :meth:`Settings.from_env`, unless ``settings`` are given;
+        a malformed variable this Router does not use does not stop it)."""
+        settings = Settings.from_env() if settings is None else settings
+        if not settings.source:
             raise ConfigurationError("CUTOVER_SOURCE is not set (the URL of the backend the "
                                      "application uses today)")
-        return cls(registry, source=source, target=os.environ.get("CUTOVER_TARGET") or None,
-                   control=os.environ.get("CUTOVER_CONTROL") or None)
+        return cls(registry, source=settings.source, target=settings.target or None,
+                   control=settings.control or None, schema=settings.schema)
 
     # -- backends and the phase -------------------------------------------------------------
     def _forked(self) -> None:
@@ -155,7 +160,7 @@ class Router:
             return None
         with self._lock:
             if self._membership is None and time.monotonic() >= self._probe_at:
-                plane = ControlPlane(self.control_url)
+                plane = ControlPlane(self.control_url, self.schema)
                 try:
                     absent = plane.schema_version() is None
                 except BaseException:

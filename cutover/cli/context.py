@@ -28,6 +28,7 @@ from cutover.backend import QueueBackend
 from cutover.control import ControlPlane, control_url
 from cutover.errors import ConfigurationError, CutoverError
 from cutover.registry import TaskRegistry
+from cutover.settings import ENV, Settings
 from cutover.urls import redact, redact_text
 
 log = logging.getLogger("cutover.cli")
@@ -36,22 +37,36 @@ stderr = Console(stderr=True)
 
 @dataclasses.dataclass
 class Context:
-    """The global options of one ``cutover`` run (``click``'s ``obj``)."""
+    """One ``cutover`` run (``click``'s ``obj``): its :class:`Settings`, built once from the
+    environment and the global options, and whether to print JSON."""
 
-    source: str | None
-    target: str | None
-    app: str | None
-    json: bool
-    control: str | None = None
+    settings: Settings
+    json: bool = False
+
+    @property
+    def source(self) -> str | None:
+        return self.settings.source
+
+    @property
+    def target(self) -> str | None:
+        return self.settings.target
+
+    @property
+    def app(self) -> str | None:
+        return self.settings.app
+
+    @property
+    def control(self) -> str | None:
+        return self.settings.control
 
     def need(self, *names: str) -> None:
         for name in names:
             if not getattr(self, name):
-                env = {"source": "CUTOVER_SOURCE", "target": "CUTOVER_TARGET"}[name]
-                raise ConfigurationError(f"this command needs --{name} URL (or {env})")
+                raise ConfigurationError(f"this command needs --{name} URL (or {ENV[name]})")
 
     def control_plane(self) -> ControlPlane:
-        return ControlPlane(control_url(self.source, self.target, self.control))
+        return ControlPlane(control_url(self.source, self.target, self.control),
+                            self.settings.schema)
 
     def registry(self) -> TaskRegistry:
         if not self.app:
@@ -94,6 +109,15 @@ def load_registry(spec: str) -> TaskRegistry:
         raise ConfigurationError(f"--app {spec!r}: {attr!r} is not a cutover.TaskRegistry "
                                  f"(found {type(registry).__name__})")
     return registry
+
+
+def from_settings(field: str, text: str) -> str:
+    """An option's help: ``text``, then its default and variable (from Settings, so the help
+    says what the code does)."""
+    default = next(f.default for f in dataclasses.fields(Settings) if f.name == field)
+    shown = "none" if default is None else f"{default:g}" if isinstance(default, float) else default
+    env = f"; env {ENV[field]}" if field in ENV else ""
+    return f"{text} [default: {shown}{env}]"
 
 
 # --- the error funnel and --json anywhere -------------------------------------------------------

@@ -39,15 +39,16 @@ def _counts(backend: QueueBackend) -> dict[str, dict[str, int]]:
 @click.option("--prometheus", is_flag=True,
               help="Print only the merged metrics as Prometheus text exposition.")
 @click.option("--metrics-from", "endpoints", multiple=True, metavar="URL",
-              envvar="CUTOVER_METRICS_FROM",
               help="Also merge the metrics a worker serves at URL (http://HOST:PORT/metrics of "
-                   "its --metrics-port; repeatable) [env CUTOVER_METRICS_FROM, space-separated].")
+                   "its --metrics-port; repeatable) [env CUTOVER_METRICS_FROM, space-separated; "
+                   "the options given replace it].")
 @click.pass_obj
 def status(ctx: Context, watch: float | None, prometheus: bool,
            endpoints: tuple[str, ...]) -> None:
     """The phase, per backend and queue the jobs waiting / scheduled / active / completed /
     failed, the ledger's summary, and the metrics per backend (enqueue latency p50/p99, errors,
     consistency rate, duplicates skipped, in flight) merged over the fleet."""
+    endpoints = endpoints or ctx.settings.metrics_from
     if prometheus:
         merged, _ = fleet_metrics.gather(_fleet(ctx), endpoints)
         click.echo(metrics.exposition(merged), nl=False)
@@ -125,7 +126,8 @@ def _bypass_warnings(ctx: Context, control: ControlPlane,
         return []
     assert ctx.source is not None and ctx.target is not None
     outcome = Preflight(control, backends[ctx.source], backends[ctx.target], ctx.source,
-                        ctx.target, None, Thresholds.from_env()).no_native_bypass(phase)
+                        ctx.target, None, Thresholds.from_settings(ctx.settings)
+                        ).no_native_bypass(phase)
     return [] if outcome.passed else [f"native worker bypassing the fence: {w}"
                                       for w in outcome.detail.split("; ")]
 

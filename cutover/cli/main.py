@@ -8,32 +8,33 @@ import click
 
 from cutover import logs
 from cutover.cli import inspect, move, phase, proof, setup, worker
-from cutover.cli.context import Context, CutoverGroup
+from cutover.cli.context import Context, CutoverGroup, from_settings
+from cutover.settings import LOG_LEVELS, Settings
 from cutover.urls import hiding
 
 
 @click.group(cls=CutoverGroup,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--source", envvar="CUTOVER_SOURCE", metavar="URL",
+@click.option("--source", metavar="URL",
               help="Backend the jobs come from today, e.g. redis://localhost:6379/0 "
                    "[env CUTOVER_SOURCE].")
-@click.option("--target", envvar="CUTOVER_TARGET", metavar="URL",
+@click.option("--target", metavar="URL",
               help="Backend the jobs go to, e.g. postgresql://localhost/app [env CUTOVER_TARGET].")
-@click.option("--app", envvar="CUTOVER_APP", metavar="MODULE:ATTR",
+@click.option("--app", metavar="MODULE:ATTR",
               help="The application's cutover.TaskRegistry [env CUTOVER_APP].")
-@click.option("--control", envvar="CUTOVER_CONTROL", metavar="URL",
+@click.option("--control", metavar="URL",
               help="PostgreSQL database of the control plane (ledger, phase) when neither side is "
                    "PostgreSQL [env CUTOVER_CONTROL; default: the PostgreSQL side].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--log-level", envvar="CUTOVER_LOG_LEVEL", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              help="Verbosity of the logs on stderr.")
-@click.option("--log-format", envvar="CUTOVER_LOG_FORMAT", default="text", show_default=True,
-              type=click.Choice(["text", "json"]), help="json: one object a line, for shippers.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help=from_settings("log_level", "Verbosity of the logs on stderr."))
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help=from_settings("log_format", "json: one object a line, for shippers."))
 @click.version_option(package_name="queue-cutover")
 @click.pass_context
 def cli(click_ctx: click.Context, source: str | None, target: str | None, app: str | None,
-        control: str | None, as_json: bool, log_level: str, log_format: str) -> None:
+        control: str | None, as_json: bool, log_level: str | None,
+        log_format: str | None) -> None:
     """Move background jobs from RQ (Redis) to Procrastinate (PostgreSQL), and back, in stages,
     and prove that no job was lost or run twice.
 
@@ -43,12 +44,15 @@ def cli(click_ctx: click.Context, source: str | None, target: str | None, app: s
     Exit codes: 0 success; 1 verification found loss, duplicates or mismatches; 2 usage or
     configuration error; 3 a precondition refused the step.
     """
+    # Built once: the environment (the one reader of CUTOVER_*), then the options given.
+    settings = Settings.from_env().with_options(source=source, target=target, app=app,
+                                                control=control, log_level=log_level,
+                                                log_format=log_format)
     # Every password given on the command line is scrubbed from every log line and error of
     # this command, however a driver's message cut its URL (see cutover.urls).
-    click_ctx.with_resource(hiding(source, target, control))
-    logs.setup(log_level, "json" if log_format == "json" else "text")
-    click_ctx.obj = Context(source=source, target=target, app=app, json=as_json,
-                            control=control)
+    click_ctx.with_resource(hiding(settings.source, settings.target, settings.control))
+    logs.setup(settings.log_level, settings.log_format)
+    click_ctx.obj = Context(settings=settings, json=as_json)
 
 
 for command in (worker.worker, setup.init, inspect.status, inspect.audit_cmd, move.drain,

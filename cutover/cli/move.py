@@ -6,7 +6,7 @@ import click
 
 from cutover import stores
 from cutover.backend import StoreIdentity
-from cutover.cli.context import Context, DrainProgress, confirm, emit, opened
+from cutover.cli.context import Context, DrainProgress, confirm, emit, from_settings, opened
 from cutover.control import ControlPlane
 from cutover.drain import Drain, DrainOptions
 from cutover.errors import ConfigurationError
@@ -25,17 +25,17 @@ from cutover.held import release as run_release
 @click.option("--signal", "send", type=click.Choice(["pause", "resume", "stop"]), default=None,
               help="Flip the switch of the drain running between --source and --target, "
                    "from another shell, and exit.")
-@click.option("--workers", "-w", type=click.IntRange(1, 64), default=1, show_default=True,
-              envvar="CUTOVER_DRAIN_WORKERS",
-              help="Processes that split the jobs between them, each with its own "
-                   "connections (faster on a machine with cores to spare). They read the "
-                   "source in step, window by window: jobs keep the source's order to within "
-                   "a few batches; 1 keeps it exactly. [env CUTOVER_DRAIN_WORKERS]")
+@click.option("--workers", "-w", type=click.IntRange(1, 64),
+              help=from_settings("drain_workers", "Processes that split the jobs between them, "
+                                 "each with its own connections (faster on a machine with "
+                                 "cores to spare). They read the source in step, window by "
+                                 "window: jobs keep the source's order to within a few "
+                                 "batches; 1 keeps it exactly."))
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | None,
-          include_failed: bool, wait_running: float, send: str | None, workers: int,
+          include_failed: bool, wait_running: float, send: str | None, workers: int | None,
           dry_run: bool, yes: bool) -> None:
     """Move every movable job from --source to --target, with its ledger rows.
 
@@ -60,7 +60,8 @@ def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | 
     registry = ctx.registry()
     options = DrainOptions(queues=list(queues) or None, batch_size=batch_size, rate=rate,
                            include_failed=include_failed, wait_running=wait_running,
-                           dry_run=dry_run, workers=workers)
+                           dry_run=dry_run,
+                           workers=ctx.settings.with_options(drain_workers=workers).drain_workers)
     with opened(ctx.source, ctx.target) as (source, target):
         if not dry_run:
             confirm(ctx, yes, f"Move jobs from {source.url} to {target.url}?")

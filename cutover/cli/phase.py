@@ -38,7 +38,7 @@ def show(ctx: Context, limit: int) -> None:
     control.require()
     state = control.read_phase()
     history = control.history(limit)
-    members = control.alive(Thresholds.from_env().fleet_lease)
+    members = control.alive(Thresholds.from_settings(ctx.settings).fleet_lease)
     control.close()
     doc: dict[str, Any] = {**state.as_dict(), "history": [h.as_dict() for h in history],
                            "fleet": [m.as_dict() for m in members]}
@@ -146,7 +146,7 @@ def _move(ctx: Context, build: Callable[[Phase], Transition], kind: str, dry_run
         if goal is not None and goal is state.phase:
             doc, lines = _rerun(control, state, Preflight(
                 control, source, target, ctx.source, ctx.target, registry,
-                Thresholds.from_env()), force, dry_run)
+                Thresholds.from_settings(ctx.settings)), force, dry_run)
             control.close()
             emit(ctx, doc, "\n".join(lines))
             if doc.get("left_on_target"):
@@ -157,7 +157,7 @@ def _move(ctx: Context, build: Callable[[Phase], Transition], kind: str, dry_run
             raise ConfigurationError(f"{move.name} moves the target's waiting jobs back: "
                                      "pass --app MODULE:ATTR (the task registry)")
         preflight = Preflight(control, source, target, ctx.source, ctx.target, registry,
-                              Thresholds.from_env())
+                              Thresholds.from_settings(ctx.settings))
         decision = decide(move, preflight.evaluate(move, state.epoch), force=force, why=why)
         doc = _document(decision, dry_run=dry_run, epoch=state.epoch)
         if dry_run or not decision.allowed:

@@ -9,7 +9,7 @@ import click
 
 from cutover import adapters, metrics
 from cutover.backend import QueueBackend
-from cutover.cli.context import Context, emit
+from cutover.cli.context import Context, emit, from_settings
 from cutover.control import ControlPlane
 from cutover.errors import ConfigurationError
 from cutover.fence import PhaseGate, side_of
@@ -25,42 +25,38 @@ log = logging.getLogger("cutover.worker")
                    "'target', or a URL.")
 @click.option("--queue", "-q", "queues", multiple=True, metavar="Q",
               help="Queue to work (repeatable; default: all queues).")
-@click.option("--concurrency", "-c", envvar="CUTOVER_WORKER_CONCURRENCY", default=1,
-              show_default=True, type=click.IntRange(min=1),
-              help="Jobs run at once (threads) [env CUTOVER_WORKER_CONCURRENCY].")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1),
+              help=from_settings("worker_concurrency", "Jobs run at once (threads)."))
 @click.option("--burst", is_flag=True,
               help="Exit once nothing runnable is left (skipped jobs are reported, not retried).")
-@click.option("--poll-interval", default=0.5, show_default=True, type=click.FloatRange(min=0.01),
-              help="Seconds between polls when idle.")
-@click.option("--stalled-after", default=60.0, show_default=True,
-              type=click.FloatRange(min=1),
-              help="Seconds without heartbeat after which a started job is put back to waiting.")
-@click.option("--timeout", envvar="CUTOVER_WORKER_TIMEOUT", default=180.0, show_default=True,
-              type=click.FloatRange(min=0),
-              help="Seconds a job may run unless the job (RQ job_timeout) or its task sets its "
-                   "own limit; 0: no limit [env CUTOVER_WORKER_TIMEOUT].")
-@click.option("--isolation", envvar="CUTOVER_WORKER_ISOLATION", default="process",
-              show_default=True, type=click.Choice(["process", "thread"]),
-              help="process: each thread runs its jobs in a child process, killed on timeout; "
-                   "thread: in the worker process (a job past its timeout is failed and the "
-                   "worker exits 3 for its supervisor to restart it) "
-                   "[env CUTOVER_WORKER_ISOLATION].")
-@click.option("--metrics-port", envvar="CUTOVER_METRICS_PORT", type=click.IntRange(0, 65535),
-              default=None, metavar="PORT",
-              help="Serve this process's metrics as Prometheus text at "
-                   "http://HOST:PORT/metrics (0: a free port, logged) [env CUTOVER_METRICS_PORT].")
-@click.option("--metrics-host", envvar="CUTOVER_METRICS_HOST", default="127.0.0.1",
-              show_default=True, metavar="HOST",
-              help="Address the metrics server listens on [env CUTOVER_METRICS_HOST].")
-@click.option("--lease", envvar="CUTOVER_CLAIM_LEASE", default=30.0, show_default=True,
-              type=click.FloatRange(min=0.5), metavar="SECONDS",
-              help="Staged cut-over: the lease of a job's claim in the fence, extended every "
-                   "third of it while the job runs; a worker killed mid-job loses the job to "
-                   "the other copy after it [env CUTOVER_CLAIM_LEASE].")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01),
+              help=from_settings("worker_poll_interval", "Seconds between polls when idle."))
+@click.option("--stalled-after", type=click.FloatRange(min=1),
+              help=from_settings("worker_stalled_after", "Seconds without heartbeat after which "
+                                 "a started job is put back to waiting."))
+@click.option("--timeout", type=click.FloatRange(min=0),
+              help=from_settings("worker_timeout", "Seconds a job may run unless the job (RQ "
+                                 "job_timeout) or its task sets its own limit; 0: no limit."))
+@click.option("--isolation", type=click.Choice(["process", "thread"]),
+              help=from_settings("worker_isolation", "process: each thread runs its jobs in a "
+                                 "child process, killed on timeout; thread: in the worker "
+                                 "process (a job past its timeout is failed and the worker "
+                                 "exits 3 for its supervisor to restart it)."))
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help=from_settings("metrics_port", "Serve this process's metrics as Prometheus "
+                                 "text at http://HOST:PORT/metrics (0: a free port, logged)."))
+@click.option("--metrics-host", metavar="HOST",
+              help=from_settings("metrics_host", "Address the metrics server listens on."))
+@click.option("--lease", type=click.FloatRange(min=0.5), metavar="SECONDS",
+              help=from_settings("claim_lease", "Staged cut-over: the lease of a job's claim in "
+                                 "the fence, extended every third of it while the job runs; a "
+                                 "worker killed mid-job loses the job to the other copy after "
+                                 "it."))
 @click.pass_obj
-def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency: int,
-           burst: bool, poll_interval: float, stalled_after: float, timeout: float,
-           isolation: str, metrics_port: int | None, metrics_host: str, lease: float) -> None:
+def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency: int | None,
+           burst: bool, poll_interval: float | None, stalled_after: float | None,
+           timeout: float | None, isolation: str | None, metrics_port: int | None,
+           metrics_host: str | None, lease: float | None) -> None:
     """Run the registry's tasks from one backend.
 
     Runs jobs enqueued through queue-cutover and jobs that plain RQ or Procrastinate code
@@ -76,10 +72,17 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
     shadow (compared with the source copy, never run) and claims nothing where its side is out of
     service. With no control plane, or before any phase was set, it works as a plain worker.
     """
+    s = ctx.settings.with_options(  # the options given win over the environment
+        worker_concurrency=concurrency, worker_poll_interval=poll_interval,
+        worker_stalled_after=stalled_after, worker_timeout=timeout, worker_isolation=isolation,
+        metrics_port=metrics_port, metrics_host=metrics_host, claim_lease=lease,
+    ).check(  # refuse a malformed variable of this command before starting anything
+        "worker_concurrency", "worker_poll_interval", "worker_stalled_after", "worker_timeout",
+        "worker_isolation", "metrics_port", "metrics_host", "claim_lease")
     backend: QueueBackend | None = None
     source: QueueBackend | None = None
     gate: PhaseGate | None = None
-    server = None if metrics_port is None else _serve_metrics(metrics_port, metrics_host)
+    server = None if s.metrics_port is None else _serve_metrics(s.metrics_port, s.metrics_host)
     try:
         registry = ctx.registry()
         url = ctx.backend_url(backend_name)
@@ -89,12 +92,12 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
             side = side_of(backend, control.read_phase(), ctx.source, ctx.target, url)
             if side is Side.TARGET and ctx.source:
                 source = adapters.open_backend(ctx.source)
-            gate = PhaseGate(control, backend, side, source=source, lease=lease)
-        report = Worker(backend, registry, queues=queues or None, concurrency=concurrency,
-                        burst=burst, poll_interval=poll_interval,
-                        stalled_after=stalled_after, timeout=timeout or None,
-                        isolation="process" if isolation == "process" else "thread",
-                        gate=gate).run()
+            gate = PhaseGate(control, backend, side, source=source, lease=s.claim_lease)
+        report = Worker(backend, registry, queues=queues or None,
+                        concurrency=s.worker_concurrency, burst=burst,
+                        poll_interval=s.worker_poll_interval,
+                        stalled_after=s.worker_stalled_after, timeout=s.worker_timeout or None,
+                        isolation=s.worker_isolation, gate=gate).run()
     finally:
         if gate is not None:
             gate.close()

@@ -26,7 +26,7 @@ from cutover.control.phase import (
     PhaseState,
     ShadowRate,
 )
-from cutover.control.plane import PG_SCHEMES, backend_key, control_url, schema_name
+from cutover.control.plane import PG_SCHEMES, backend_key, control_url
 from cutover.control.runs import Failure, RunRecord, Runs
 from cutover.control.watcher import PhaseWatcher
 
@@ -39,5 +39,5 @@ __all__ = [
     "CHANNEL", "PG_SCHEMES", "Claim", "ClaimState", "ControlPlane", "Failure", "LedgerEntry",
     "LedgerState", "LogEntry", "Member", "MemberKind", "Pair", "PhaseConflictError",
     "PhaseState", "PhaseWatcher", "RunRecord", "ShadowRate", "UnfinishedMove", "backend_key",
-    "control_url", "schema_name",
+    "control_url",
 ]

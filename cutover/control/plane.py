@@ -1,7 +1,8 @@
 """The control plane's plumbing: where it lives, its connection, its SQL, its schema migrations.
 
 The control schema lives in the PostgreSQL database of whichever side is PostgreSQL (or the one
-``--control`` names), in the schema named by ``CUTOVER_SCHEMA`` (default ``cutover``). Each table
+``--control`` names), in the schema its caller names (``Settings.schema``: ``CUTOVER_SCHEMA``,
+default ``cutover``). Each table
 family keeps its SQL in ``sql/<family>.sql`` as named blocks; the schema itself is built by the
 numbered files in ``migrations/`` (see :mod:`cutover.control.migrations`).
 """
@@ -25,6 +26,7 @@ from cutover import adapters
 from cutover.backend import StoreIdentity
 from cutover.control import migrations
 from cutover.errors import BackendError, BackendUnavailableError, ConfigurationError
+from cutover.settings import DEFAULT_SCHEMA
 from cutover.urls import ambiguity, redact, redact_text, secrets_of
 
 log = logging.getLogger("cutover.control")
@@ -60,14 +62,6 @@ def backend_key(url: str) -> str:
     them on this.)"""
     name, inner = adapters.split(url)
     return f"{name}+{redact(inner)}"
-
-
-def schema_name() -> str:
-    name = os.environ.get("CUTOVER_SCHEMA", "cutover")
-    if not _IDENT.match(name):
-        raise ConfigurationError(f"CUTOVER_SCHEMA={name!r} is not a valid schema name (lower "
-                                 "case letters, digits and _, not starting with a digit)")
-    return name
 
 
 def control_url(source: str | None, target: str | None, explicit: str | None = None) -> str:
@@ -108,9 +102,11 @@ class Plumbing:
 
     def __init__(self, url: str, schema: str | None = None) -> None:
         self.url = url
-        self.schema = schema or schema_name()
+        self.schema = schema or DEFAULT_SCHEMA  # the caller's (Settings.schema: CUTOVER_SCHEMA)
         if not _IDENT.match(self.schema):
-            raise ConfigurationError(f"schema {self.schema!r} is not a valid schema name")
+            raise ConfigurationError(f"CUTOVER_SCHEMA={self.schema!r} is not a valid schema "
+                                     "name (lower case letters, digits and _, not starting "
+                                     "with a digit)")
         self._redacted = redact(url)
         self._secrets = secrets_of(url)
         problem = ambiguity(url)
