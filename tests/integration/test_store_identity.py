@@ -267,8 +267,9 @@ def test_a_redis_user_that_cannot_write_the_marker_falls_back_to_the_run_id(
     user = f"identity-ro-{uuid.uuid4().hex[:8]}"
     admin = redis.Redis.from_url(cutover_redis_url.removeprefix("rq+"))
     try:
+        # SELECT is in @connection on Redis 7 but in @keyspace on Redis 6 (the embedded server).
         admin.acl_setuser(user, enabled=True, nopass=True, keys=["*"],
-                          commands=["+@read", "+@connection", "+info"])
+                          commands=["+@read", "+@connection", "+select", "+info"])
     except redis.ResponseError as exc:
         pytest.skip(f"this Redis has no ACLs: {exc}")
     try:
