@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cutover import Router, adapters
-from cutover.audit import audit
+from cutover.audit import Classifier, audit
 from cutover.backend import QueueBackend
 from cutover.control import ControlPlane
 from cutover.drain import Drain, DrainOptions
@@ -111,7 +111,7 @@ def tour(source: str, target: str) -> int:
         queue.enqueue(process_event, *event)
     control = ControlPlane(target.removeprefix("procrastinate+"))
     control.init()
-    found = audit(rq_backend, registry, pg_backend.capabilities)
+    found = audit(rq_backend, Classifier(registry, pg_backend))
     console.print("audit: " + ", ".join(f"{k} {v}" for k, v in sorted(found.by_class.items())))
     drained = Drain(rq_backend, source, pg_backend, target, control, registry,
                     DrainOptions(batch_size=50)).run()
