@@ -98,7 +98,11 @@ class PhaseGate:
         self._acked = -1
         self._seen: dict[str, int] = {}
         self._logged: tuple[Phase, Mode] | None = None
-        self.beat()
+        try:
+            self.beat()
+        except BaseException:
+            self.watcher.close()
+            raise
         self._thread = threading.Thread(target=self._run, name="cutover-fence-heartbeat",
                                         daemon=True)
         self._thread.start()
@@ -254,6 +258,12 @@ class PhaseGate:
 
     def _run(self) -> None:
         """Extend the leases of running jobs (every lease/3) and heartbeat the membership."""
+        try:
+            self._beats()
+        finally:
+            self.control.close_thread()  # this thread's connection ends with it
+
+    def _beats(self) -> None:
         last = time.monotonic()
         while not self._stop.wait(self.lease / 3):
             with self._lock:
@@ -275,8 +285,9 @@ class PhaseGate:
                     log.error("fleet heartbeat failed: %s", exc)
 
     def close(self) -> None:
-        """Leave the fleet (running claims are finished or released by the worker first).
-        Idempotent."""
+        """Leave the fleet (running claims are finished or released by the worker first), stop
+        the heartbeat thread and the watcher (their connections close with them). The control
+        plane stays open: it is the caller's. Idempotent."""
         if self._stop.is_set():
             return
         self._stop.set()
@@ -284,6 +295,25 @@ class PhaseGate:
         self.watcher.close()
         with contextlib.suppress(CutoverError):
             self.control.deregister(self.member)
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    """What a :class:`~cutover.worker.Worker` needs to build its own :class:`PhaseGate`: the
+    worker opens the gate when ``run()`` starts and closes it when ``run()`` returns (the
+    control plane stays the caller's, as with a gate handed in)."""
+
+    control: ControlPlane
+    side: Side
+    source: QueueBackend | None = None
+    lease: float = LEASE
+    heartbeat: float = HEARTBEAT
+    refresh: float | None = None
+
+    def open(self, backend: QueueBackend, metrics: Metrics | None = None) -> PhaseGate:
+        return PhaseGate(self.control, backend, self.side, source=self.source,
+                         lease=self.lease, heartbeat=self.heartbeat, refresh=self.refresh,
+                         metrics=metrics)
 
 
 def side_of(backend: QueueBackend, state: PhaseState, source_url: str | None,

@@ -26,14 +26,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, Literal
 
 from cutover.backend import QueueBackend
 from cutover.control.claims import ClaimState
 from cutover.errors import CutoverError
-from cutover.fence import PhaseGate
+from cutover.fence import GateConfig, PhaseGate
 from cutover.metrics import METRICS, Metrics
 from cutover.phases import Mode
 from cutover.record import JobRecord
@@ -87,8 +87,20 @@ class Worker:
     limit). ``isolation``: ``"process"`` (a child process per thread, killed on timeout) or
     ``"thread"`` (in-process; a timed-out job is failed and the worker stops, see the module
     docstring). ``metrics``: where claims, in-flight jobs and outcomes are counted per backend
-    (this process's :data:`cutover.metrics.METRICS` unless given another). ``gate``: the staged
-    cut-over's phase and fence (:mod:`cutover.fence`); without one the worker runs every job.
+    (this process's :data:`cutover.metrics.METRICS` unless given another).
+
+    ``gate``: the staged cut-over's phase and fence (:mod:`cutover.fence`); without one the
+    worker runs every job. Who closes it is who built it:
+
+    - a :class:`~cutover.fence.GateConfig`: the worker builds its :class:`PhaseGate` when
+      :meth:`run` starts and closes it when :meth:`run` returns (or raises): its heartbeat
+      thread, its watcher and their connections end, and it leaves the fleet;
+    - a :class:`PhaseGate` handed in stays the caller's: :meth:`run` leaves it open (the caller
+      may read it afterwards, or run the worker again with it) and the caller closes it, which
+      it must: until then the gate heartbeats a fleet member for a worker that no longer runs.
+
+    Either way the control plane is the caller's, and each thread :meth:`run` starts closes its
+    own control-plane connection as it ends.
     """
 
     def __init__(self, backend: QueueBackend, registry: TaskRegistry, *,
@@ -96,7 +108,8 @@ class Worker:
                  poll_interval: float = 0.5, stalled_after: float = 60.0,
                  heartbeat_interval: float = 10.0, name: str | None = None,
                  timeout: float | None = None, isolation: Isolation = "thread",
-                 metrics: Metrics | None = None, gate: PhaseGate | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 gate: PhaseGate | GateConfig | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if isolation not in ("process", "thread"):
@@ -112,9 +125,12 @@ class Worker:
         self.name = name or f"cutover.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.report = WorkerReport()
         self.metrics = METRICS if metrics is None else metrics
-        self.gate = gate
-        if gate is not None and gate.metrics is None:
-            gate.metrics = self.metrics
+        #: The gate the worker runs with: the one handed in, or the one it built from a
+        #: GateConfig (from run()'s start on; closed when run() returns).
+        self.gate: PhaseGate | None = gate if isinstance(gate, PhaseGate) else None
+        self._gate_config = gate if isinstance(gate, GateConfig) else None
+        if self.gate is not None and self.gate.metrics is None:
+            self.gate.metrics = self.metrics
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._signals = 0
@@ -159,7 +175,11 @@ class Worker:
         log.info("worker %s started on %s (queues: %s, concurrency %d%s)", self.name,
                  self.backend.url, ", ".join(self.queues) if self.queues else "all",
                  self.concurrency, ", burst" if self.burst else "")
+        built: PhaseGate | None = None
+        helpers: list[threading.Thread] = []
         try:
+            if self._gate_config is not None:
+                self.gate = built = self._gate_config.open(self.backend, self.metrics)
             self.backend.heartbeat(self.name)
             if self.gate is not None:
                 # Now that the backend registered this worker in its own registry (procrastinate
@@ -173,24 +193,31 @@ class Worker:
                                for i in range(self.concurrency)]
                 for slot in self._slots:
                     slot.start()
-            beat = threading.Thread(target=self._beat, name=f"{self.name}-heartbeat", daemon=True)
-            beat.start()
+            helpers.append(threading.Thread(target=self._releasing, args=(self._beat,),
+                                            name=f"{self.name}-heartbeat", daemon=True))
             if self.isolation == "thread":
-                threading.Thread(target=self._watchdog, name=f"{self.name}-watchdog",
-                                 daemon=True).start()
-            threads = [threading.Thread(target=self._loop, args=(i,), name=f"{self.name}-{i}",
-                                        daemon=True) for i in range(self.concurrency)]
+                helpers.append(threading.Thread(target=self._releasing, args=(self._watchdog,),
+                                                name=f"{self.name}-watchdog", daemon=True))
+            for t in helpers:
+                t.start()
+            threads = [threading.Thread(target=self._releasing, args=(self._loop, i),
+                                        name=f"{self.name}-{i}", daemon=True)
+                       for i in range(self.concurrency)]
             for t in threads:
                 t.start()
             for t in threads:
                 while t.is_alive() and t.name not in self._abandoned:
                     t.join(timeout=0.2)
-            self._stop.set()
         finally:
+            self._stop.set()
+            for t in helpers:  # they end at once on _stop (a recovery under way finishes)
+                t.join(timeout=max(self.heartbeat_interval, 5.0))
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             for slot in self._slots:
                 slot.close() if self._signals < 2 else slot.kill()
+            if built is not None:
+                built.close()
         log.info("worker %s stopped: %d succeeded, %d failed, %d retried, %d skipped",
                  self.name, self.report.succeeded, self.report.failed, self.report.retried,
                  len(self.report.skipped))
@@ -202,6 +229,15 @@ class Worker:
         if self._error is not None:
             raise self._error
         return self.report
+
+    def _releasing(self, target: Callable[..., None], *args: Any) -> None:
+        """Run one of the worker's threads; as it ends, close the control-plane connection it
+        opened (the gate's calls open one per thread)."""
+        try:
+            target(*args)
+        finally:
+            if self.gate is not None:
+                self.gate.control.close_thread()
 
     def _recover(self) -> None:
         recovered = self.backend.recover_stalled(self.stalled_after)

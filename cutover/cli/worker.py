@@ -12,7 +12,7 @@ from cutover.backend import QueueBackend
 from cutover.cli.context import Context, emit, from_settings
 from cutover.control import ControlPlane
 from cutover.errors import ConfigurationError
-from cutover.fence import PhaseGate, side_of
+from cutover.fence import GateConfig, side_of
 from cutover.phases import Side
 from cutover.worker import Worker
 
@@ -81,7 +81,8 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
         "worker_isolation", "metrics_port", "metrics_host", "claim_lease")
     backend: QueueBackend | None = None
     source: QueueBackend | None = None
-    gate: PhaseGate | None = None
+    control: ControlPlane | None = None
+    gate: GateConfig | None = None
     server = None if s.metrics_port is None else _serve_metrics(s.metrics_port, s.metrics_host)
     try:
         registry = ctx.registry()
@@ -92,16 +93,15 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
             side = side_of(backend, control.read_phase(), ctx.source, ctx.target, url)
             if side is Side.TARGET and ctx.source:
                 source = adapters.open_backend(ctx.source)
-            gate = PhaseGate(control, backend, side, source=source, lease=s.claim_lease)
+            gate = GateConfig(control, side, source=source, lease=s.claim_lease)
         report = Worker(backend, registry, queues=queues or None,
                         concurrency=s.worker_concurrency, burst=burst,
                         poll_interval=s.worker_poll_interval,
                         stalled_after=s.worker_stalled_after, timeout=s.worker_timeout or None,
                         isolation=s.worker_isolation, gate=gate).run()
     finally:
-        if gate is not None:
-            gate.close()
-            gate.control.close()
+        if control is not None:  # the worker closed the gate it built from ``gate``
+            control.close()
         if source is not None:
             source.close()
         if backend is not None:

@@ -186,7 +186,15 @@ class Plumbing:
             with own.transaction():
                 yield own
 
+    def close_thread(self) -> None:
+        """Close the calling thread's connection, if it has one: a thread that used this plane
+        calls it as it ends (its connection would otherwise stay open until the garbage
+        collector finds it). The plane stays usable; a later call connects again."""
+        self._drop()
+
     def close(self) -> None:
+        """Close the calling thread's connection (the owner's; threads that used the plane
+        :meth:`close_thread` their own as they end)."""
         self._drop()
 
     # -- transaction pooling (PgBouncer pool_mode=transaction) -------------------------------

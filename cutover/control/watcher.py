@@ -132,6 +132,15 @@ class PhaseWatcher:
                 log.exception("phase change callback failed")
 
     def _run(self) -> None:
+        try:
+            self._watch()
+        finally:  # close() closes it too, but the thread may have reconnected meanwhile
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def _watch(self) -> None:
         pid = 0
         while not self._stop.is_set():
             try:
