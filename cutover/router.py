@@ -39,7 +39,7 @@ from cutover.phases import Phase, Side, writes
 from cutover.producer import Membership
 from cutover.record import JobRecord
 from cutover.registry import TaskRegistry
-from cutover.settings import DEFAULT_SCHEMA, Settings
+from cutover.settings import DEFAULT_SCHEMA, ControlPooling, Settings
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,10 @@ class Router:
     Every enqueue call is timed and counted per backend in ``metrics`` (this process's
     :data:`cutover.metrics.METRICS` unless given another): latency, jobs, errors.
     """
+
+    #: Whether the control plane is behind a transaction pooler (``Settings.control_pooling``,
+    #: ``CUTOVER_CONTROL_POOLING``; :meth:`from_env` sets it): set before the first enqueue.
+    pooling: ControlPooling = "auto"
 
     def __init__(self, registry: TaskRegistry, source: str, target: str | None = None, *,
                  control: str | None = None, metrics: Metrics | None = None,
@@ -118,8 +122,10 @@ class Router:
         if not settings.source:
             raise ConfigurationError("CUTOVER_SOURCE is not set (the URL of the backend the "
                                      "application uses today)")
-        return cls(registry, source=settings.source, target=settings.target or None,
-                   control=settings.control or None, schema=settings.schema)
+        router = cls(registry, source=settings.source, target=settings.target or None,
+                     control=settings.control or None, schema=settings.schema)
+        router.pooling = settings.control_pooling
+        return router
 
     # -- backends and the phase -------------------------------------------------------------
     def _forked(self) -> None:
@@ -160,7 +166,7 @@ class Router:
             return None
         with self._lock:
             if self._membership is None and time.monotonic() >= self._probe_at:
-                plane = ControlPlane(self.control_url, self.schema)
+                plane = ControlPlane(self.control_url, self.schema, pooling=self.pooling)
                 try:
                     absent = plane.schema_version() is None
                 except BaseException:

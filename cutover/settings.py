@@ -40,10 +40,15 @@ ENV: Final[Mapping[str, str]] = {
     "shadow_min_rate": "CUTOVER_SHADOW_MIN_RATE",
     "ack_wait": "CUTOVER_ACK_WAIT",
     "fleet_lease": "CUTOVER_FLEET_LEASE",
+    "control_pooling": "CUTOVER_CONTROL_POOLING",
 }
 
 DEFAULT_SCHEMA: Final = "cutover"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Whether the control plane's connections go through a transaction pooler: said outright
+#: (``transaction`` / ``session``) or probed (``auto``); see ControlPlane.pooled.
+ControlPooling = Literal["auto", "transaction", "session"]
+POOLING: Final[tuple[ControlPooling, ...]] = ("auto", "transaction", "session")
 
 # (lowest, highest) allowed for each number; the command line's options use the same bounds.
 _BOUNDS: Final[Mapping[str, tuple[float, float | None]]] = {
@@ -69,6 +74,7 @@ _CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
     "log_level": LOG_LEVELS,
     "log_format": ("text", "json"),
     "worker_isolation": ("process", "thread"),
+    "control_pooling": POOLING,
 }
 
 
@@ -116,6 +122,9 @@ class Settings:
     """Phase preconditions: seconds a check waits for producers to acknowledge the epoch."""
     fleet_lease: float | None = None
     """Seconds a fleet member stays alive after its last heartbeat (None: the fleet's own)."""
+    control_pooling: ControlPooling = "auto"
+    """Whether the control plane is behind a transaction pooler (PgBouncer
+    ``pool_mode=transaction``): ``transaction``, ``session``, or ``auto`` (probed)."""
     _problems: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False,
                                                      compare=False)
     """Field -> why its variable was refused; reading that field raises (see from_env)."""
@@ -139,6 +148,9 @@ class Settings:
         level = object.__getattribute__(self, "log_level")
         if isinstance(level, str) and level.upper() in LOG_LEVELS:
             object.__setattr__(self, "log_level", level.upper())
+        pooling = object.__getattribute__(self, "control_pooling")
+        if isinstance(pooling, str) and pooling.strip().lower() in POOLING:
+            object.__setattr__(self, "control_pooling", pooling.strip().lower())
         for name in (*_CHOICES, *_BOUNDS):
             if name not in self._problems:
                 problem = _problem(name, object.__getattribute__(self, name))
@@ -181,6 +193,8 @@ class Settings:
                 continue
             if name == "log_level":
                 value = value.upper()
+            elif name == "control_pooling":
+                value = value.strip().lower()
             problem = _problem(name, value)
             if problem is None:
                 given[name] = value

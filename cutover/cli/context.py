@@ -64,9 +64,15 @@ class Context:
             if not getattr(self, name):
                 raise ConfigurationError(f"this command needs --{name} URL (or {ENV[name]})")
 
+    def control_url(self) -> str:
+        """The control plane's PostgreSQL URL; refuses (exit 2) when there is none."""
+        return control_url(self.source, self.target, self.control)
+
     def control_plane(self) -> ControlPlane:
-        return ControlPlane(control_url(self.source, self.target, self.control),
-                            self.settings.schema)
+        """The control plane, in the configured schema and pooling (a malformed
+        CUTOVER_SCHEMA or CUTOVER_CONTROL_POOLING refuses, exit 2, naming it)."""
+        return ControlPlane(self.control_url(), self.settings.schema,
+                            pooling=self.settings.control_pooling)
 
     def registry(self) -> TaskRegistry:
         if not self.app:

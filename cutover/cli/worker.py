@@ -142,9 +142,12 @@ def _control_plane(ctx: Context) -> ControlPlane | None:
     if not (ctx.control or ctx.source or ctx.target):
         return None
     try:
-        control = ctx.control_plane()
+        ctx.control_url()
     except ConfigurationError:
         return None  # neither side is PostgreSQL and no --control: no staged cut-over
+    # A malformed CUTOVER_SCHEMA or CUTOVER_CONTROL_POOLING refuses (exit 2): a worker that
+    # skipped the control plane for it would run jobs outside the fence.
+    control = ctx.control_plane()
     if not control.initialized():
         control.close()
         return None

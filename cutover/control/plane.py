@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from cutover import adapters
 from cutover.backend import StoreIdentity
 from cutover.control import migrations
 from cutover.errors import BackendError, BackendUnavailableError, ConfigurationError
-from cutover.settings import DEFAULT_SCHEMA
+from cutover.settings import DEFAULT_SCHEMA, POOLING, ControlPooling
 from cutover.urls import ambiguity, redact, redact_text, secrets_of
 
 log = logging.getLogger("cutover.control")
@@ -77,16 +76,14 @@ def control_url(source: str | None, target: str | None, explicit: str | None = N
                              "CUTOVER_CONTROL) naming a PostgreSQL database")
 
 
-def pooling_declared() -> bool | None:
-    """``CUTOVER_CONTROL_POOLING``: True for ``transaction``, False for ``session``, None when
-    unset (then the plane probes)."""
-    value = os.environ.get("CUTOVER_CONTROL_POOLING", "").strip().lower()
-    if value in ("", "auto"):
-        return None
-    if value not in ("transaction", "session"):
-        raise ConfigurationError(f"CUTOVER_CONTROL_POOLING={value!r}: expected transaction, "
-                                 "session or auto")
-    return value == "transaction"
+def pooling_declared(pooling: str) -> bool | None:
+    """The caller's pooling (``Settings.control_pooling``: ``CUTOVER_CONTROL_POOLING``): True
+    for ``transaction``, False for ``session``, None for ``auto`` (then the plane probes)."""
+    value = pooling.strip().lower()
+    if value not in POOLING:
+        raise ConfigurationError(f"CUTOVER_CONTROL_POOLING={pooling!r}: expected "
+                                 f"{', '.join(POOLING)}")
+    return None if value == "auto" else value == "transaction"
 
 
 def backend_pid(conn: psycopg.Connection[Any]) -> int:
@@ -100,7 +97,8 @@ class Plumbing:
     """Connection, transactions, SQL and schema of the control plane; the table families
     (ledger, runs, phase, fleet, claims) build on it and :class:`ControlPlane` joins them."""
 
-    def __init__(self, url: str, schema: str | None = None) -> None:
+    def __init__(self, url: str, schema: str | None = None, *,
+                 pooling: ControlPooling = "auto") -> None:
         self.url = url
         self.schema = schema or DEFAULT_SCHEMA  # the caller's (Settings.schema: CUTOVER_SCHEMA)
         if not _IDENT.match(self.schema):
@@ -113,7 +111,9 @@ class Plumbing:
         if problem:
             raise ConfigurationError(f"control plane {self._redacted}: {problem}")
         self._local = threading.local()  # one connection per thread (a drain has two)
-        self._pooled: bool | None = None
+        #: The caller's (Settings.control_pooling): a plane built from this one passes it on.
+        self.pooling = pooling
+        self._pooled: bool | None = pooling_declared(pooling)  # None: probed when first asked
 
     def __repr__(self) -> str:
         return f"ControlPlane({self._redacted!r}, schema={self.schema!r})"
@@ -160,7 +160,7 @@ class Plumbing:
         """A new autocommit connection of the caller's own (a watcher's LISTEN, a heartbeat)."""
         # Behind a transaction pooler, a server-side prepared statement (psycopg prepares a
         # query run 5 times) may be looked up on another server backend: never prepare there.
-        pooled = self._pooled if self._pooled is not None else pooling_declared()
+        pooled = self._pooled
         with self._errors(doing):
             if pooled:
                 return psycopg.connect(self.url, autocommit=True, connect_timeout=5,
@@ -202,18 +202,17 @@ class Plumbing:
         """Whether this plane's connections go through a transaction pooler, where a session
         (its advisory locks, its LISTEN) does not survive the end of a transaction.
 
-        ``CUTOVER_CONTROL_POOLING=transaction|session`` says so outright (the reliable way);
-        otherwise three transactions in a row on one connection must be served by one server
-        backend (a pooler that hands them to different backends is found; one that happens
-        to reuse the same backend while idle is not: set the variable behind a pooler)."""
+        ``pooling="transaction"|"session"`` (``CUTOVER_CONTROL_POOLING``) says so outright (the
+        reliable way); on ``"auto"`` three transactions in a row on one connection must be
+        served by one server backend (a pooler that hands them to different backends is
+        found; one that happens to reuse the same backend while idle is not: declare it behind
+        a pooler)."""
         cached = self._pooled
         if cached is None:
             with self._errors("probing for a transaction pooler"):
-                cached = pooling_declared()
-                if cached is None:
-                    conn = self.connection()
-                    pids = {backend_pid(conn) for _ in range(3)}
-                    cached = len(pids) > 1
+                conn = self.connection()
+                pids = {backend_pid(conn) for _ in range(3)}
+                cached = len(pids) > 1
             self._pooled = cached
             if cached:
                 self._drop()  # reconnect without prepared statements (see connect)

@@ -215,7 +215,8 @@ class Drain:
         options, its own connections, constructed complete."""
         return Drain(adapters.open_backend(self.source_url), self.source_url,
                      adapters.open_backend(self.target_url), self.target_url,
-                     ControlPlane(self.control.url, self.control.schema), self.registry,
+                     ControlPlane(self.control.url, self.control.schema,
+                                  pooling=self.control.pooling), self.registry,
                      dataclasses.replace(self.options), run_id=self.run_id,
                      partition=(k, n), barrier=barrier)
 

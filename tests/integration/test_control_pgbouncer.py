@@ -85,10 +85,8 @@ def bouncer(cutover_database_url: str) -> Iterator[str]:
     proc.wait(10)
 
 
-def test_control_works_behind_pgbouncer_transaction_mode_when_told(
-        bouncer: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CUTOVER_CONTROL_POOLING", "transaction")
-    plane = ControlPlane(bouncer, schema="cutover_pgb")
+def test_control_works_behind_pgbouncer_transaction_mode_when_told(bouncer: str) -> None:
+    plane = ControlPlane(bouncer, schema="cutover_pgb", pooling="transaction")
     try:
         assert plane.init() is True
         plane.require()
@@ -107,8 +105,7 @@ def test_control_works_behind_pgbouncer_transaction_mode_when_told(
 
 
 def test_control_probe_notices_pgbouncer_rotating_server_backends(
-        cutover_database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CUTOVER_CONTROL_POOLING", raising=False)
+        cutover_database_url: str) -> None:
     proc, url = start_bouncer(cutover_database_url, round_robin=True)
     try:
         direct = ControlPlane(cutover_database_url, schema="cutover_pgb2")
