@@ -14,6 +14,13 @@ procrastinate's App worker and RQ's ``Worker`` (a fork per job) and ``SimpleWork
 concurrency 1 and 8 (RQ: that many worker processes, as ``rq worker-pool -n 8``), on no-op and
 10 ms jobs; burst runs, jobs/s from start to empty queue.
 
+``phases``: the issue's staged cut-over side by side: raw RQ ``Queue.enqueue`` /
+``enqueue_many``, raw procrastinate ``defer`` / ``batch_defer``, and ``Router.enqueue`` /
+``enqueue_many`` in each phase (off, shadow, live, rampdown, complete; RQ source, Procrastinate
+target, control plane in the target's database). ``fence``: procrastinate's worker and RQ's
+``SimpleWorker`` against ``cutover worker`` (process isolation) in ``live`` with the fence on
+(jobs dual-written by the Router; the worker of one side only) and in ``off`` (no fence).
+
 Servers: ``CUTOVER_TEST_DATABASE_URL`` / ``CUTOVER_TEST_REDIS_URL``, else embedded ones.
 """
 
@@ -39,6 +46,9 @@ import rq
 from benchmarks import perf_tasks
 from benchmarks.perf_tasks import registry
 from cutover import Call, Router, adapters
+from cutover.control import ControlPlane, Pair
+from cutover.fence import PhaseGate
+from cutover.phases import ORDER, Phase, Side, decide, transition
 from cutover.testing.servers import PostgresServer, RedisServer
 from cutover.worker import Worker
 
@@ -236,6 +246,110 @@ WORKER_PAIRS = [("pg cutover process", "pg procrastinate"),
                 ("rq cutover thread", "rq Worker"), ("rq cutover thread", "rq SimpleWorker")]
 
 
+# -- the staged cut-over: the Router per phase, the fenced worker in live ---------------------
+def _stage(source: str, target: str, phase: Phase) -> None:
+    """A control plane in the target's database, walked (forced, as ``phase set``) to
+    ``phase``; the pair is RQ (source) -> Procrastinate (target)."""
+    plane = ControlPlane(target)
+    backends = [adapters.open_backend(source), adapters.open_backend(target)]
+    try:
+        plane.init()
+        sid, tid = (b.identity() for b in backends)
+        pair = Pair(sid.key, sid.url, tid.key, tid.url)
+        while (state := plane.read_phase()).phase.step < phase.step:
+            move = transition(state.phase, ORDER[state.phase.step + 1])
+            plane.transition(decide(move, {}, force=True, why="bench"), why="bench", pair=pair,
+                             kind="set")
+    finally:
+        plane.close()
+        for b in backends:
+            b.close()
+
+
+def _phase_router(phase: Phase, many: bool) -> Callable[[str, str, int], float]:
+    """``Router.enqueue`` (or ``enqueue_many``, batches of 1,000) in ``phase``, RQ -> PG."""
+    def run(source: str, target: str, n: int) -> float:
+        _stage(source, target, phase)
+        with Router(registry, source=source, target=target) as router:
+            assert router.phase is phase, router.phase
+            router.enqueue(perf_tasks.noop, n=-1)  # connections open, the phase read
+            if many:
+                return _rate(n, lambda: [router.enqueue_many(
+                    [Call(perf_tasks.noop, kwargs={"n": i}) for i in range(b, b + 1000)])
+                    for b in range(0, n, 1000)])
+            return _rate(n, lambda: [router.enqueue(perf_tasks.noop, n=i) for i in range(n)])
+    return run
+
+
+def _raw(run: Callable[[str, int], float], kind: str) -> Callable[[str, str, int], float]:
+    """A native client's way, on the pair's store of ``kind``."""
+    return lambda source, target, n: run(target if kind == "pg" else source, n)
+
+
+PHASES: dict[str, Callable[[str, str, int], float]] = {
+    "rq Queue.enqueue": _raw(_rq_enqueue, "rq"), "pg defer": _raw(_pg_defer, "pg"),
+    **{f"Router {p.value}": _phase_router(p, False) for p in ORDER},
+    "rq enqueue_many": _raw(_rq_many, "rq"), "pg batch_defer": _raw(_pg_batch, "pg"),
+    **{f"Router {p.value} many": _phase_router(p, True) for p in ORDER},
+}
+#: (ours, theirs): the issue's targets (dual write: shadow and live) and the one-side phases
+#: against the backend they write.
+PHASE_PAIRS = [
+    ("Router off", "rq Queue.enqueue"),
+    ("Router shadow", "pg defer"), ("Router shadow", "rq Queue.enqueue"),
+    ("Router live", "pg defer"), ("Router live", "rq Queue.enqueue"),
+    ("Router rampdown", "pg defer"), ("Router complete", "pg defer"),
+    ("Router off many", "rq enqueue_many"),
+    ("Router shadow many", "pg batch_defer"), ("Router live many", "pg batch_defer"),
+    ("Router rampdown many", "pg batch_defer"), ("Router complete many", "pg batch_defer"),
+]
+
+
+def _fenced(side: Side) -> Callable[[str, str, str, int, int], float]:
+    """``cutover worker`` (process isolation, the CLI's default) in ``live`` on ``side``, fence
+    on: jobs dual-written by the Router in live (a copy on each side; no worker on the other)."""
+    def run(source: str, target: str, task: str, n: int, c: int) -> float:
+        _stage(source, target, Phase.LIVE)
+        with Router(registry, source=source, target=target) as router:
+            for b in range(0, n, 1000):
+                router.enqueue_many([Call(task, kwargs={"n": i})
+                                     for i in range(b, min(n, b + 1000))])
+        url = source if side is Side.SOURCE else target
+        backend, other = adapters.open_backend(url), adapters.open_backend(
+            target if side is Side.SOURCE else source)
+        plane = ControlPlane(target)
+        gate = PhaseGate(plane, backend, side, source=other if side is Side.TARGET else None)
+        try:
+            worker = Worker(backend, registry, burst=True, concurrency=c, isolation="process",
+                            gate=gate)
+            rate = _rate(n, lambda: worker.run(install_signal_handlers=False))
+            assert worker.report.succeeded == n, worker.report
+            return rate
+        finally:
+            gate.close()
+            plane.close()
+            backend.close()
+            other.close()
+    return run
+
+
+def _one_store(run: Callable[[str, str, int, int], float],
+               kind: str) -> Callable[[str, str, str, int, int], float]:
+    return lambda source, target, task, n, c: run(target if kind == "pg" else source, task, n, c)
+
+
+FENCE: dict[str, Callable[[str, str, str, int, int], float]] = {
+    "pg procrastinate": _one_store(_native_pg, "pg"),
+    "pg cutover off": _one_store(_cutover("process"), "pg"),
+    "pg cutover live": _fenced(Side.TARGET),
+    "rq SimpleWorker": _one_store(_native_rq("simple"), "rq"),
+    "rq cutover off": _one_store(_cutover("process"), "rq"),
+    "rq cutover live": _fenced(Side.SOURCE),
+}
+FENCE_PAIRS = [("pg cutover live", "pg procrastinate"), ("pg cutover live", "pg cutover off"),
+               ("rq cutover live", "rq SimpleWorker"), ("rq cutover live", "rq cutover off")]
+
+
 # -- running -------------------------------------------------------------------------------
 class Stores:
     def __init__(self) -> None:
@@ -251,6 +365,15 @@ class Stores:
     def close(self) -> None:
         self.rs.stop()
         self.pg.stop()
+
+
+def _pair_once(stores: Stores, run: Callable[..., float], *args: Any) -> float:
+    """``run(redis_url, pg_url, *args)`` on a fresh pair of stores."""
+    source, target = stores.fresh("rq"), stores.fresh("pg")
+    try:
+        return float(run(source, target, *args))
+    finally:
+        stores.release("pg", target)
 
 
 def _once(stores: Stores, kind: str, run: Callable[..., float], *args: Any) -> float:
@@ -300,6 +423,34 @@ def worker(stores: Stores, rounds: int, jobs: int, concurrency: list[int]) -> di
     return out
 
 
+def phases(stores: Stores, rounds: int, jobs: int) -> dict[str, Any]:
+    """The Router in each phase against the raw clients, interleaved, one fresh pair a way."""
+    rates: Rates = {way: [] for way in PHASES}
+    for r in range(rounds):
+        ways = list(PHASES.items())
+        for way, run in (ways if r % 2 == 0 else ways[::-1]):
+            n = jobs * 5 if "many" in way or "batch" in way else jobs
+            rates[way].append(_pair_once(stores, run, n))
+            print(f"  phases round {r + 1}: {way:<24} {rates[way][-1]:8.0f} jobs/s",
+                  file=sys.stderr)
+    return _summary(rates, PHASE_PAIRS)
+
+
+def fence(stores: Stores, rounds: int, jobs: int, concurrency: list[int]) -> dict[str, Any]:
+    """Raw workers against ``cutover worker`` in live (fence on) and off, no-op jobs."""
+    out: dict[str, Any] = {}
+    for c in concurrency:
+        rates: Rates = {way: [] for way in FENCE}
+        for r in range(rounds):
+            ways = list(FENCE.items())
+            for way, run in (ways if r % 2 == 0 else ways[::-1]):
+                rates[way].append(_pair_once(stores, run, NOOP, jobs, c))
+                print(f"  fence c={c} round {r + 1}: {way:<20} {rates[way][-1]:8.0f} jobs/s",
+                      file=sys.stderr)
+        out[f"noop c={c}"] = _summary(rates, FENCE_PAIRS)
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The ratios of a run as the tables of benchmarks/RESULTS.md."""
     lines: list[str] = []
@@ -324,13 +475,17 @@ def markdown(results: dict[str, Any]) -> str:
                       f"| defer | {f['start_defer_ms']:.2f} | {f['end_defer_ms']:.2f} |", ""])
     for name, block in results.get("worker", {}).items():
         table(f"worker, {name}", block)
+    if "phases" in results:
+        table("Router per phase (RQ source -> Procrastinate target)", results["phases"])
+    for name, block in results.get("fence", {}).items():
+        table(f"worker in live, fence on, {name}", block)
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="producer,worker",
-                        help="comma-separated: producer, flat, worker")
+                        help="comma-separated: producer, flat, worker, phases, fence")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--flat", type=int, default=100_000, help="jobs for the flat suite")
@@ -354,6 +509,11 @@ def main() -> None:
         if "worker" in suites:
             results["worker"] = worker(stores, opts.rounds, opts.jobs,
                                        [int(c) for c in opts.concurrency.split(",")])
+        if "phases" in suites:
+            results["phases"] = phases(stores, opts.rounds, opts.jobs)
+        if "fence" in suites:
+            results["fence"] = fence(stores, opts.rounds, opts.jobs,
+                                     [int(c) for c in opts.concurrency.split(",")])
     finally:
         stores.close()
     text = json.dumps(results, indent=1)
