@@ -37,6 +37,10 @@ class BackendUnavailableError(CutoverError):
     """The backend server could not be reached."""
 
 
+class PhaseUnknownError(BackendUnavailableError):
+    """The cut-over's phase could not be read recently enough to route a job by it."""
+
+
 class BackendError(CutoverError):
     """The backend answered with an error."""
 

@@ -7,6 +7,13 @@ attribute reads: the watcher keeps it fresh) and counts the call as in flight un
 The reading and the counting happen under one lock, so the ack thread, which reads the new epoch
 first and then looks for older calls under that lock, can never ack while a call routed by the
 old phase is still writing.
+
+A Router never routes by a phase it cannot vouch for: when the phase was last read more than
+``stale_after`` seconds ago (the control plane unreachable, the watcher's connection hung), an
+enqueue is refused with :class:`~cutover.errors.PhaseUnknownError` instead of being sent where an
+old phase said. The bound is below the fleet's liveness lease (:data:`cutover.control.fleet.LEASE`):
+by the time ``phase advance`` counts a silent producer as gone, that producer has already stopped
+routing by the phase it last knew, so it cannot strand a job on a side whose workers went idle.
 """
 
 from __future__ import annotations
@@ -20,20 +27,33 @@ from collections import Counter
 from collections.abc import Iterator
 
 from cutover.control import ControlPlane, MemberKind, PhaseState, PhaseWatcher
-from cutover.control.fleet import HEARTBEAT
+from cutover.control.fleet import HEARTBEAT, LEASE
 from cutover.control.watcher import REFRESH
-from cutover.errors import CutoverError
+from cutover.errors import ConfigurationError, CutoverError, PhaseUnknownError
 
 log = logging.getLogger("cutover.producer")
+#: Seconds after which a producer refuses to route by the phase it last read (below LEASE).
+STALE_AFTER = 10.0
+assert STALE_AFTER < LEASE
+
+
+def check_bounds(refresh: float, stale_after: float) -> None:
+    """Refuse a ``stale_after`` the watcher's own re-read (``2 * refresh + 1`` s) cannot meet."""
+    if stale_after <= 2 * refresh + 1.0:
+        raise ConfigurationError(
+            f"stale_after ({stale_after}s) must exceed 2 * refresh + 1 ({2 * refresh + 1.0}s): "
+            f"the phase is re-read by then, and a router would refuse enqueues in between")
 
 
 class Membership:
     """One Router's watcher, fleet registration and ack thread (thread-safe)."""
 
     def __init__(self, plane: ControlPlane, *, refresh: float = REFRESH,
-                 heartbeat: float = HEARTBEAT) -> None:
+                 heartbeat: float = HEARTBEAT, stale_after: float = STALE_AFTER) -> None:
+        check_bounds(refresh, stale_after)
         self.plane = plane
         self.heartbeat = heartbeat
+        self.stale_after = stale_after
         self.watcher = PhaseWatcher(plane, refresh, on_change=self._changed)
         self._cond = threading.Condition()
         self._inflight: Counter[int] = Counter()
@@ -43,6 +63,8 @@ class Membership:
         self.member = uuid.uuid4()
         #: The last epoch written to the fleet as acknowledged.
         self.acked = -1
+        #: Enqueues refused because the phase was too old to route by.
+        self.refused = 0
 
     def start(self) -> Membership:
         """Read the phase, register as a producer acknowledging it (nothing is in flight yet),
@@ -58,9 +80,19 @@ class Membership:
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[PhaseState]:
-        """The phase to route one call by; the call counts as in flight under its epoch."""
+        """The phase to route one call by; the call counts as in flight under its epoch.
+        Refused (:class:`PhaseUnknownError`) when the phase could not be read for
+        ``stale_after`` seconds."""
         with self._cond:
             state = self.watcher.state()
+            age = self.watcher.age
+            if age > self.stale_after:
+                self.refused += 1
+                raise PhaseUnknownError(
+                    f"the cut-over's phase could not be read for {age:.0f}s (the control plane "
+                    f"{self.plane.redacted_url} is unreachable or slow): the job is not enqueued "
+                    f"rather than sent where an old phase ({state.phase.value}, epoch "
+                    f"{state.epoch}) said; it goes through again once the phase is read")
             self._inflight[state.epoch] += 1
         try:
             yield state

@@ -36,7 +36,7 @@ from cutover.control.watcher import REFRESH
 from cutover.errors import ConfigurationError
 from cutover.metrics import METRICS, Metrics
 from cutover.phases import Phase, Side, writes
-from cutover.producer import Membership
+from cutover.producer import STALE_AFTER, Membership, check_bounds
 from cutover.record import JobRecord
 from cutover.registry import TaskRegistry
 from cutover.settings import DEFAULT_SCHEMA, ControlPooling, Settings
@@ -72,6 +72,11 @@ class Router:
     its enqueues routed by older epochs have finished. After ``fork`` the child's Router drops the
     parent's connections and threads and starts its own on first use.
 
+    A Router that cannot read the phase for ``stale_after`` seconds (default 10, below the fleet's
+    15 s liveness lease) refuses enqueues with :class:`~cutover.errors.PhaseUnknownError` rather
+    than route by a phase that may have moved on (a job sent to a side whose workers went idle
+    would never run); it routes again as soon as the phase is read.
+
     Every enqueue call is timed and counted per backend in ``metrics`` (this process's
     :data:`cutover.metrics.METRICS` unless given another): latency, jobs, errors.
     """
@@ -83,7 +88,7 @@ class Router:
     def __init__(self, registry: TaskRegistry, source: str, target: str | None = None, *,
                  control: str | None = None, metrics: Metrics | None = None,
                  refresh: float = REFRESH, heartbeat: float = HEARTBEAT,
-                 schema: str = DEFAULT_SCHEMA) -> None:
+                 stale_after: float = STALE_AFTER, schema: str = DEFAULT_SCHEMA) -> None:
         self.registry = registry
         self.schema = schema  # of the control plane (Settings.schema: CUTOVER_SCHEMA)
         self.source_url = source
@@ -91,6 +96,8 @@ class Router:
         self.metrics = METRICS if metrics is None else metrics
         self.refresh = refresh
         self.heartbeat = heartbeat
+        check_bounds(refresh, stale_after)
+        self.stale_after = stale_after
         self.control_url: str | None = None
         if target is not None:
             if adapters.split(source)[1] == adapters.split(target)[1]:
@@ -177,7 +184,8 @@ class Router:
                     self._probe_at = time.monotonic() + self.refresh
                     return None
                 self._membership = Membership(plane, refresh=self.refresh,
-                                              heartbeat=self.heartbeat).start()
+                                              heartbeat=self.heartbeat,
+                                              stale_after=self.stale_after).start()
             return self._membership
 
     @property
@@ -314,17 +322,24 @@ class Router:
             return
         source_key, target_key = self._ledger_keys(plane)
         ids = [r.id for r in records]
+        removed = False
         try:
             if self._shared:
                 self.target.remove(ids, tx_hook=lambda conn: plane.discard(
                     ids, source=source_key, target=target_key, conn=conn))
             else:
                 self.target.remove(ids)
+                removed = True
                 plane.discard(ids, source=source_key, target=target_key)
         except Exception:
-            log.exception("could not remove the target copies of %d job(s) the source did not "
-                          "take (%s): they stay on the target, in the ledger as accepted",
-                          len(ids), ", ".join(ids[:5]))
+            if removed:  # a separate control plane failed after the copies went
+                log.exception("removed the target copies of %d job(s) the source did not take "
+                              "(%s), but not their ledger rows (accepted, with no copy left)",
+                              len(ids), ", ".join(ids[:5]))
+            else:
+                log.exception("could not remove the target copies of %d job(s) the source did "
+                              "not take (%s): they stay on the target, in the ledger as "
+                              "accepted", len(ids), ", ".join(ids[:5]))
 
     def _send(self, backend: QueueBackend, records: list[JobRecord]) -> list[str]:
         """One enqueue call to ``backend``, timed and counted in :attr:`metrics`."""

@@ -80,7 +80,7 @@ class PhaseWatcher:
                 state = self.plane.read_phase()
                 self._update(state)
             except CutoverError as exc:
-                log.warning("phase re-read failed, using the phase read %.0fs ago: %s", age, exc)
+                log.warning("phase re-read failed (last read %.0fs ago): %s", age, exc)
             finally:
                 self._sync.release()
         return state
