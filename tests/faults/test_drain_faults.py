@@ -37,13 +37,6 @@ pytestmark = [pytest.mark.rq, pytest.mark.pg, pytest.mark.slow]
 RUNNABLE = (JobState.QUEUED, JobState.SCHEDULED)
 
 
-@pytest.fixture
-def urls(cutover_redis_url: str, cutover_database_url: str) -> tuple[str, str]:
-    tasks.reset()
-    assert invoke(cutover_redis_url, cutover_database_url, "init", "--yes").exit_code == 0
-    return cutover_redis_url, cutover_database_url
-
-
 def jobs(n: int) -> list[JobRecord]:
     out = [registry.make_record(tasks.add, (i, 1)) for i in range(n - 1)]
     out.append(registry.make_record(tasks.echo, (), SAMPLE_KWARGS, job_key="rich"))

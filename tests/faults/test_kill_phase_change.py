@@ -26,14 +26,6 @@ FORCE = ("--yes", "--force", "--why", "proof")
 JOBS = 30
 
 
-@pytest.fixture
-def urls(cutover_redis_url: str, cutover_database_url: str) -> tuple[str, str]:
-    """RQ the source, Procrastinate the target (and the control plane's database)."""
-    tasks.reset()
-    assert invoke(cutover_redis_url, cutover_database_url, "init", "--yes").exit_code == 0
-    return cutover_redis_url, cutover_database_url
-
-
 def walk_to(urls: tuple[str, str], phase: Phase) -> ControlPlane:
     control = ControlPlane(urls[1])
     while control.read_phase().phase is not phase:

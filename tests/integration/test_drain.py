@@ -29,13 +29,6 @@ from tests.threads import errors_in_threads
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
 
-@pytest.fixture
-def urls(cutover_redis_url: str, cutover_database_url: str) -> tuple[str, str]:
-    tasks.reset()
-    assert invoke(cutover_redis_url, cutover_database_url, "init", "--yes").exit_code == 0
-    return cutover_redis_url, cutover_database_url
-
-
 def backlog(rq_url: str) -> dict[str, object]:
     """Jobs of every kind on RQ, the way an application and RQ itself leave them."""
     conn = redis.Redis.from_url(rq_url)

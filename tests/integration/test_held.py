@@ -23,13 +23,6 @@ from tests.integration.drain_helpers import APP, invoke, invoke_json, store_key
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
 
-@pytest.fixture
-def urls(cutover_redis_url: str, cutover_database_url: str) -> tuple[str, str]:
-    tasks.reset()
-    assert invoke(cutover_redis_url, cutover_database_url, "init", "--yes").exit_code == 0
-    return cutover_redis_url, cutover_database_url
-
-
 def test_stuck_jobs_are_shown_reported_and_released_on_the_operators_word(
         urls: tuple[str, str]) -> None:
     rq_url, pg_url = urls

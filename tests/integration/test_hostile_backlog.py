@@ -22,18 +22,11 @@ from cutover.held import drain_owner
 from cutover.record import JobRecord, JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
-from tests.integration.drain_helpers import invoke, invoke_json, store_key
+from tests.integration.drain_helpers import invoke_json, store_key
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
 LONG_QUEUE = "q" * 200
-
-
-@pytest.fixture
-def urls(cutover_redis_url: str, cutover_database_url: str) -> tuple[str, str]:
-    tasks.reset()
-    assert invoke(cutover_redis_url, cutover_database_url, "init", "--yes").exit_code == 0
-    return cutover_redis_url, cutover_database_url
 
 
 def _raw_copy(conn: redis.Redis, job: rq.job.Job, new_id: str, before: str | None,

@@ -20,16 +20,9 @@ from cutover.record import JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
 from cutover.worker import Worker
-from tests.integration.drain_helpers import APP, invoke, invoke_json, run_cli
+from tests.integration.drain_helpers import APP, invoke_json, run_cli
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
-
-
-@pytest.fixture
-def urls(cutover_redis_url: str, cutover_database_url: str) -> tuple[str, str]:
-    tasks.reset()
-    assert invoke(cutover_redis_url, cutover_database_url, "init", "--yes").exit_code == 0
-    return cutover_redis_url, cutover_database_url
 
 
 def test_a_second_drain_of_the_same_pair_is_refused_while_the_first_runs(

@@ -17,17 +17,10 @@ from cutover.record import JobState
 from cutover.testing import tasks
 from cutover.testing.contract import run_burst
 from cutover.testing.tasks import registry
-from tests.integration.drain_helpers import invoke, invoke_json
+from tests.integration.drain_helpers import invoke_json
 from tests.integration.plain_workers import run_plain_rq_worker
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
-
-
-@pytest.fixture
-def urls(cutover_redis_url: str, cutover_database_url: str) -> tuple[str, str]:
-    tasks.reset()
-    assert invoke(cutover_redis_url, cutover_database_url, "init", "--yes").exit_code == 0
-    return cutover_redis_url, cutover_database_url
 
 
 def ids(items: list[dict[str, Any]]) -> list[str]:

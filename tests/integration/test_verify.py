@@ -33,13 +33,6 @@ pytestmark = [pytest.mark.rq, pytest.mark.pg]
 DIRECTIONS = ["rq->pg", "pg->rq"]
 
 
-@pytest.fixture
-def urls(cutover_redis_url: str, cutover_database_url: str) -> tuple[str, str]:
-    tasks.reset()
-    assert invoke(cutover_redis_url, cutover_database_url, "init", "--yes").exit_code == 0
-    return cutover_redis_url, cutover_database_url
-
-
 def pair(urls: tuple[str, str], direction: str) -> tuple[str, str]:
     rq_url, pg_url = urls
     return (rq_url, pg_url) if direction == "rq->pg" else (pg_url, rq_url)
