@@ -180,6 +180,39 @@ def _result(value: Any) -> str | None:
         return json.dumps(repr(value))
 
 
+class _Run:
+    """One run of a task under :func:`make_app`: the steps both runners share (read the job's
+    ``cutover_jobs`` row, keep its budget for the retry strategy, decode its args, say which
+    outcome to write); the runners only do the I/O, sync or async."""
+
+    def __init__(self, budgets: _Budgets, context: procrastinate.JobContext) -> None:
+        job = context.job
+        assert job.id is not None
+        self.job_id, self.attempts, self._budgets = job.id, job.attempts, budgets
+        self._side = _Side(None, Budget())
+
+    def found(self, rows: list[dict[str, Any]] | None) -> None:
+        """``native_job``'s ``rows`` (None: no cutover_jobs table); the job's budget is kept
+        for the retry strategy."""
+        self._side = _side(rows, self.attempts)
+        self._budgets.put(self.job_id, self._side.budget)
+
+    def args(self, raw: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The task's args, decoded (DecodeError if they cannot be): procrastinate's ``raw``
+        kwargs and the positional args ``cutover_jobs`` keeps."""
+        return self._side.call(raw, self.job_id)
+
+    def failed(self, exc: BaseException) -> dict[str, Any] | None:
+        """``native_outcome``'s parameters for an error, or None (nothing to keep)."""
+        return self._side.outcome(self.job_id, error=exc) if self._side.keeps(error=exc) else None
+
+    def succeeded(self, result: Any) -> dict[str, Any] | None:
+        """``native_outcome``'s parameters for a result, or None (nothing to keep)."""
+        self._budgets.pop(self.job_id)  # no retry: the strategy will not ask
+        keep = self._side.keeps(result=result)
+        return self._side.outcome(self.job_id, result=result) if keep else None
+
+
 def _sync_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Callable[..., Any]:
     func = task.func
 
@@ -187,30 +220,24 @@ def _sync_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Calla
     def run(context: procrastinate.JobContext, /, **raw: Any) -> Any:
         # Runs in one of procrastinate's worker threads; the connector's sync calls go back to
         # the worker's event loop (procrastinate's supported way for sync tasks).
-        job = context.job
-        assert job.id is not None
-        rows: list[dict[str, Any]] | None
+        one = _Run(budgets, context)
+        rows: list[dict[str, Any]] | None = None
         try:
-            rows = app.connector.execute_query_all(sql.query("native_job"), job_id=job.id)
+            rows = app.connector.execute_query_all(sql.query("native_job"), job_id=one.job_id)
         except ConnectorException as exc:
             _unless_no_table(exc)
-            rows = None
-        side = _side(rows, job.attempts)
-        budgets.put(job.id, side.budget)
+        one.found(rows)
         try:
-            args, kwargs = side.call(raw, job.id)
+            args, kwargs = one.args(raw)
             result = func(*args, **kwargs)
             if inspect.isawaitable(result):  # a sync function returning a coroutine: as the
                 result = asyncio.run(_await(result))  # cutover worker, run it in this thread
         except BaseException as exc:
-            if side.keeps(error=exc):
-                app.connector.execute_query(sql.query("native_outcome"),
-                                            **side.outcome(job.id, error=exc))
+            if (failed := one.failed(exc)) is not None:
+                app.connector.execute_query(sql.query("native_outcome"), **failed)
             raise
-        budgets.pop(job.id)
-        if side.keeps(result=result):
-            app.connector.execute_query(sql.query("native_outcome"),
-                                        **side.outcome(job.id, result=result))
+        if (kept := one.succeeded(result)) is not None:
+            app.connector.execute_query(sql.query("native_outcome"), **kept)
         return result
 
     return run
@@ -221,29 +248,23 @@ def _async_runner(task: Task, app: procrastinate.App, budgets: _Budgets) -> Call
 
     @functools.wraps(func)
     async def run(context: procrastinate.JobContext, /, **raw: Any) -> Any:
-        job = context.job
-        assert job.id is not None
-        rows: list[dict[str, Any]] | None
+        one = _Run(budgets, context)
+        rows: list[dict[str, Any]] | None = None
         try:
             rows = await app.connector.execute_query_all_async(sql.query("native_job"),
-                                                               job_id=job.id)
+                                                               job_id=one.job_id)
         except ConnectorException as exc:
             _unless_no_table(exc)
-            rows = None
-        side = _side(rows, job.attempts)
-        budgets.put(job.id, side.budget)
+        one.found(rows)
         try:
-            args, kwargs = side.call(raw, job.id)
+            args, kwargs = one.args(raw)
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            if side.keeps(error=exc):
-                await app.connector.execute_query_async(sql.query("native_outcome"),
-                                                        **side.outcome(job.id, error=exc))
+            if (failed := one.failed(exc)) is not None:
+                await app.connector.execute_query_async(sql.query("native_outcome"), **failed)
             raise
-        budgets.pop(job.id)
-        if side.keeps(result=result):
-            await app.connector.execute_query_async(sql.query("native_outcome"),
-                                                    **side.outcome(job.id, result=result))
+        if (kept := one.succeeded(result)) is not None:
+            await app.connector.execute_query_async(sql.query("native_outcome"), **kept)
         return result
 
     return run
