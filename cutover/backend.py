@@ -20,6 +20,8 @@ from cutover.record import JobRecord, JobState
 #: before it commits, or with None right after the operation where the backend has no such
 #: transaction: the ledger row of a job is written in the same transaction as the job.
 TxHook = Callable[[Any], None]
+#: Called with the connection and the job just claimed, inside the claim's transaction.
+ClaimHook = Callable[[Any, JobRecord], None]
 
 #: A worker's filter: given a claimable job, return None to run it or a reason to skip it (the
 #: backend then leaves that job where it is, untouched). Backends call it for every candidate,
@@ -286,4 +288,31 @@ class TransactionalEnqueue(Protocol):
     def enqueue_tx(self, records: Sequence[JobRecord], *, tx_hook: TxHook | None = None,
                    conn: Any = None) -> list[str]:
         """:meth:`QueueBackend.enqueue` in one transaction (on ``conn`` when given)."""
+        ...
+
+
+@runtime_checkable
+class TransactionalWork(Protocol):
+    """A backend whose claim and outcome are transactions of a database the caller's statements
+    can join: the fence's claim commits with the job's start, its finish with the job's
+    outcome, when the control plane lives in that database (one commit each instead of two).
+    The PostgreSQL adapter has it."""
+
+    def claim_tx(self, queues: Sequence[str] | None, worker: str, accept: Acceptor,
+                 tx_hook: ClaimHook) -> JobRecord | None:
+        """:meth:`QueueBackend.claim`, with ``tx_hook(conn, job)`` run in the transaction that
+        starts the job (an error in it leaves the job unclaimed)."""
+        ...
+
+    def complete_tx(self, job: JobRecord, worker: str, result: Any, tx_hook: TxHook) -> None:
+        """:meth:`QueueBackend.complete` in one transaction with ``tx_hook``."""
+        ...
+
+    def fail_tx(self, job: JobRecord, worker: str, error: str, retry_at: dt.datetime | None,
+                tx_hook: TxHook) -> None:
+        """:meth:`QueueBackend.fail` in one transaction with ``tx_hook``."""
+        ...
+
+    def run_tx(self, tx_hook: TxHook) -> None:
+        """``tx_hook`` alone in a transaction of the backend's (what database is this?)."""
         ...

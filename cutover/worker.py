@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import os
 import signal
@@ -30,8 +31,8 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, Literal
 
-from cutover.backend import QueueBackend
-from cutover.control.claims import ClaimState
+from cutover.backend import Acceptor, QueueBackend, TxHook
+from cutover.control.claims import Claim, ClaimState
 from cutover.errors import CutoverError
 from cutover.fence import GateConfig, PhaseGate
 from cutover.metrics import METRICS, Metrics
@@ -320,7 +321,11 @@ class Worker:
                     self._idle_wait()
                     continue
                 accept = self._accept if mode is not Mode.DRY else _accept_all
-                job = self.backend.claim(self.queues, self.name, accept)
+                claim: Claim | None = None
+                if self.gate is not None and fenced and self.gate.joined is not None:
+                    job, claim = self._claim_joined(self.gate, accept)
+                else:
+                    job = self.backend.claim(self.queues, self.name, accept)
                 if job is None:
                     if self.burst:
                         return
@@ -333,7 +338,7 @@ class Worker:
                         with self._lock:
                             self.report.shadowed += 1
                     elif self.gate is not None and fenced:
-                        self._fenced(self.gate, job, index)
+                        self._fenced(self.gate, job, index, claim)
                     else:
                         self._execute(job, index)
                 finally:
@@ -346,10 +351,22 @@ class Worker:
                 self._error = self._error or exc
             self._stop.set()
 
-    def _fenced(self, gate: PhaseGate, job: JobRecord, index: int) -> None:
-        """Run ``job`` if this copy wins its claim; a duplicate is removed; a copy whose claim
-        another member holds waits for that claim's end or its lease's expiry."""
-        claim = gate.claim(job)
+    def _claim_joined(self, gate: PhaseGate, accept: Acceptor
+                      ) -> tuple[JobRecord | None, Claim | None]:
+        """The job and its fence claim in one transaction of the backend's (its database
+        holds the control plane: cutover.fence)."""
+        assert gate.joined is not None
+        claims: list[Claim] = []
+        job = gate.joined.claim_tx(self.queues, self.name, accept,
+                                   lambda conn, j: claims.append(gate.claim(j, conn)))
+        return job, claims[0] if claims else None
+
+    def _fenced(self, gate: PhaseGate, job: JobRecord, index: int,
+                claim: Claim | None = None) -> None:
+        """Run ``job`` if this copy wins its claim (``claim``: made as the job was claimed);
+        a duplicate is removed; a copy whose claim another member holds waits for that
+        claim's end or its lease's expiry."""
+        claim = gate.claim(job) if claim is None else claim
         if not claim.won and not claim.finished:
             log.info("job %s is claimed on the %s until %s: waiting", job.id, claim.side,
                      claim.lease_until.isoformat(), extra={"job_id": job.id, "event": "fenced"})
@@ -408,17 +425,26 @@ class Worker:
     def _record(self, job: JobRecord, task: Task, outcome: Outcome) -> None:
         """Store the outcome: complete, schedule the retry, or fail for good."""
         extra = {"job_id": job.id, "task": task.name, "backend": self.backend.name}
-        fenced = self.gate is not None and self.gate.held(job.id)
+        gate = self.gate if self.gate is not None and self.gate.held(job.id) else None
         attempts_made = job.attempts + 1
-        if fenced and self.gate is not None:
+        settle: TxHook | None = None
+        if gate is not None:
             # The claim first: a crash before the backend's record leaves a finished claim,
-            # so the other copy (or this one, recovered) is a duplicate, not a second run.
+            # so the other copy (or this one, recovered) is a duplicate, not a second run. Or,
+            # where the backend's database holds the plane, in the record's own transaction.
             if outcome.ok or attempts_made >= job.max_attempts:
-                self.gate.finish(job, ClaimState.DONE if outcome.ok else ClaimState.FAILED)
+                state = ClaimState.DONE if outcome.ok else ClaimState.FAILED
+                settle = functools.partial(gate.finish, job, state)
             else:
-                self.gate.release(job)
+                settle = functools.partial(gate.release, job)
+            if gate.joined is None:
+                settle()
+                settle = None
         if outcome.ok:
-            self.backend.complete(job, self.name, outcome.result)
+            if settle is not None and gate is not None and gate.joined is not None:
+                gate.joined.complete_tx(job, self.name, outcome.result, settle)
+            else:
+                self.backend.complete(job, self.name, outcome.result)
             with self._lock:
                 self.report.succeeded += 1
             self.metrics.outcome(self.backend.name, "succeeded")
@@ -427,10 +453,15 @@ class Worker:
             return
         error = outcome.traceback or outcome.error or "failed"
         extra["traceback"] = error
+        retry_at = None
         if attempts_made < job.max_attempts:
             delay = job.retry_delay(attempts_made)
             retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+        if settle is not None and gate is not None and gate.joined is not None:
+            gate.joined.fail_tx(job, self.name, error, retry_at, settle)
+        else:
             self.backend.fail(job, self.name, error, retry_at)
+        if retry_at is not None:
             self.metrics.outcome(self.backend.name, "retried")
             with self._lock:
                 self.report.retried += 1
@@ -441,7 +472,6 @@ class Worker:
                         outcome.error, attempts_made, job.max_attempts - 1, delay,
                         extra={**extra, "event": "retried"})
         else:
-            self.backend.fail(job, self.name, error, None)
             with self._lock:
                 self.report.failed += 1
             self.metrics.outcome(self.backend.name, "failed")

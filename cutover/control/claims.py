@@ -1,6 +1,10 @@
 """The claims family: the fence that lets a job with a copy on each side run on one side only.
 The verbs are SQL functions (migration 0002) probing the primary key. SQL in
-``sql/claims.sql``."""
+``sql/claims.sql``.
+
+Each verb is one statement: on the plane's own autocommit connection it is one round trip (no
+BEGIN/COMMIT around it); given ``conn`` (a backend's transaction in the control plane's
+database) it commits with the job's own start or outcome (see cutover.fence)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import dataclasses
 import datetime as dt
 import enum
 import uuid
+from typing import Any
 
 from cutover.control.plane import Plumbing
 from cutover.phases import Side
@@ -45,12 +50,12 @@ class Claims(Plumbing):
     """claim / extend / finish, and a read of a job's claim."""
 
     def claim(self, cutover_id: str, side: Side | str, member: uuid.UUID,
-              lease: float = LEASE) -> Claim:
+              lease: float = LEASE, conn: Any = None) -> Claim:
         """Claim a job for ``member`` on ``side``. The first claimant wins; a claim whose lease
         expired while still ``claimed`` is taken over (``takeovers`` counts it); a finished
         claim is never taken: the caller gets ``won=False`` and the finished state."""
-        with self.tx("claiming a job") as conn:
-            row = conn.execute(self.query("claim"), {
+        with self.statement("claiming a job", conn) as c:
+            row = c.execute(self.query("claim"), {
                 "id": cutover_id, "side": Side(side).value, "member": member,
                 "lease": lease}).fetchone()
         assert row is not None  # the function returns the row it made or found
@@ -59,34 +64,34 @@ class Claims(Plumbing):
 
     def extend(self, cutover_id: str, member: uuid.UUID, lease: float = LEASE) -> bool:
         """The holder's heartbeat; False when the claim is no longer its own."""
-        with self.tx("extending a claim") as conn:
+        with self.statement("extending a claim") as conn:
             row = conn.execute(self.query("claim_extend"), {
                 "id": cutover_id, "member": member, "lease": lease}).fetchone()
         return bool(row and row[0])
 
     def finish(self, cutover_id: str, member: uuid.UUID,
-               state: ClaimState | str = ClaimState.DONE) -> bool:
+               state: ClaimState | str = ClaimState.DONE, conn: Any = None) -> bool:
         """Record the outcome (done or failed); False when the caller no longer held the claim
         (its lease expired and another member took it over)."""
         value = ClaimState(state)
         if value is ClaimState.CLAIMED:
             raise ValueError("finish a claim as done or failed")
-        with self.tx("finishing a claim") as conn:
-            row = conn.execute(self.query("claim_finish"), {
+        with self.statement("finishing a claim", conn) as c:
+            row = c.execute(self.query("claim_finish"), {
                 "id": cutover_id, "member": member, "state": value.value}).fetchone()
         return bool(row and row[0])
 
-    def release(self, cutover_id: str, member: uuid.UUID) -> bool:
+    def release(self, cutover_id: str, member: uuid.UUID, conn: Any = None) -> bool:
         """Give the claim up (a retry): its lease ends now, so the next attempt, on either
         side, claims again. False when the caller did not hold it."""
-        with self.tx("releasing a claim") as conn:
-            row = conn.execute(self.query("claim_release"), {"id": cutover_id,
-                                                             "member": member}).fetchone()
+        with self.statement("releasing a claim", conn) as c:
+            row = c.execute(self.query("claim_release"), {"id": cutover_id,
+                                                          "member": member}).fetchone()
         return bool(row and row[0])
 
     def claim_of(self, cutover_id: str) -> Claim | None:
         """A job's claim as it stands (a read: ``won`` is False), or None."""
-        with self.tx("reading a claim") as conn:
+        with self.statement("reading a claim") as conn:
             row = conn.execute(self.query("claim_get"), {"id": cutover_id}).fetchone()
         if row is None:
             return None

@@ -97,6 +97,13 @@ class Fleet(Plumbing):
         return [m for m in members if (kind is None or m.kind == kind)
                 and (side is None or m.side == side)]
 
+    def member_here(self, member: uuid.UUID, conn: Any) -> bool:
+        """Whether ``conn`` (another's connection) sees ``member``'s row: it is connected to
+        this control plane's database (see ``fleet_member_here``)."""
+        with self.tx("looking for the control plane", conn) as c:
+            return c.execute(self.query("fleet_member_here"), {"member": member}).fetchone() \
+                is not None
+
     def deregister(self, member: uuid.UUID) -> None:
         with self.tx("leaving the fleet") as conn:
             conn.execute(self.query("fleet_deregister"), {"member": member})

@@ -186,6 +186,15 @@ class Plumbing:
             with own.transaction():
                 yield own
 
+    @contextlib.contextmanager
+    def statement(self, doing: str, conn: Any = None) -> Iterator[psycopg.Connection[Any]]:
+        """For one statement: the given connection (a backend's transaction, to share its
+        commit), or our own autocommit connection, where the statement is its own transaction:
+        one round trip, where :meth:`tx` adds BEGIN and COMMIT (two more). Only for a single
+        statement: two on it would commit one by one."""
+        with self._errors(doing):
+            yield self.connection() if conn is None else conn
+
     def close_thread(self) -> None:
         """Close the calling thread's connection, if it has one: a thread that used this plane
         calls it as it ends (its connection would otherwise stay open until the garbage

@@ -22,10 +22,11 @@ import pytest
 from cutover import adapters
 from cutover.control import ControlPlane, LedgerState, Pair
 from cutover.control.claims import ClaimState
+from cutover.errors import CutoverError
 from cutover.fence import PhaseGate
 from cutover.metrics import Metrics
 from cutover.phases import ORDER, Phase, Side, decide, transition
-from cutover.record import JobRecord
+from cutover.record import JobRecord, JobState
 from cutover.worker import Worker, WorkerReport
 from tests.integration import fence_tasks
 from tests.integration.fence_tasks import registry
@@ -310,3 +311,44 @@ def test_the_epoch_is_acknowledged_once_no_job_of_the_older_epoch_runs(pairing: 
     finally:
         worker.stop()
         thread.join(30)
+
+
+def test_the_fence_joins_the_transactions_of_a_backend_in_the_planes_database(
+        pairing: Pairing) -> None:
+    """The target (Procrastinate, the control plane in its database) claims a job and its fence
+    claim in one transaction, and records the outcome and the claim's end in one: a failure
+    in between leaves neither half. The source (RQ) cannot join: separate statements."""
+    pairing.set_phase(Phase.LIVE)
+    source_gate = PhaseGate(ControlPlane(pairing.target_url), pairing.source, Side.SOURCE)
+    target_gate = PhaseGate(ControlPlane(pairing.target_url), pairing.target, Side.TARGET)
+    pairing.gates += [source_gate, target_gate]
+    assert source_gate.joined is None and target_gate.joined is pairing.target
+    joined = target_gate.joined
+    job = pairing.dual("fence.count", "joined")
+
+    def broken(conn: Any, *_: Any) -> None:
+        conn.execute("SELECT 1/0")
+
+    with pytest.raises(CutoverError):  # the claim's statement fails: the job is not started
+        joined.claim_tx(None, "w1", lambda r: None,
+                        lambda conn, j: (target_gate.claim(j, conn), broken(conn)))
+    waiting = pairing.target.get(job.id)
+    assert waiting is not None and waiting.state is JobState.QUEUED
+    assert pairing.control.claim_of(job.id) is None
+    claims: list[Any] = []
+    started = joined.claim_tx(None, "w1", lambda r: None,
+                              lambda conn, j: claims.append(target_gate.claim(j, conn)))
+    assert started is not None and started.id == job.id and claims[0].won
+    with pytest.raises(CutoverError):  # the outcome fails: the claim is not finished either
+        joined.complete_tx(started, "w1", None, lambda conn: (
+            target_gate.finish(started, ClaimState.DONE, conn), broken(conn)))
+    claim = pairing.control.claim_of(job.id)
+    assert claim is not None and claim.state is ClaimState.CLAIMED
+    running = pairing.target.get(job.id)
+    assert running is not None and running.state is JobState.STARTED
+    joined.complete_tx(started, "w1", None,
+                       lambda conn: target_gate.finish(started, ClaimState.DONE, conn))
+    claim = pairing.control.claim_of(job.id)
+    assert claim is not None and claim.state is ClaimState.DONE
+    done = pairing.target.get(job.id)
+    assert done is not None and done.state is JobState.FINISHED

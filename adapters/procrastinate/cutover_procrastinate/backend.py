@@ -30,6 +30,7 @@ from cutover import codec
 from cutover.backend import (
     Acceptor,
     Capabilities,
+    ClaimHook,
     Departure,
     NativeWorker,
     Partition,
@@ -592,24 +593,39 @@ class ProcrastinateBackend:
         """One statement starts the next runnable job and reads it (claim_one): one round
         trip, as procrastinate's own fetch. A job this worker refuses is put back to waiting
         (unclaim) and skipped from then on; the next candidate is tried."""
+        return self._claim(queues, worker, accept, None)
+
+    def claim_tx(self, queues: Sequence[str] | None, worker: str, accept: Acceptor,
+                 tx_hook: ClaimHook) -> JobRecord | None:
+        """:meth:`claim` in a transaction that ``tx_hook(conn, job)`` joins (the fence's claim,
+        when the control plane is in this database: one commit, and no started job without
+        its claim)."""
+        return self._claim(queues, worker, accept, tx_hook)
+
+    def _claim(self, queues: Sequence[str] | None, worker: str, accept: Acceptor,
+               tx_hook: ClaimHook | None) -> JobRecord | None:
         with self._errors("claiming a job"), self.pool.connection() as conn:
             worker_id = self._worker_id(conn, worker)
             for _ in range(self._CLAIM_TRIES):
                 with self._lock:
                     skip = list(self._skipped)
-                row = conn.execute(sql.query("claim_one"), {
-                    "queues": list(queues) if queues else None, "skip": skip,
-                    "worker_id": worker_id}).fetchone()
-                if row is None:
-                    return None
-                record = record_from_row(row)
-                if accept(record) is not None or record.problem:
-                    with self._lock:
-                        self._skipped.add(int(record.native_id or 0))
-                    conn.execute(sql.query("unclaim"), {"id": int(record.native_id or 0),
-                                                        "worker_id": worker_id})
-                    continue
-                return record.replace(state=JobState.STARTED)
+                with contextlib.nullcontext() if tx_hook is None else conn.transaction():
+                    row = conn.execute(sql.query("claim_one"), {
+                        "queues": list(queues) if queues else None, "skip": skip,
+                        "worker_id": worker_id}).fetchone()
+                    if row is None:
+                        return None
+                    record = record_from_row(row)
+                    if accept(record) is not None or record.problem:
+                        with self._lock:
+                            self._skipped.add(int(record.native_id or 0))
+                        conn.execute(sql.query("unclaim"), {"id": int(record.native_id or 0),
+                                                            "worker_id": worker_id})
+                        continue
+                    started = record.replace(state=JobState.STARTED)
+                    if tx_hook is not None:
+                        tx_hook(conn, started)
+                    return started
         return None
 
     def _outcome(self, conn: psycopg.Connection[TupleRow], job: JobRecord, error: str | None,
@@ -638,10 +654,32 @@ class ProcrastinateBackend:
                                                    "status": "succeeded"})
             self._outcome(conn, job, None, result)
 
+    def complete_tx(self, job: JobRecord, worker: str, result: Any, tx_hook: TxHook) -> None:
+        """:meth:`complete` with ``tx_hook`` in its transaction (the fence's finish). The
+        connection is in pipeline mode: a statement whose answer the hook reads costs a
+        round trip; the commit is still one."""
+        with self._pipelined(f"recording the outcome of job {job.id}") as conn:
+            conn.execute(sql.query("finish_job"), {"id": int(job.native_id or 0),
+                                                   "status": "succeeded"})
+            self._outcome(conn, job, None, result)
+            tx_hook(conn)
+
     def fail(self, job: JobRecord, worker: str, error: str,
              retry_at: dt.datetime | None) -> None:
         with self._pipelined(f"recording the outcome of job {job.id}") as conn:
             self._failed(conn, job, error, retry_at)
+
+    def fail_tx(self, job: JobRecord, worker: str, error: str, retry_at: dt.datetime | None,
+                tx_hook: TxHook) -> None:
+        """:meth:`fail` with ``tx_hook`` in its transaction (see :meth:`complete_tx`)."""
+        with self._pipelined(f"recording the outcome of job {job.id}") as conn:
+            self._failed(conn, job, error, retry_at)
+            tx_hook(conn)
+
+    def run_tx(self, tx_hook: TxHook) -> None:
+        """``tx_hook`` alone in a transaction on this backend's pool."""
+        with self._tx("running a statement of the caller's") as conn:
+            tx_hook(conn)
 
     def _failed(self, conn: psycopg.Connection[TupleRow], job: JobRecord, error: str,
                 retry_at: dt.datetime | None) -> None:

@@ -31,6 +31,12 @@ FROM {schema}.fleet
 WHERE heartbeat_at >= now() - make_interval(secs => %(lease)s)
 ORDER BY kind, side, started_at;
 
+-- name: fleet_member_here
+-- Read on a backend's connection: finding this member's own row (a random uuid) there proves the
+-- backend's database holds this very control plane, so the fence's claim and finish can join
+-- the backend's transactions (cutover.fence). A database without the schema fails: not shared.
+SELECT true FROM {schema}.fleet WHERE member = %(member)s;
+
 -- name: fleet_deregister
 DELETE FROM {schema}.fleet WHERE member = %(member)s;
 
