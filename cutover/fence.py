@@ -48,7 +48,8 @@ from cutover.control import Claim, ControlPlane, MemberKind, PhaseWatcher
 from cutover.control.claims import LEASE, ClaimState
 from cutover.control.fleet import HEARTBEAT
 from cutover.control.phase import PhaseState
-from cutover.errors import ConfigurationError, CutoverError
+from cutover.control.watcher import REFRESH, STALE_AFTER, check_bounds
+from cutover.errors import ConfigurationError, CutoverError, PhaseUnknownError
 from cutover.metrics import METRICS, Metrics
 from cutover.phases import Mode, Phase, Side, mode
 from cutover.record import JobRecord
@@ -85,12 +86,14 @@ class PhaseGate:
     def __init__(self, control: ControlPlane, backend: QueueBackend, side: Side, *,
                  source: QueueBackend | None = None, lease: float = LEASE,
                  heartbeat: float = HEARTBEAT, refresh: float | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, stale_after: float = STALE_AFTER) -> None:
         self.control = control
         self.backend = backend
         self.side = side
         self.source = source
         self.lease = lease
+        check_bounds(REFRESH if refresh is None else refresh, stale_after)
+        self.stale_after = stale_after
         self.heartbeat_interval = min(heartbeat, lease / 3)
         self.metrics = metrics
         self.member = control.register(MemberKind.WORKER, side=side, backend=backend.name)
@@ -134,8 +137,19 @@ class PhaseGate:
 
     def mode(self) -> tuple[Mode, bool]:
         """(mode, fenced): what the worker does with the next job, and whether a run goes
-        through the fence. Read between jobs, never during one."""
+        through the fence. Read between jobs, never during one.
+
+        Refused (:class:`PhaseUnknownError`, which stops the worker) when the phase could not be
+        read for ``stale_after`` seconds: a worker that ran on by an old phase could run a job
+        without the fence while the other side runs its copy."""
         state = self.state()
+        age = self.watcher.age
+        if age > self.stale_after:
+            raise PhaseUnknownError(
+                f"the cut-over's phase could not be read for {age:.0f}s (the control plane "
+                f"{self.control.redacted_url} is unreachable or slow): the {self.side} worker "
+                f"stops rather than run jobs by an old phase ({state.phase.value}, epoch "
+                f"{state.epoch}); start it again once the control plane answers")
         if state.phase is Phase.OFF and state.epoch == 0:
             now, fenced = Mode.EXECUTE, False  # no staged cut-over ever started: as before
         else:
@@ -333,11 +347,12 @@ class GateConfig:
     lease: float = LEASE
     heartbeat: float = HEARTBEAT
     refresh: float | None = None
+    stale_after: float = STALE_AFTER
 
     def open(self, backend: QueueBackend, metrics: Metrics | None = None) -> PhaseGate:
         return PhaseGate(self.control, backend, self.side, source=self.source,
                          lease=self.lease, heartbeat=self.heartbeat, refresh=self.refresh,
-                         metrics=metrics)
+                         metrics=metrics, stale_after=self.stale_after)
 
 
 def side_of(backend: QueueBackend, state: PhaseState, source_url: str | None,

@@ -72,7 +72,7 @@ class Preflight:
             Check.SCHEMA: self.schema,
             Check.TASKS_RESOLVABLE: self.tasks_resolvable,
             Check.SHADOW_CONSISTENCY: self.shadow_consistency,
-            Check.WORKERS_ALIVE: lambda: self.workers_alive(move.to),
+            Check.WORKERS_ALIVE: lambda: self.workers_alive(move.to, epoch),
             Check.NO_NATIVE_BYPASS: lambda: self.no_native_bypass(move.to),
             Check.PRODUCERS_ACKNOWLEDGED: lambda: self.producers_acknowledged(epoch),
             Check.SOURCE_DRAINED: self.source_drained,
@@ -129,21 +129,39 @@ class Preflight:
             return Outcome(False, detail)
         return Outcome(True, detail)
 
-    def workers_alive(self, to: Phase) -> Outcome:
-        members = self.control.alive(self.thresholds.fleet_lease, kind=MemberKind.WORKER)
+    def workers_alive(self, to: Phase, epoch: int | None = None) -> Outcome:
+        """A cutover worker alive on each side in service in ``to``; and, given the current
+        ``epoch``, every live worker on those sides acting on it (waiting up to ``ack_wait``):
+        a worker still on an older phase could run a job without the fence once the other
+        side starts running its copies (say, one that never saw ``shadow`` when ``live``
+        begins)."""
+        deadline = time.monotonic() + self.thresholds.ack_wait
+        while True:
+            members = self.control.alive(self.thresholds.fleet_lease, kind=MemberKind.WORKER)
+            sides = [side for side in Side if mode(to, side) is not Mode.IDLE]
+            behind = [m for m in members if m.side in sides and epoch is not None
+                      and m.acked_epoch < epoch]
+            if not behind or time.monotonic() >= deadline:
+                break
+            time.sleep(0.25)
         missing, seen = [], []
-        for side in Side:
-            if mode(to, side) is Mode.IDLE:
-                continue
+        for side in sides:
             n = sum(1 for m in members if m.side is side)
             seen.append(f"{side} {n}")
             if not n:
                 missing.append(f"no cutover worker alive on the {side} "
                                f"({self.side(side).url}): start `cutover worker --backend "
                                f"{side}`")
+        if behind:
+            missing.append(f"{len(behind)} cutover worker(s) have not acknowledged epoch "
+                           f"{epoch} after {self.thresholds.ack_wait:g}s (still acting on an "
+                           f"older phase): " + ", ".join(
+                               f"{m.side} {m.host} pid {m.pid} at epoch {m.acked_epoch}"
+                               for m in behind[:10]))
         if missing:
             return Outcome(False, "; ".join(missing))
-        return Outcome(True, "alive: " + ", ".join(seen))
+        return Outcome(True, "alive: " + ", ".join(seen)
+                       + ("" if epoch is None else f", all at epoch {epoch}"))
 
     def no_native_bypass(self, to: Phase) -> Outcome:
         declared = {i for m in self.control.alive(self.thresholds.fleet_lease)

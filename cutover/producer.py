@@ -28,21 +28,11 @@ from collections.abc import Iterator
 
 from cutover.control import ControlPlane, MemberKind, PhaseState, PhaseWatcher
 from cutover.control.fleet import HEARTBEAT, LEASE
-from cutover.control.watcher import REFRESH
-from cutover.errors import ConfigurationError, CutoverError, PhaseUnknownError
+from cutover.control.watcher import REFRESH, STALE_AFTER, check_bounds
+from cutover.errors import CutoverError, PhaseUnknownError
 
 log = logging.getLogger("cutover.producer")
-#: Seconds after which a producer refuses to route by the phase it last read (below LEASE).
-STALE_AFTER = 10.0
 assert STALE_AFTER < LEASE
-
-
-def check_bounds(refresh: float, stale_after: float) -> None:
-    """Refuse a ``stale_after`` the watcher's own re-read (``2 * refresh + 1`` s) cannot meet."""
-    if stale_after <= 2 * refresh + 1.0:
-        raise ConfigurationError(
-            f"stale_after ({stale_after}s) must exceed 2 * refresh + 1 ({2 * refresh + 1.0}s): "
-            f"the phase is re-read by then, and a router would refuse enqueues in between")
 
 
 class Membership:

@@ -32,11 +32,11 @@ from cutover.backend import QueueBackend, TransactionalEnqueue
 from cutover.control import PG_SCHEMES, ControlPlane, control_url
 from cutover.control.fleet import HEARTBEAT
 from cutover.control.ledger import LedgerState
-from cutover.control.watcher import REFRESH
+from cutover.control.watcher import REFRESH, STALE_AFTER, check_bounds
 from cutover.errors import ConfigurationError
 from cutover.metrics import METRICS, Metrics
 from cutover.phases import Phase, Side, writes
-from cutover.producer import STALE_AFTER, Membership, check_bounds
+from cutover.producer import Membership
 from cutover.record import JobRecord
 from cutover.registry import TaskRegistry
 from cutover.settings import DEFAULT_SCHEMA, ControlPooling, Settings

@@ -21,12 +21,24 @@ import psycopg
 
 from cutover.control.phase import CHANNEL, Phases, PhaseState
 from cutover.control.plane import backend_pid
-from cutover.errors import CutoverError
+from cutover.errors import ConfigurationError, CutoverError
 from cutover.phases import Phase
 
 log = logging.getLogger("cutover.control.watcher")
 #: How often the phase is re-read without a notification, seconds (the staleness bound).
 REFRESH = 2.0
+#: Seconds after which a producer or a worker refuses to act on the phase it last read
+#: (PhaseUnknownError): below the fleet's liveness lease (15 s), so a member the fleet no longer
+#: counts as alive has already stopped acting on an old phase.
+STALE_AFTER = 10.0
+
+
+def check_bounds(refresh: float, stale_after: float) -> None:
+    """Refuse a ``stale_after`` the watcher's own re-read (``2 * refresh + 1`` s) cannot meet."""
+    if stale_after <= 2 * refresh + 1.0:
+        raise ConfigurationError(
+            f"stale_after ({stale_after}s) must exceed 2 * refresh + 1 ({2 * refresh + 1.0}s): "
+            f"the phase is re-read by then, and a router would refuse enqueues in between")
 
 
 class PhaseWatcher:

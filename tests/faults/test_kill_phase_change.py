@@ -100,9 +100,10 @@ def test_kill_9_of_rollback_out_of_rampdown_then_rerun_moves_every_job_back_once
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUTOVER_FLEET_LEASE", "300")  # the registrations outlive the test
     control = walk_to(urls, Phase.RAMPDOWN)
-    # a cutover worker alive on each side, so the rollback passes its checks unforced
-    control.register(MemberKind.WORKER, side="source", backend="rq")
-    control.register(MemberKind.WORKER, side="target", backend="procrastinate")
+    # a cutover worker alive on each side, acting on rampdown's epoch (3), so the rollback
+    # passes its checks unforced
+    control.register(MemberKind.WORKER, side="source", backend="rq", epoch=3)
+    control.register(MemberKind.WORKER, side="target", backend="procrastinate", epoch=3)
     source, target = adapters.open_backend(urls[0]), adapters.open_backend(urls[1])
     records = jobs(target)  # rampdown: producers wrote the target only
     killed(urls, fault, "rollback", "--yes")

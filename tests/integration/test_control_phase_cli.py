@@ -44,12 +44,17 @@ class Walk:
         return result.exit_code, json.loads(result.stdout)
 
     def workers(self) -> None:
-        for side in ("source", "target"):
-            self.control.register(MemberKind.WORKER, side=side, backend="memory")
+        """A cutover worker on each side, acting on the current epoch (force_to keeps them up
+        to date, as running workers would)."""
+        self.members = [self.control.register(MemberKind.WORKER, side=side, backend="memory",
+                                              epoch=self.phase[1])
+                        for side in ("source", "target")]
 
     def force_to(self, phase: Phase) -> None:
         while self.control.read_phase().phase is not phase:
             assert self.run("phase", "advance", "--yes", "--force", "--why", "test").exit_code == 0
+            for member in getattr(self, "members", []):
+                self.control.ack_epoch(member, self.phase[1])
 
     @property
     def phase(self) -> tuple[Phase, int]:
@@ -226,3 +231,19 @@ def test_rollback_moves_nothing_back_until_producers_acknowledged(walk: Walk) ->
                                       "--yes"])
     assert result.exit_code == 0, result.output
     assert [r.id for r in walk.source.snapshot()] == ids
+
+
+def test_advance_refuses_while_a_worker_still_acts_on_an_older_phase(walk: Walk) -> None:
+    """A source worker that never saw ``shadow`` (its epoch 0: it runs jobs without the fence)
+    must not be there when ``live`` starts running the target's copies."""
+    walk.force_to(Phase.SHADOW)
+    behind = walk.control.register(MemberKind.WORKER, side="source", backend="memory", epoch=0)
+    walk.control.register(MemberKind.WORKER, side="target", backend="memory", epoch=1)
+    code, doc = walk.json("phase", "advance", "--dry-run")
+    assert code == 3
+    refusal = {r["check"]: r["detail"] for r in doc["refusals"]}
+    assert "1 cutover worker(s) have not acknowledged epoch 1" in refusal["workers_alive"]
+    assert "source" in refusal["workers_alive"] and "at epoch 0" in refusal["workers_alive"]
+    walk.control.ack_epoch(behind, 1)
+    _, doc = walk.json("phase", "advance", "--dry-run")
+    assert "workers_alive" not in {r["check"] for r in doc["refusals"]}

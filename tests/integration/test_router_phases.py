@@ -8,13 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from cutover import Call, Router, adapters, phases
 from cutover.backend import QueueBackend
@@ -23,6 +21,7 @@ from cutover.errors import BackendError, ConfigurationError, PhaseUnknownError
 from cutover.phases import Phase
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
+from tests.integration.control_db import control_database
 
 
 def move_to(control: ControlPlane, to: Phase) -> int:
@@ -265,22 +264,14 @@ def test_a_router_that_cannot_read_the_phase_refuses_rather_than_misroute(
     the phase it read for at most ``stale_after`` seconds, then refuses every enqueue with
     PhaseUnknownError (nothing written anywhere) until the phase can be read again: the phase
     may have moved on meanwhile, to one whose workers would never run a source-only job."""
-    ctl = f"cutover_ctl_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pair.target_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(ctl)))
-    control_url = pair.target_url.rsplit("/", 1)[0] + "/" + ctl
-    plane = ControlPlane(control_url)
-    try:
+    with control_database(pair.target_url) as ctl:
+        plane = ControlPlane(ctl.url)
         plane.init()
-        with pair.router(control=control_url, refresh=0.2, stale_after=2.0) as router:
+        plane.close()
+        with pair.router(control=ctl.url, refresh=0.2, stale_after=2.0) as router:
             assert pair.on(router.enqueue(tasks.add, 1, 1)) == (True, False)
             assert router._membership is not None  # it reads the plane's phase
-            plane.close()
-            with psycopg.connect(pair.target_url, autocommit=True) as admin:
-                admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
-                    sql.Identifier(ctl)))
-                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = %s", [ctl])
+            ctl.cut()
             cut = time.monotonic()
             refused = None
             while refused is None:
@@ -291,16 +282,14 @@ def test_a_router_that_cannot_read_the_phase_refuses_rather_than_misroute(
                     refused = exc
                 time.sleep(0.05)
             assert time.monotonic() - cut >= 2.0 - 2 * 0.2 - 0.1  # not before the bound
-            assert "could not be read" in str(refused) and ctl in str(refused)
+            assert "could not be read" in str(refused) and ctl.name in str(refused)
             written = pair.source.counts()
             with pytest.raises(PhaseUnknownError):  # refused calls write nothing
                 router.enqueue_many([Call(tasks.add, (3, 3))])
             assert pair.source.counts() == written
-            with psycopg.connect(pair.target_url, autocommit=True) as admin:
-                admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
-                    sql.Identifier(ctl)))
+            ctl.restore()
             back = time.monotonic()
-            while True:  # the phase is read again: enqueues go through, where live says
+            while True:  # the phase is read again: enqueues go through, where off says
                 try:
                     job = router.enqueue(tasks.add, 4, 4)
                     break
@@ -308,11 +297,6 @@ def test_a_router_that_cannot_read_the_phase_refuses_rather_than_misroute(
                     assert time.monotonic() - back < 10, "never routed again"
                     time.sleep(0.1)
             assert pair.on(job) == (True, False)
-    finally:
-        plane.close()
-        with psycopg.connect(pair.target_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(ctl)))
 
 
 def test_a_stale_bound_the_watcher_cannot_meet_is_refused(pair: Pair) -> None:
