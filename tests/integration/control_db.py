@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -16,7 +17,7 @@ class ControlDatabase:
     def __init__(self, server_url: str) -> None:
         self.server_url = server_url
         self.name = f"cutover_ctl_{uuid.uuid4().hex[:8]}"
-        self.url = server_url.rsplit("/", 1)[0] + "/" + self.name
+        self.url = urlunsplit(urlsplit(server_url)._replace(path=f"/{self.name}"))
 
     def _admin(self, statement: sql.Composable, *params: object) -> None:
         with psycopg.connect(self.server_url, autocommit=True) as admin:
