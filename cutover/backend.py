@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import zlib
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from cutover.record import JobRecord, JobState
@@ -315,4 +315,19 @@ class TransactionalWork(Protocol):
 
     def run_tx(self, tx_hook: TxHook) -> None:
         """``tx_hook`` alone in a transaction of the backend's (what database is this?)."""
+        ...
+
+
+@runtime_checkable
+class StatementEnqueue(Protocol):
+    """A backend that writes one job and one SQL statement of the caller's in a single
+    statement: one round trip and one commit (the Router's single dual write, its ledger row
+    with the target's copy, when the target's database holds the control plane). The
+    PostgreSQL adapter has it."""
+
+    def enqueue_with(self, record: JobRecord, statement: Any,
+                     params: Mapping[str, Any]) -> str:
+        """:meth:`QueueBackend.enqueue` of one record, with ``statement`` (a data-modifying
+        SQL statement, ``psycopg.sql.Composable``, whose parameters ``params`` are named apart
+        from the job's) committed with it; the job's resulting id."""
         ...

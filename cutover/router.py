@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cutover import adapters, faults
-from cutover.backend import QueueBackend, TransactionalEnqueue
+from cutover.backend import QueueBackend, StatementEnqueue, TransactionalEnqueue
 from cutover.control import PG_SCHEMES, ControlPlane, control_url
 from cutover.control.fleet import HEARTBEAT
 from cutover.control.ledger import LedgerState
@@ -280,7 +280,15 @@ class Router:
             plane.record(rows, state=LedgerState.ACCEPTED, source=source_key,
                          target=target_key, run_id="router", conn=conn)
 
-        if self._shared and isinstance(target, TransactionalEnqueue):
+        if (self._shared and connection is None and len(records) == 1
+                and isinstance(target, StatementEnqueue)):
+            # One job: the copy and its ledger row in one statement (one round trip, one
+            # commit, as the backend's own enqueue).
+            one, stmt = target, plane.record_statement(
+                records[0], state=LedgerState.ACCEPTED, source=source_key, target=target_key,
+                run_id="router")
+            ids = self._timed(target, 1, lambda: [one.enqueue_with(records[0], *stmt)])
+        elif self._shared and isinstance(target, TransactionalEnqueue):
             tx = target
             ids = self._timed(target, len(records), lambda: tx.enqueue_tx(
                 records, tx_hook=lambda conn: ledger(records, conn), conn=connection))

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import psycopg
+from psycopg import sql
 
 from cutover.control.plane import Plumbing
 from cutover.errors import UnsupportedValueError
@@ -77,6 +78,18 @@ class Ledger(Plumbing):
                 for row in rows:
                     copy.write_row(row)
             c.execute(self.query("ledger_upsert"))
+
+    def record_statement(self, record: JobRecord, *, state: LedgerState | str, source: str,
+                         target: str, run_id: str) -> tuple[sql.Composed, dict[str, Any]]:
+        """:meth:`record` of one job as a statement and its parameters (named ``ledger_*``),
+        for a backend to run in the very statement that writes the job
+        (:class:`~cutover.backend.StatementEnqueue`)."""
+        return self.query("ledger_upsert_with"), {
+            "ledger_id": record.id, "ledger_task": record.task, "ledger_queue": record.queue,
+            "ledger_digest": record.digest(), "ledger_content": record.content_json(),
+            "ledger_state": LedgerState(state).value, "ledger_source": source,
+            "ledger_target": target, "ledger_source_id": record.native_id,
+            "ledger_origin": record.origin, "ledger_run_id": run_id}
 
     def mark(self, ids: Sequence[str], *, state: LedgerState | str, source: str, target: str,
              conn: Any = None) -> None:

@@ -13,7 +13,7 @@ import pytest
 from cutover_procrastinate import ProcrastinateBackend
 from cutover_procrastinate.sql import query as sql_text
 
-from cutover.errors import BackendUnavailableError, ConfigurationError
+from cutover.errors import BackendError, BackendUnavailableError, ConfigurationError
 from cutover.record import JobRecord, JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
@@ -275,3 +275,40 @@ def test_a_running_job_holds_its_key_and_the_lookup_uses_indexes(
         plan = "\n".join(str(r[0]) for r in conn.execute(
             "EXPLAIN " + sql_text("live_key_holders").replace("%(keys)s", "ARRAY['k']")))
     assert "Index Scan using procrastinate_jobs_queueing_lock_idx_v1" in plan, plan
+
+
+def test_enqueue_with_commits_the_job_and_the_callers_statement_together(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    """The Router's single dual write: the job and its ledger row in one statement. A failing
+    statement leaves no job; a key held by a live job returns that job, the statement ran."""
+    from psycopg.sql import SQL
+
+    sql(cutover_database_url, "CREATE TABLE side (id text PRIMARY KEY)")
+    note = SQL("INSERT INTO side (id) VALUES (%(side_id)s)")
+    first = registry.make_record(tasks.add, (), {"a": 1, "b": 2}, job_key="k")
+    assert backend.enqueue_with(first, note, {"side_id": first.id}) == first.id
+    assert backend.get(first.id) is not None
+    again = registry.make_record(tasks.add, (), {"a": 1, "b": 2}, job_key="k")
+    assert backend.enqueue_with(again, note, {"side_id": again.id}) == first.id  # key held
+    assert backend.get(again.id) is None
+    broken = registry.make_record(tasks.add, (), {"a": 3, "b": 4})
+    with pytest.raises(BackendError):  # the statement fails (duplicate key): no job either
+        backend.enqueue_with(broken, note, {"side_id": first.id})
+    assert backend.get(broken.id) is None
+    assert sorted(r[0] for r in sql(cutover_database_url, "SELECT id FROM side")) == sorted(
+        [first.id, again.id])
+    with pytest.raises(ValueError, match="named like the job's"):
+        backend.enqueue_with(broken, note, {"id": "x"})
+
+
+def test_the_pool_lends_the_connection_given_back_last_first(
+        backend: ProcrastinateBackend) -> None:
+    """Last in, first out: a hot loop keeps its connection (checked by a round trip only when
+    idle past _QUIET), the others stay idle."""
+    first = backend.pool.getconn()
+    second = backend.pool.getconn()
+    backend.pool.putconn(first)
+    backend.pool.putconn(second)
+    for _ in range(3):
+        with backend.pool.connection() as conn:
+            assert conn is second

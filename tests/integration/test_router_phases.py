@@ -192,7 +192,13 @@ def test_a_lost_notification_misroutes_no_longer_than_the_re_read_bound(pair: Pa
     with pair.router(refresh=0.5) as router:
         router.enqueue(tasks.add, 0, 0)
         member = router._membership
-        assert member is not None and member.watcher.backend_pid
+        assert member is not None
+        # The watcher's thread opens its LISTEN connection after start() returns: a single
+        # enqueue (one round trip) can be done before it is up.
+        deadline = time.monotonic() + 5
+        while not member.watcher.backend_pid:
+            assert time.monotonic() < deadline, "the watcher never connected"
+            time.sleep(0.01)
         with psycopg.connect(pair.target_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", [member.watcher.backend_pid])
         move_to(pair.control, Phase.SHADOW)

@@ -17,13 +17,14 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, LiteralString
 
 import psycopg
 import psycopg_pool
 from procrastinate.schema import SchemaManager
 from psycopg.rows import TupleRow
+from psycopg.sql import SQL
 from psycopg.types.json import Jsonb
 
 from cutover import codec
@@ -95,6 +96,38 @@ def _check_connection(conn: psycopg.Connection[TupleRow]) -> None:
         psycopg_pool.ConnectionPool.check_connection(conn)
 
 
+class _Pool(psycopg_pool.ConnectionPool[psycopg.Connection[TupleRow]]):
+    """psycopg_pool's pool, lending the connection given back last first, and taking it back
+    at once.
+
+    Given a ``reset`` function, psycopg_pool hands every returned connection to a worker thread:
+    a hot loop borrowed again before it was back, took (or grew the pool to) another, and the
+    pool's first-in-first-out order then lent each of two connections after two calls: always
+    idle past ``_QUIET``, so :func:`_check_connection` spent its round trip on every borrow (a
+    fifth of a single enqueue). So the time of return is noted here as the connection comes
+    back (no ``reset``: psycopg_pool returns it synchronously), and the last one back goes out
+    first: a hot loop keeps its hot connection, the others idle (and are checked when lent).
+    The order reaches into the pool's deque; a psycopg_pool that lays it out otherwise keeps
+    its own order."""
+
+    @contextlib.contextmanager
+    def connection(self, timeout: float | None = None
+                   ) -> Iterator[psycopg.Connection[TupleRow]]:
+        with super().connection(timeout) as conn:
+            yield conn
+        _returned(conn)
+
+    def _add_to_pool(self, conn: psycopg.Connection[TupleRow]) -> None:
+        super()._add_to_pool(conn)
+        idle: Any = getattr(self, "_pool", None)
+        lock: Any = getattr(self, "_lock", None)
+        if lock is None or not hasattr(idle, "rotate"):
+            return
+        with lock:
+            if len(idle) > 1 and idle[-1] is conn:
+                idle.rotate(1)  # to the front: popleft lends it next
+
+
 def _configure(conn: psycopg.Connection[TupleRow]) -> None:
     """Plan every statement for its own values. psycopg prepares a statement after 5 runs and
     PostgreSQL then keeps a generic plan, made from the statistics of that moment: made while
@@ -125,12 +158,11 @@ class ProcrastinateBackend:
             raise ConfigurationError(f"invalid PostgreSQL URL {self._url}: "
                                      f"{redact_text(str(exc), *self._secrets)}") from exc
         self.pool: psycopg_pool.ConnectionPool[psycopg.Connection[TupleRow]] = \
-            psycopg_pool.ConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
-                                        # autocommit: a one-statement operation is one round
-                                        # trip; transactions are explicit (conn.transaction())
-                                        kwargs={"connect_timeout": 5, "autocommit": True},
-                                        name="cutover", check=_check_connection,
-                                        configure=_configure, reset=_returned)
+            _Pool(url, min_size=min_size, max_size=max_size, open=False,
+                  # autocommit: a one-statement operation is one round trip; transactions are
+                  # explicit (conn.transaction())
+                  kwargs={"connect_timeout": 5, "autocommit": True}, name="cutover",
+                  check=_check_connection, configure=_configure)
         with self._errors("connecting"):
             self.pool.open(wait=True, timeout=10)
         self._workers: dict[str, int] = {}
@@ -287,20 +319,44 @@ class ProcrastinateBackend:
             return [self._enqueue_one(fresh[0], tx_hook)]
         return self._insert(fresh, mode="enqueue", tx_hook=tx_hook, conn=conn)[0]
 
-    def _enqueue_one(self, r: JobRecord, tx_hook: TxHook | None = None) -> str:
-        """One job in one round trip (``cutover_enqueue_v1``, sql/schema.sql): the same rules
-        as :meth:`_insert` (existing id, live job key), on an autocommit connection; with
-        ``tx_hook``, in a transaction the hook's statements join."""
+    def enqueue_with(self, record: JobRecord, statement: Any,
+                     params: Mapping[str, Any]) -> str:
+        """One job (:meth:`enqueue`'s rules) and ``statement`` in one SQL statement
+        (``enqueue_with``): one round trip and one commit. ``params`` are ``statement``'s,
+        named apart from the job's."""
+        now = utcnow()
+        r = record
+        if r.state not in (JobState.QUEUED, JobState.SCHEDULED):
+            r = r.replace(state=JobState.SCHEDULED if r.run_at and r.run_at > now
+                          else JobState.QUEUED, origin=r.origin or self.name)
+        job = self._one_params(r)
+        clash = set(job) & set(params)
+        if clash:
+            raise ValueError(f"parameters named like the job's: {sorted(clash)}")
+        query = SQL(sql.query("enqueue_with")).format(companion=statement)
+        with self._errors("enqueuing a job"), self.pool.connection() as conn:
+            row = conn.execute(query, {**job, **params}).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def _one_params(self, r: JobRecord) -> dict[str, Any]:
+        """The parameters of ``cutover_enqueue_v1`` for one job."""
         try:
             args, positional, _, memory = encoded(r)
         except CutoverError as exc:
             raise JobError(str(exc), job_id=r.id) from exc
-        params = {
+        return {
             "id": r.id, "queue": r.queue, "task": r.task, "priority": r.priority,
             "key": r.job_key, "args": args, "run_at": r.run_at, "attempts": r.attempts,
             "max_attempts": r.max_attempts, "intervals": to_json(list(r.retry_intervals)),
             "positional": positional, "origin": r.origin or self.name,
             "created_at": r.created_at or utcnow(), "native": memory}
+
+    def _enqueue_one(self, r: JobRecord, tx_hook: TxHook | None = None) -> str:
+        """One job in one round trip (``cutover_enqueue_v1``, sql/schema.sql): the same rules
+        as :meth:`_insert` (existing id, live job key), on an autocommit connection; with
+        ``tx_hook``, in a transaction the hook's statements join."""
+        params = self._one_params(r)
         with self._errors("enqueuing a job"), self.pool.connection() as conn:
             if tx_hook is None:
                 row = conn.execute(sql.query("enqueue_one"), params).fetchone()

@@ -44,6 +44,21 @@ ON CONFLICT (cutover_id) DO UPDATE
         target = EXCLUDED.target, source_id = EXCLUDED.source_id, run_id = EXCLUDED.run_id,
         updated_at = now();
 
+-- name: ledger_upsert_with
+-- ledger_upsert_one with its parameters named apart (ledger_*), for a backend that runs it in
+-- the same SQL statement as the job it belongs to (ProcrastinateBackend.enqueue_with: a
+-- data-modifying WITH; one round trip and one commit for a Router's single dual write).
+INSERT INTO {schema}.ledger AS l (cutover_id, task, queue, digest, content, state, source,
+                                  target, source_id, origin, run_id)
+VALUES (%(ledger_id)s, %(ledger_task)s, %(ledger_queue)s, %(ledger_digest)s,
+        %(ledger_content)s, %(ledger_state)s, %(ledger_source)s, %(ledger_target)s,
+        %(ledger_source_id)s, %(ledger_origin)s, %(ledger_run_id)s)
+ON CONFLICT (cutover_id) DO UPDATE
+    SET task = EXCLUDED.task, queue = EXCLUDED.queue, digest = EXCLUDED.digest,
+        content = EXCLUDED.content, state = EXCLUDED.state, source = EXCLUDED.source,
+        target = EXCLUDED.target, source_id = EXCLUDED.source_id, run_id = EXCLUDED.run_id,
+        updated_at = now();
+
 -- name: ledger_mark
 SELECT {schema}.ledger_mark(%(ids)s, %(state)s, %(source)s, %(target)s);
 

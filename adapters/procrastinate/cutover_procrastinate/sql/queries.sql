@@ -292,6 +292,21 @@ SELECT cutover_enqueue_v1(%(id)s, %(queue)s, %(task)s, %(priority)s, %(key)s, %(
                           %(run_at)s, %(attempts)s, %(max_attempts)s, %(intervals)s::jsonb,
                           %(positional)s::jsonb, %(origin)s, %(created_at)s, %(native)s::jsonb);
 
+-- name: enqueue_with
+-- enqueue_one and a statement of the caller's (the Router's ledger row) in one statement:
+-- one round trip and one commit, as defer's. A data-modifying WITH runs exactly once whether
+-- or not the outer query reads it; the function's own rules (existing id, live job key) decide
+-- the id returned, and the caller deals with a row written for an id it did not get.
+WITH job AS MATERIALIZED (
+    SELECT cutover_enqueue_v1(%(id)s, %(queue)s, %(task)s, %(priority)s, %(key)s,
+                              %(args)s::jsonb, %(run_at)s, %(attempts)s, %(max_attempts)s,
+                              %(intervals)s::jsonb, %(positional)s::jsonb, %(origin)s,
+                              %(created_at)s, %(native)s::jsonb) AS id
+), companion AS (
+    {companion}
+)
+SELECT id FROM job;
+
 -- name: native_clashes
 -- Of ids pg-N coming from another backend, those that would be confused with procrastinate's
 -- own job N: a plain job N here now (a job cutover moved away is held, with a cutover_jobs
