@@ -5,8 +5,8 @@ A :class:`PhaseGate` joins one worker to the control plane: it registers the wor
 phase through one :class:`~cutover.control.PhaseWatcher` and says, between jobs, what the worker
 does (:func:`cutover.phases.mode`):
 
-- ``EXECUTE`` / ``FENCED``: run the job. Whenever a staged cut-over is under way (any phase but
-  ``off``) the run goes through the fence, because a job may have a copy on the other side: the
+- ``EXECUTE`` / ``FENCED``: run the job. Once a staged cut-over has started (any phase but ``off``
+  at epoch 0) the run goes through the fence, because a job may have a copy on the other side: the
   job's cutover id is claimed in ``claims`` under a lease, which a heartbeat extends while the job
   runs. The first claimant runs it; a claim already finished makes this copy a duplicate (removed
   without running, counted); a claim held under a valid lease makes this copy wait (its thread
@@ -28,7 +28,9 @@ does (:func:`cutover.phases.mode`):
 
 ``off`` at epoch 0 (no staged cut-over ever started: drains only) keeps today's behaviour on both
 sides, fence-free. After a rollback to ``off`` (epoch > 0) the target is idle: its copies of jobs
-the source runs must not run there.
+the source runs must not run there. The source still runs through the fence then: a copy written
+in ``shadow`` or ``live`` may still wait there whose other copy ran on the target (its claim
+finished) or still runs there, started before the rollback; unfenced it would run a second time.
 """
 
 from __future__ import annotations
@@ -153,8 +155,10 @@ class PhaseGate:
         if state.phase is Phase.OFF and state.epoch == 0:
             now, fenced = Mode.EXECUTE, False  # no staged cut-over ever started: as before
         else:
+            # Once a cut-over started, every run is fenced, off included (a rollback to off
+            # leaves source copies whose target copy ran: see the module's doc).
             now = mode(state.phase, self.side)
-            fenced = now is Mode.FENCED or (now is Mode.EXECUTE and state.phase is not Phase.OFF)
+            fenced = now in (Mode.FENCED, Mode.EXECUTE)
         if self._logged != (state.phase, now):
             self._logged = (state.phase, now)
             how = {Mode.IDLE: "claims nothing (this side is not in service in this phase)",
