@@ -22,6 +22,10 @@ from cutover.preflight import Preflight, Thresholds
 
 Refused = click.exceptions.Exit
 
+#: A move back waits this long for the jobs running on the target when its passes end (a retry
+#: of one is waiting again, and moved); still running after it, they are reported (exit 3).
+MOVE_BACK_WAIT_RUNNING = 30.0
+
 
 @click.group()
 def phase() -> None:
@@ -254,7 +258,8 @@ def _move_back(control: ControlPlane, preflight: Preflight, epoch: int,
     assert registry is not None
     started = time.monotonic()
     report = Drain(preflight.target, preflight.target_url, preflight.source,
-                   preflight.source_url, control, registry, DrainOptions()).run()
+                   preflight.source_url, control, registry,
+                   DrainOptions(wait_running=MOVE_BACK_WAIT_RUNNING)).run()
     control.event("rollback_drain", {"epoch": epoch, "moved": report.moved,
                                      "left": report.left_count, "run_id": report.run_id,
                                      "forced_ack": not acked.passed})

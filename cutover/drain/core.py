@@ -345,14 +345,22 @@ class Drain:
                 time.sleep(wait)
 
     def _wait_for_running(self) -> None:
+        """Wait (up to ``wait_running`` seconds) for the jobs running on the source once the
+        passes are over, passing again meanwhile: one that ends has run; one that is retried
+        waits again and the next pass moves it. Jobs a worker starts after that were waiting
+        at a pass (a worker took them first: they run where they are); waiting for every running
+        job instead would never end on a source whose workers keep taking new jobs. Those of
+        the set still running at the deadline are reported."""
         deadline = time.monotonic() + self.options.wait_running
+        watched: set[str] | None = None
         while True:
-            running = [r.id for r in self.source.snapshot(states=[JobState.STARTED],
-                                                          queues=self.options.queues)]
-            if not running or time.monotonic() >= deadline or self.report.stopped:
-                self.report.running = running
+            now = {r.id for r in self.source.snapshot(states=[JobState.STARTED],
+                                                      queues=self.options.queues)}
+            watched = now if watched is None else watched & now
+            if not watched or time.monotonic() >= deadline or self.report.stopped:
+                self.report.running = sorted(watched)
                 return
-            log.info("waiting for %d running job(s) on the source", len(running))
+            log.info("waiting for %d running job(s) on the source", len(watched))
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
             self._passes_here()  # stragglers: in this process, whatever --workers says
 
