@@ -51,7 +51,12 @@ from cutover.control.claims import LEASE, ClaimState
 from cutover.control.fleet import HEARTBEAT
 from cutover.control.phase import PhaseState
 from cutover.control.watcher import REFRESH, STALE_AFTER, check_bounds
-from cutover.errors import ConfigurationError, CutoverError, PhaseUnknownError
+from cutover.errors import (
+    ConfigurationError,
+    CutoverError,
+    PhaseUnknownError,
+    PreconditionError,
+)
 from cutover.metrics import METRICS, Metrics
 from cutover.phases import Mode, Phase, Side, mode
 from cutover.record import JobRecord
@@ -378,3 +383,53 @@ def side_of(backend: QueueBackend, state: PhaseState, source_url: str | None,
         return Side.TARGET
     raise ConfigurationError(f"cannot tell which side of the cut-over {backend.url} is: give "
                              "--source and --target")
+
+
+#: A finished claim is kept at least this long (seconds): a Router's dual write whose target
+#: copy ran before its source write landed must still find it (see :func:`prune_claims`).
+PRUNE_GRACE = 24 * 3600.0
+
+
+@dataclasses.dataclass
+class PruneReport:
+    """What :func:`prune_claims` did: claims deleted, and kept because a copy is still live."""
+
+    deleted: int = 0
+    kept: list[str] = dataclasses.field(default_factory=list)
+
+
+def prune_claims(control: ControlPlane, source: QueueBackend, target: QueueBackend, *,
+                 older_than: float = PRUNE_GRACE, limit: int = 10_000) -> PruneReport:
+    """Delete finished claims the fence no longer needs, at most ``limit`` in one call.
+
+    A finished claim is what turns the other copy of a job into a duplicate (and a recovered
+    copy of a job whose outcome the backend never recorded): it is needed while any copy of
+    the job may still reach a fenced worker. So a claim goes only when it finished more than
+    ``older_than`` seconds ago (a Router's source write can still be on its way after its
+    target copy ran: hence a long grace) and neither backend holds a live copy of the job
+    (waiting, scheduled, started, or held by a drain), checked while the pair's drain locks
+    (both directions) are held, so no drain moves a copy between the two reads. Claims that
+    are still claimed are never touched. Nothing else reads claims (verify reads the
+    backends and the ledger), so this deletes no evidence a proof relies on; run it after the
+    proofs of a walk. Refused (False lock) while a drain runs: try again later."""
+    if older_than < 0 or limit < 1:
+        raise ValueError("older_than must be >= 0 and limit >= 1")
+    skey, tkey = source.identity().key, target.identity().key
+    report = PruneReport()
+    locked: list[tuple[str, str]] = []
+    try:
+        for pair in ((skey, tkey), (tkey, skey)):
+            if not control.lock_pair(*pair):
+                raise PreconditionError("a drain is running between these backends: prune the "
+                                        "claims once it has finished")
+            locked.append(pair)
+        candidates = control.finished_before(older_than, limit)
+        kept = {job_id for job_id in candidates for backend in (source, target)
+                if (copy := backend.get(job_id)) is not None and copy.state.live}
+        report.kept = sorted(kept)
+        report.deleted = control.prune_finished([i for i in candidates if i not in kept],
+                                                older_than)
+    finally:
+        for pair in locked:
+            control.unlock_pair(*pair)
+    return report

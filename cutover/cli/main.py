@@ -55,8 +55,9 @@ def cli(click_ctx: click.Context, source: str | None, target: str | None, app: s
     click_ctx.obj = Context(settings=settings, json=as_json)
 
 
-for command in (worker.worker, setup.init, inspect.status, inspect.audit_cmd, move.drain,
-                move.release, proof.verify, phase.phase, phase.rollback, phase.complete):
+for command in (worker.worker, worker.prune_claims_cmd, setup.init, inspect.status,
+                inspect.audit_cmd, move.drain, move.release, proof.verify, phase.phase,
+                phase.rollback, phase.complete):
     cli.add_command(command)
 
 

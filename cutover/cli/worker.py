@@ -9,10 +9,10 @@ import click
 
 from cutover import adapters, metrics
 from cutover.backend import QueueBackend
-from cutover.cli.context import Context, emit, from_settings
+from cutover.cli.context import Context, emit, from_settings, opened
 from cutover.control import ControlPlane
 from cutover.errors import ConfigurationError
-from cutover.fence import GateConfig, side_of
+from cutover.fence import PRUNE_GRACE, GateConfig, prune_claims, side_of
 from cutover.phases import Side
 from cutover.worker import Worker
 
@@ -153,3 +153,30 @@ def _control_plane(ctx: Context) -> ControlPlane | None:
         return None
     control.require()
     return control
+
+
+@click.command("prune-claims")
+@click.option("--older-than", type=click.FloatRange(min=0), default=PRUNE_GRACE / 3600,
+              show_default=True, metavar="HOURS",
+              help="Keep every claim that finished less than HOURS ago.")
+@click.option("--limit", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Claims looked at (and at most deleted) in this run.")
+@click.pass_obj
+def prune_claims_cmd(ctx: Context, older_than: float, limit: int) -> None:
+    """Delete finished fence claims that no copy of their job needs any more: finished more
+    than --older-than ago, and no live copy of the job (waiting, scheduled, running, or held
+    by a drain) on either backend. Claims still held are never touched. Refused (exit 3)
+    while a drain runs between the two backends."""
+    ctx.need("source", "target")
+    assert ctx.source is not None and ctx.target is not None
+    control = ctx.control_plane()
+    try:
+        control.require()
+        with opened(ctx.source, ctx.target) as (source, target):
+            report = prune_claims(control, source, target, older_than=older_than * 3600,
+                                  limit=limit)
+    finally:
+        control.close()
+    emit(ctx, {"deleted": report.deleted, "kept": report.kept},
+         f"deleted {report.deleted} finished claim(s); kept {len(report.kept)} whose job "
+         "still has a live copy")

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import enum
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from cutover.control.plane import Plumbing
@@ -97,3 +98,20 @@ class Claims(Plumbing):
             return None
         return Claim(cutover_id, False, ClaimState(row[1]), Side(row[2]), row[3], row[4],
                      int(row[5]))
+
+    def finished_before(self, older_than: float, limit: int) -> list[str]:
+        """Ids of claims finished more than ``older_than`` seconds ago, oldest first, at most
+        ``limit`` (a prune's candidates: see :func:`cutover.fence.prune_claims`)."""
+        with self.statement("reading finished claims") as conn:
+            rows = conn.execute(self.query("claims_finished_before"),
+                                {"older": older_than, "limit": limit}).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def prune_finished(self, ids: Sequence[str], older_than: float) -> int:
+        """Delete these claims if still finished more than ``older_than`` seconds ago; how many
+        were deleted."""
+        if not ids:
+            return 0
+        with self.statement("pruning claims") as conn:
+            return conn.execute(self.query("claims_prune"),
+                                {"ids": list(ids), "older": older_than}).rowcount

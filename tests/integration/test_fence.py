@@ -352,3 +352,55 @@ def test_the_fence_joins_the_transactions_of_a_backend_in_the_planes_database(
     assert claim is not None and claim.state is ClaimState.DONE
     done = pairing.target.get(job.id)
     assert done is not None and done.state is JobState.FINISHED
+
+
+def test_prune_claims_deletes_only_finished_claims_no_copy_needs(pairing: Pairing) -> None:
+    """A finished claim whose job has no live copy goes; one whose other copy still waits (it
+    would run again without the claim) stays, as do claims still held and claims finished
+    within the grace; nothing while a drain holds the pair's lock; bounded by limit."""
+    from cutover.errors import PreconditionError
+    from cutover.fence import prune_claims
+
+    pairing.set_phase(Phase.LIVE)
+    jobs = [pairing.dual("fence.count", f"p{i}") for i in range(4)]
+    run_all(pairing.worker(Side.TARGET))  # each job runs on the target: its claim is done,
+    # its source copy still waits (no source worker ran): the claim must stay
+    member = pairing.gates[-1].member
+    settled, waiting = jobs[:2], jobs[2:]
+    pairing.source.remove([j.id for j in settled])  # these copies are gone: no copy is live
+    held = pairing.dual("fence.count", "held")
+    pairing.control.claim(held.id, Side.SOURCE, member)  # claimed, never finished
+    assert prune_claims(pairing.control, pairing.source, pairing.target).deleted == 0  # grace
+    with psycopg.connect(pairing.target_url, autocommit=True) as conn:
+        conn.execute("UPDATE cutover.claims SET finished_at = now() - interval '2 days' "
+                     "WHERE state <> 'claimed'")
+    drain = ControlPlane(pairing.target_url)
+    try:
+        assert drain.lock_pair(pairing.pair.target_key, pairing.pair.source_key)
+        with pytest.raises(PreconditionError):
+            prune_claims(pairing.control, pairing.source, pairing.target)
+    finally:
+        drain.close()  # its session lock ends with it
+    first = prune_claims(pairing.control, pairing.source, pairing.target, limit=1)
+    assert first.deleted == 1 and first.kept == []  # the oldest finished claim: settled
+    report = prune_claims(pairing.control, pairing.source, pairing.target)
+    assert report.deleted == 1 and report.kept == sorted(j.id for j in waiting)
+    for job in settled:
+        assert pairing.control.claim_of(job.id) is None
+    for job in waiting:
+        claim = pairing.control.claim_of(job.id)
+        assert claim is not None and claim.state is ClaimState.DONE
+    still = pairing.control.claim_of(held.id)
+    assert still is not None and still.state is ClaimState.CLAIMED
+    # The waiting copies are duplicates still: a source worker removes them without a run.
+    pairing.source.remove([held.id])
+    report_source = pairing.worker(Side.SOURCE).run(install_signal_handlers=False)
+    assert report_source.duplicates == 2 and pairing.runs() == {f"p{i}": 1 for i in range(4)}
+    # Now that they were removed, the command prunes their claims too.
+    from click.testing import CliRunner
+
+    from cutover.cli import cli
+    result = CliRunner().invoke(cli, ["--source", pairing.source_url, "--target",
+                                      pairing.target_url, "--json", "prune-claims"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"deleted": 2, "kept": []}

@@ -21,3 +21,19 @@ WHERE cutover_id = %(id)s;
 UPDATE {schema}.claims SET lease_until = now() - interval '1 millisecond'
 WHERE cutover_id = %(id)s AND member = %(member)s AND state = 'claimed'
 RETURNING true;
+
+-- name: claims_finished_before
+-- A prune's candidates: finished claims (done or failed) whose end is older than the grace,
+-- oldest first, at most %(limit)s. No index on finished_at: one more index would cost every
+-- claim's finish a write, and a prune is rare; this reads the table once per prune.
+SELECT cutover_id FROM {schema}.claims
+WHERE state <> 'claimed' AND finished_at < now() - make_interval(secs => %(older)s)
+ORDER BY finished_at
+LIMIT %(limit)s;
+
+-- name: claims_prune
+-- Delete those of the candidates that no backend holds a live copy of (checked by the caller,
+-- cutover.fence.prune_claims), if they are still finished and past the grace.
+DELETE FROM {schema}.claims
+WHERE cutover_id = ANY(%(ids)s::text[]) AND state <> 'claimed'
+  AND finished_at < now() - make_interval(secs => %(older)s);
