@@ -57,6 +57,7 @@ class RQConnection:
         self._claims: dict[str, Claim] = {}
         self._skipped: set[str] = set()  # jobs this process's worker refused to run
         self._learned: dict[str, tuple[str, float]] = {}  # queue -> (serializer, valid until)
+        self._workers: set[str] = set()  # cutover workers this backend heartbeats for
         self._lock = threading.Lock()
 
     @property
@@ -147,4 +148,9 @@ class RQConnection:
 
 
     def close(self) -> None:
+        with self._lock:
+            workers = sorted(self._workers)
+        if workers:  # they stopped: no longer workers that could run jobs
+            with contextlib.suppress(redis.RedisError):
+                self.redis.zrem(keys.CUTOVER_WORKERS, *workers)
         self.redis.close()

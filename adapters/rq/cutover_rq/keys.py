@@ -15,7 +15,9 @@ Cutover's own keys:
 
 - ``cutover:key:{job_key}`` (live holder of a job key), ``cutover:held:{q}`` (held jobs),
   ``cutover:held-dependents:{parent}`` (held deferred jobs, out of RQ's dependents set)
-- ``cutover:paused``, ``cutover:worker:{name}`` (heartbeats), ``cutover:ended`` (how moved
+- ``cutover:paused``, ``cutover:worker:{name}`` (heartbeats), ``cutover:workers`` (cutover
+  workers by last heartbeat, a sorted set: ``native_workers`` lists those outside the fleet),
+  ``cutover:ended`` (how moved
   jobs ended), ``cutover:store-id`` (the store's identity marker: see store.py)
 
 The Lua scripts (``lua/``) build the same names from the prefixes in ``LUA_PREFIXES`` (a unit
@@ -34,6 +36,7 @@ WORKER_PREFIX = "rq:worker:"
 SCHEDULED_PREFIX = "rq:scheduled:"
 ENDED = "cutover:ended"
 PAUSED = "cutover:paused"
+CUTOVER_WORKERS = "cutover:workers"
 STORE_ID = "cutover:store-id"
 
 #: The key prefixes the Lua scripts put together ('rq:' .. registry .. ':' .. queue and so on).

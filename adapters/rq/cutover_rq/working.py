@@ -243,8 +243,24 @@ class RQWorking(RQConnection):
             self.release_dependents(job.id)
 
     def heartbeat(self, worker: str) -> None:
+        """The worker's heartbeat (read by ``recover_stalled``), and its entry in
+        ``cutover:workers`` (read by ``native_workers``: a cutover worker that is no fleet
+        member runs without the fence)."""
+        now = time.time()
         with self._errors("sending a heartbeat"):
-            self.redis.set(keys.heartbeat(worker), time.time(), ex=_WIP_TTL)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(keys.heartbeat(worker), now, ex=_WIP_TTL)
+            pipe.zadd(keys.CUTOVER_WORKERS, {worker: now})
+            pipe.zremrangebyscore(keys.CUTOVER_WORKERS, "-inf", now - _WIP_TTL)
+            pipe.execute()
+        with self._lock:
+            self._workers.add(worker)
+
+    def worker_ids(self) -> list[str]:
+        """The cutover workers this backend heartbeats for (a fleet member declares them, so
+        that ``native_workers`` does not count it)."""
+        with self._lock:
+            return sorted(self._workers)
 
     def recover_stalled(self, older_than: float) -> list[str]:
         recovered: list[str] = []
@@ -282,10 +298,28 @@ class RQWorking(RQConnection):
         error, retry_at = stalled_outcome(job)
         self.fail(job, dead, error, retry_at)
 
-    def native_workers(self, exclude: Collection[str] = ()) -> list[NativeWorker]:
-        """RQ's own workers alive now: members of ``rq:workers`` whose ``rq:worker:<name>``
-        hash still exists (RQ lets it expire when the worker stops heartbeating). Cutover's
-        worker does not register there; ``exclude`` names any that fleet members declared."""
+    def native_workers(self, exclude: Collection[str] = (),
+                       stalled_after: float = 30.0) -> list[NativeWorker]:
+        """Workers alive now that no fleet member declared (``exclude``): RQ's own (members of
+        ``rq:workers`` whose ``rq:worker:<name>`` hash still exists: RQ lets it expire when the
+        worker stops heartbeating), and cutover workers that heartbeat here within
+        ``stalled_after`` seconds (every 10 s) but outside the fleet: started without the
+        control plane (no --target, a --control without the control schema), they run jobs
+        without the fence. This backend's own are not listed."""
+        mine = set(self.worker_ids())
+        with self._errors("listing cutover's workers"):
+            beats = cast(list[tuple[bytes, float]], self.redis.zrangebyscore(
+                keys.CUTOVER_WORKERS, time.time() - stalled_after, "+inf", withscores=True))
+        outside: list[NativeWorker] = []
+        for raw, seen in beats:
+            name = reply_text(raw)
+            if name in exclude or name in mine:
+                continue
+            at = dt.datetime.fromtimestamp(seen, dt.UTC).isoformat()
+            outside.append(NativeWorker(name, f"a cutover worker outside the cut-over's fleet "
+                                              f"(no control plane: started without --target "
+                                              f"or with another --control?), last heartbeat "
+                                              f"{at}"))
         with self._errors("listing RQ's workers"):
             names = sorted(reply_text(n) for n in self.redis.smembers(keys.WORKERS))
             pipe = self.redis.pipeline(transaction=False)
@@ -299,5 +333,5 @@ class RQWorking(RQConnection):
                 host, pid, queues, beat = (reply_text(f) if f is not None else "?" for f in fields)
                 found.append(NativeWorker(short, f"host {host} pid {pid} queues {queues} "
                                                  f"last heartbeat {beat}"))
-        return found
+        return found + outside
 
