@@ -215,9 +215,25 @@ class PhaseGate:
         with self._lock:
             self._held.discard(job.id)
         if not self.control.finish(job.id, self.member, state, conn=conn):
-            log.error("job %s finished on the %s, but its claim had been taken over (its lease "
-                      "expired while it ran: a heartbeat was late); the other copy may run too",
-                      job.id, self.side, extra={"job_id": job.id, "event": "claim_lost"})
+            self._lost(job)
+
+    def finish_in(self, job: JobRecord, state: ClaimState, conn: Any) -> Callable[[], None]:
+        """:meth:`finish` queued in the pipelined transaction that records the job's outcome
+        (:attr:`joined`); call the returned function once it committed (it logs a claim that
+        had been taken over, as :meth:`finish` does)."""
+        with self._lock:
+            self._held.discard(job.id)
+        answer = self.control.finish_later(job.id, self.member, state, conn)
+
+        def check() -> None:
+            if not answer():
+                self._lost(job)
+        return check
+
+    def _lost(self, job: JobRecord) -> None:
+        log.error("job %s finished on the %s, but its claim had been taken over (its lease "
+                  "expired while it ran: a heartbeat was late); the other copy may run too",
+                  job.id, self.side, extra={"job_id": job.id, "event": "claim_lost"})
 
     def release(self, job: JobRecord, conn: Any = None) -> None:
         """A retry: give the claim up so the next attempt, on either side, claims again

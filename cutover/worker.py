@@ -428,21 +428,31 @@ class Worker:
         gate = self.gate if self.gate is not None and self.gate.held(job.id) else None
         attempts_made = job.attempts + 1
         settle: TxHook | None = None
+        checks: list[Callable[[], None]] = []  # read once the outcome committed
         if gate is not None:
             # The claim first: a crash before the backend's record leaves a finished claim,
             # so the other copy (or this one, recovered) is a duplicate, not a second run. Or,
             # where the backend's database holds the plane, in the record's own transaction.
-            if outcome.ok or attempts_made >= job.max_attempts:
-                state = ClaimState.DONE if outcome.ok else ClaimState.FAILED
-                settle = functools.partial(gate.finish, job, state)
+            final = outcome.ok or attempts_made >= job.max_attempts
+            state = ClaimState.DONE if outcome.ok else ClaimState.FAILED
+            if gate.joined is None:  # the plane's own statements, before the record
+                if final:
+                    gate.finish(job, state)
+                else:
+                    gate.release(job)
+            elif final:  # in the record's transaction; its answer read after the commit
+                joined_gate = gate
+
+                def finish_in(conn: Any) -> None:
+                    checks.append(joined_gate.finish_in(job, state, conn))
+                settle = finish_in
             else:
                 settle = functools.partial(gate.release, job)
-            if gate.joined is None:
-                settle()
-                settle = None
         if outcome.ok:
             if settle is not None and gate is not None and gate.joined is not None:
                 gate.joined.complete_tx(job, self.name, outcome.result, settle)
+                for check in checks:
+                    check()
             else:
                 self.backend.complete(job, self.name, outcome.result)
             with self._lock:
@@ -459,6 +469,8 @@ class Worker:
             retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
         if settle is not None and gate is not None and gate.joined is not None:
             gate.joined.fail_tx(job, self.name, error, retry_at, settle)
+            for check in checks:
+                check()
         else:
             self.backend.fail(job, self.name, error, retry_at)
         if retry_at is not None:

@@ -346,12 +346,18 @@ def test_the_fence_joins_the_transactions_of_a_backend_in_the_planes_database(
     assert claim is not None and claim.state is ClaimState.CLAIMED
     running = pairing.target.get(job.id)
     assert running is not None and running.state is JobState.STARTED
-    joined.complete_tx(started, "w1", None,
-                       lambda conn: target_gate.finish(started, ClaimState.DONE, conn))
+    checks: list[Any] = []  # the worker's way: the finish queued, its answer read after
+    joined.complete_tx(started, "w1", None, lambda conn: checks.append(
+        target_gate.finish_in(started, ClaimState.DONE, conn)))
+    checks[0]()
     claim = pairing.control.claim_of(job.id)
     assert claim is not None and claim.state is ClaimState.DONE
     done = pairing.target.get(job.id)
     assert done is not None and done.state is JobState.FINISHED
+    answers: list[Any] = []  # a claim no longer held: the answer says so after the commit
+    joined.run_tx(lambda conn: answers.append(pairing.control.finish_later(
+        job.id, target_gate.member, ClaimState.DONE, conn)))
+    assert answers[0]() is False
 
 
 def test_prune_claims_deletes_only_finished_claims_no_copy_needs(pairing: Pairing) -> None:
