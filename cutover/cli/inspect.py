@@ -18,9 +18,9 @@ from cutover.cli.context import Context, console, opened
 from cutover.control import ControlPlane, backend_key
 from cutover.errors import ConfigurationError
 from cutover.held import drain_owner
-from cutover.phases import Phase
+from cutover.phases import Mode, Phase, Side, mode
 from cutover.preflight import Preflight, Thresholds
-from cutover.record import SUMMARY_STATES
+from cutover.record import SUMMARY_STATES, JobState
 
 CLASSES = [c.value for c in JobClass]
 
@@ -105,7 +105,8 @@ def _status(ctx: Context, backends: dict[str, QueueBackend]
             doc["ledger"] = control.summary()
             doc["failures"] = control.failures_summary()
             fleet = fleet_metrics.fleet_snapshots(control)
-            warnings = _bypass_warnings(ctx, control, backends)
+            warnings = _bypass_warnings(ctx, control, backends) + _stranded_warnings(
+                ctx, control, backends)
             if warnings:
                 doc["warnings"] = warnings
         else:
@@ -130,6 +131,33 @@ def _bypass_warnings(ctx: Context, control: ControlPlane,
                         ).no_native_bypass(phase)
     return [] if outcome.passed else [f"native worker bypassing the fence: {w}"
                                       for w in outcome.detail.split("; ")]
+
+
+def _stranded_warnings(ctx: Context, control: ControlPlane,
+                       backends: dict[str, QueueBackend]) -> list[str]:
+    """Jobs waiting on a side whose cutover workers are idle in the current phase (the source
+    in complete, the target in off after a rollback): nothing will run them. A producer still
+    writing there (no CUTOVER_TARGET, or a CUTOVER_CONTROL without the control schema, read as
+    phase off) got an id for each."""
+    state = control.read_phase()
+    if state.epoch == 0:
+        return []  # no staged cut-over ever started: every side is a plain worker's
+    found: list[str] = []
+    for side, url in ((Side.SOURCE, ctx.source), (Side.TARGET, ctx.target)):
+        if url is None or url not in backends or mode(state.phase, side) is not Mode.IDLE:
+            continue
+        waiting = sum(n for per in backends[url].counts().values()
+                      for s, n in per.items() if s in _STRANDED)
+        if waiting:
+            found.append(f"{waiting} job(s) waiting on the {side} ({backends[url].url}), where "
+                         f"no cutover worker runs jobs in {state.phase}: they will not run. A "
+                         f"producer still writing there? (check its CUTOVER_TARGET and "
+                         f"CUTOVER_CONTROL); move them with `cutover drain`")
+    return found
+
+
+#: States a job waits in for a worker (not held by a drain, not running).
+_STRANDED = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED})
 
 
 def _print_status(doc: dict[str, Any]) -> None:
