@@ -128,8 +128,10 @@ class Membership:
                     if not self.plane.heartbeat(self.member, mode=state.phase.value):
                         self._register(state, self.acked)
                     next_beat = time.monotonic() + self.heartbeat
-            except CutoverError as exc:  # the plane is down: keep routing by the last phase
+            except CutoverError as exc:  # the plane is down: enqueues refuse past stale_after
                 log.warning("producer heartbeat/ack failed: %s", exc)
+            except Exception:  # never let the thread die: acks and heartbeats would stop
+                log.exception("producer heartbeat/ack failed")
             pending = self.watcher.state().epoch > self.acked
             self._wake.wait(0.05 if pending else min(self.heartbeat, self.watcher.refresh))
             self._wake.clear()
