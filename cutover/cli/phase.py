@@ -75,11 +75,31 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @phase.command("advance")
+@click.option("--from", "frm", default=None, metavar="PHASE",
+              help="Advance only from PHASE. Safe to re-run: when the phase is already the "
+                   "one after PHASE (a first run finished, or was killed after its commit) "
+                   "nothing moves again (exit 0); any other phase refuses (exit 2).")
 @_options
 @click.pass_obj
-def advance_cmd(ctx: Context, dry_run: bool, yes: bool, force: bool, why: str | None) -> None:
-    """One step forward, if its preconditions hold (each refusal named; exit 3)."""
-    _move(ctx, advance, "advance", dry_run, yes, force, why)
+def advance_cmd(ctx: Context, frm: str | None, dry_run: bool, yes: bool, force: bool,
+                why: str | None) -> None:
+    """One step forward, if its preconditions hold (each refusal named; exit 3).
+
+    Without --from, each run moves one step: re-running it after a run whose outcome you did
+    not see (a killed terminal) can move a second step. Scripts and runbooks pass --from."""
+    if frm is None:
+        _move(ctx, advance, "advance", dry_run, yes, force, why)
+        return
+    start = _parse(frm)
+    goal = advance(start).to  # refuses --from complete: nothing follows it
+
+    def from_start(current: Phase) -> Transition:
+        if current is not start:
+            raise ConfigurationError(f"the phase is {current}, not {start} (--from {start}); "
+                                     f"nothing moved")
+        return advance(current)
+
+    _move(ctx, from_start, "advance", dry_run, yes, force, why, goal=goal)
 
 
 @phase.command("set")

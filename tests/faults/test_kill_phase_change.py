@@ -13,7 +13,7 @@ import pytest
 from cutover import adapters
 from cutover.backend import QueueBackend
 from cutover.control import ControlPlane, MemberKind
-from cutover.phases import Phase
+from cutover.phases import Phase, decide, transition
 from cutover.record import JobRecord
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
@@ -63,25 +63,35 @@ def jobs(backend: QueueBackend) -> list[JobRecord]:
     return records
 
 
+@pytest.mark.parametrize("rerun", [("set", "live"), ("advance", "--from", "shadow")])
 @pytest.mark.parametrize(("fault", "moved"), [("phase_checked:1", False),
                                               ("phase_in_tx:1", False),
                                               ("phase_committed:1", True)])
 def test_kill_9_of_phase_advance_then_rerun(urls: tuple[str, str], fault: str,
-                                           moved: bool) -> None:
+                                           moved: bool, rerun: tuple[str, ...]) -> None:
     control = walk_to(urls, Phase.SHADOW)
     source = adapters.open_backend(urls[0])
     records = jobs(source)
     killed(urls, fault, "phase", "advance", *FORCE)
     now = assert_consistent(control, Phase.SHADOW, Phase.LIVE, 1)
     assert now is (Phase.LIVE if moved else Phase.SHADOW)
-    # the re-run names the goal: it moves if the kill came first, and is a no-op otherwise
-    # (a second `phase advance` would step on to rampdown)
-    again = run_cli(*urls, "phase", "set", "live", *FORCE)
+    # the re-run names the goal (set live) or the start (advance --from shadow): it moves if
+    # the kill came first, and is a no-op otherwise (a bare `phase advance` would step on to
+    # rampdown)
+    again = run_cli(*urls, "phase", *rerun, *FORCE)
     assert again.returncode == 0, again.stdout + again.stderr
     assert ("already" in again.stdout) is moved
     assert assert_consistent(control, Phase.LIVE, Phase.LIVE, 2) is Phase.LIVE
     assert control.read_phase().epoch == 2
     assert ids(source) == {r.id for r in records}  # nothing lost, nothing moved
+    if rerun[0] == "advance":  # from any other phase, --from refuses and moves nothing
+        wrong = run_cli(*urls, "phase", *rerun, *FORCE)
+        assert wrong.returncode == 0 and "already" in wrong.stdout  # still live: a re-run
+        control.transition(decide(transition(Phase.LIVE, Phase.RAMPDOWN), {}, force=True,
+                                  why="test"), why="test", kind="set")
+        late = run_cli(*urls, "phase", *rerun, *FORCE)
+        assert late.returncode == 2 and "not shadow" in late.stderr, late.stderr
+        assert control.read_phase().phase is Phase.RAMPDOWN
     control.close()
 
 
