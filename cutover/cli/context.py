@@ -169,7 +169,12 @@ class CutoverGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CutoverError as exc:
-            raise _ERRORS.get(exc.exit_code, _ERRORS[2])(redact_text(str(exc))) from exc
+            message = redact_text(str(exc))
+            obj = ctx.find_object(Context)
+            if obj is not None and obj.json:  # a script reading stdout gets one document
+                click.echo(json.dumps({"error": message, "kind": type(exc).__name__,
+                                       "exit_code": exc.exit_code}, indent=2))
+            raise _ERRORS.get(exc.exit_code, _ERRORS[2])(message) from exc
 
 
 # --- output -------------------------------------------------------------------------------------

@@ -182,8 +182,10 @@ def _move(ctx: Context, build: Callable[[Phase], Transition], kind: str, dry_run
                                      "pass --app MODULE:ATTR (the task registry)")
         preflight = Preflight(control, source, target, ctx.source, ctx.target, registry,
                               Thresholds.from_settings(ctx.settings))
-        decision = decide(move, preflight.evaluate(move, state.epoch), force=force, why=why)
-        doc = _document(decision, dry_run=dry_run, epoch=state.epoch)
+        outcomes = preflight.evaluate(move, state.epoch)
+        decision = decide(move, outcomes, force=force, why=why)
+        doc = _document(decision, dry_run=dry_run, epoch=state.epoch,
+                        passed={c: o.detail for c, o in outcomes.items() if o.passed})
         if dry_run or not decision.allowed:
             _report(ctx, doc, decision, dry_run)
             return
@@ -229,15 +231,18 @@ def _rerun(control: ControlPlane, state: PhaseState, preflight: Preflight, force
     return doc, lines + _move_back(control, preflight, state.epoch, force, doc)
 
 
-def _document(decision: Decision, *, dry_run: bool, epoch: int) -> dict[str, Any]:
+def _document(decision: Decision, *, dry_run: bool, epoch: int,
+              passed: dict[Check, str] | None = None) -> dict[str, Any]:
+    """The decision as a document; ``passed``: the details of the checks that passed."""
     move = decision.transition
     refused = dict(decision.refusals)
+    passed = passed or {}
     return {"from": move.frm.value, "to": move.to.value, "epoch": epoch,
             "rollback": move.rollback, "dry_run": dry_run, "allowed": decision.allowed,
             "forced": decision.forced, "moves_back": move.moves_back,
             "switches_writes": move.switches_writes,
             "checks": [{"check": str(c), "passed": c not in refused,
-                        "detail": refused.get(c, "")} for c in move.checks],
+                        "detail": refused.get(c, passed.get(c, ""))} for c in move.checks],
             "refusals": [{"check": str(c), "detail": d} for c, d in decision.refusals]}
 
 
@@ -245,10 +250,9 @@ def _report(ctx: Context, doc: dict[str, Any], decision: Decision, dry_run: bool
     move = decision.transition
     verdict = ("would move" if decision.allowed else "would be REFUSED") if dry_run else "REFUSED"
     lines = [f"{move.name}: {verdict}" + (" (forced)" if decision.forced else "")]
-    refused = dict(decision.refusals)
-    for check in move.checks:
-        lines.append(f"  {'REFUSED' if check in refused else 'ok'}  {check}"
-                     + (f": {refused[check]}" if check in refused else ""))
+    for entry in doc["checks"]:
+        lines.append(f"  {'ok' if entry['passed'] else 'REFUSED'}  {entry['check']}"
+                     + (f": {entry['detail']}" if entry["detail"] else ""))
     for check, detail in decision.refusals:
         if check not in move.checks:
             lines.append(f"  REFUSED  {check}: {detail}")

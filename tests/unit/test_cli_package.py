@@ -102,7 +102,18 @@ def test_json_before_or_after_the_command_name(where: str) -> None:
 def test_json_after_the_name_reaches_an_error_path_command_too() -> None:
     result = CliRunner().invoke(cli, ["verify", "--json"])
     assert result.exit_code == 2
-    assert "needs --source" in result.output
+    assert "needs --source" in result.stderr
+    doc = json.loads(result.stdout)  # with --json, an error is one JSON document on stdout too
+    assert doc["exit_code"] == 2 and "needs --source" in doc["error"]
+    assert doc["kind"] == "ConfigurationError"
+
+
+def test_an_error_under_json_is_redacted_in_the_document_too() -> None:
+    result = CliRunner().invoke(cli, ["--json", "--source", "redis://u:s3cr3t-pw@127.0.0.1:1/0",
+                                      "--target", "memory://clipkg-x", "phase", "show"])
+    assert result.exit_code == 2
+    assert "s3cr3t-pw" not in result.output
+    assert "s3cr3t-pw" not in json.loads(result.stdout)["error"]
 
 
 @pytest.mark.parametrize("code", [1, 2, 3])
