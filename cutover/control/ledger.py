@@ -48,19 +48,16 @@ class Ledger(Plumbing):
                target: str, run_id: str, conn: Any = None) -> None:
         """Write (or move) the ledger rows of ``records``.
 
-        One row is one statement (``ledger_upsert_one``: the Router's single enqueue); more go
-        by COPY."""
+        One row is one statement (:meth:`record_statement`: the Router's single enqueue); more
+        go by COPY."""
         if not records:
             return
         value = LedgerState(state).value
         if len(records) == 1:
-            r = records[0]
+            statement, params = self.record_statement(records[0], state=value, source=source,
+                                                      target=target, run_id=run_id)
             with self.tx("writing the ledger", conn) as c:
-                c.execute(self.query("ledger_upsert_one"), {
-                    "id": r.id, "task": r.task, "queue": r.queue, "digest": r.digest(),
-                    "content": r.content_json(), "state": value, "source": source,
-                    "target": target, "source_id": r.native_id, "origin": r.origin,
-                    "run_id": run_id})
+                c.execute(statement, params)
             return
         rows = [(r.id, r.task, r.queue, r.digest(), r.content_json(), value, source, target,
                  r.native_id, r.origin, run_id) for r in records]

@@ -30,24 +30,12 @@ ON CONFLICT (cutover_id) DO UPDATE
         target = EXCLUDED.target, source_id = EXCLUDED.source_id, run_id = EXCLUDED.run_id,
         updated_at = now();
 
--- name: ledger_upsert_one
--- One row (a Router's single enqueue): one statement and one round trip, where the COPY path
--- costs a savepoint, the COPY and its release (and a temporary table when a row exists
--- already). The same upsert as ledger_upsert.
-INSERT INTO {schema}.ledger AS l (cutover_id, task, queue, digest, content, state, source,
-                                  target, source_id, origin, run_id)
-VALUES (%(id)s, %(task)s, %(queue)s, %(digest)s, %(content)s, %(state)s, %(source)s,
-        %(target)s, %(source_id)s, %(origin)s, %(run_id)s)
-ON CONFLICT (cutover_id) DO UPDATE
-    SET task = EXCLUDED.task, queue = EXCLUDED.queue, digest = EXCLUDED.digest,
-        content = EXCLUDED.content, state = EXCLUDED.state, source = EXCLUDED.source,
-        target = EXCLUDED.target, source_id = EXCLUDED.source_id, run_id = EXCLUDED.run_id,
-        updated_at = now();
-
 -- name: ledger_upsert_with
--- ledger_upsert_one with its parameters named apart (ledger_*), for a backend that runs it in
--- the same SQL statement as the job it belongs to (ProcrastinateBackend.enqueue_with: a
--- data-modifying WITH; one round trip and one commit for a Router's single dual write).
+-- One row: one statement and one round trip (the COPY path costs a savepoint, the COPY and its
+-- release, and a temporary table when a row exists already); the same upsert as ledger_upsert.
+-- Its parameters are named apart (ledger_*) so that a backend can run it in the same SQL
+-- statement as the job it belongs to (ProcrastinateBackend.enqueue_with: a data-modifying WITH;
+-- one round trip and one commit for a Router's single dual write); Ledger.record runs it alone.
 INSERT INTO {schema}.ledger AS l (cutover_id, task, queue, digest, content, state, source,
                                   target, source_id, origin, run_id)
 VALUES (%(ledger_id)s, %(ledger_task)s, %(ledger_queue)s, %(ledger_digest)s,
