@@ -303,7 +303,8 @@ class Router:
             return ids
         held = [r.id for r, i in zip(records, ids, strict=True) if i != r.id]
         if held:  # rows written for calls whose key (or id) another job held: not ours
-            plane.discard(held, source=source_key, target=target_key, conn=None)
+            # In the caller's transaction when given: its rows are not visible elsewhere yet.
+            plane.discard(held, source=source_key, target=target_key, conn=connection)
         return ids
 
     def _dual(self, records: list[JobRecord], plane: ControlPlane) -> list[str]:
