@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from cutover import faults, stores
+from cutover import faults, marker, stores
+from cutover.backend import QueueBackend
 from cutover.cli.context import Context, confirm, emit, opened
 from cutover.control import ControlPlane, MemberKind, Pair, PhaseState
 from cutover.drain import Drain, DrainOptions
@@ -168,6 +169,8 @@ def _move(ctx: Context, build: Callable[[Phase], Transition], kind: str, dry_run
         state = control.read_phase()
         control.check_pair(state, pair)
         if goal is not None and goal is state.phase:
+            if state.epoch > 0:  # heals a store left unmarked (a run killed before the write)
+                _mark(control, source, target, pair, state.phase, state.epoch)
             doc, lines = _rerun(control, state, Preflight(
                 control, source, target, ctx.source, ctx.target, registry,
                 Thresholds.from_settings(ctx.settings)), force, dry_run)
@@ -193,9 +196,13 @@ def _move(ctx: Context, build: Callable[[Phase], Transition], kind: str, dry_run
                           + (" (FORCED past: " + ", ".join(c for c, _ in decision.refusals)
                              + ")" if decision.forced else "") + "?")
         faults.point("phase_checked")  # decided, nothing written: a kill here changes nothing
+        if state.epoch == 0:  # the first move out of off: marked before it commits too, so a
+            # run killed between the commit and the write below leaves no store unmarked
+            _mark(control, source, target, pair, move.to, state.epoch + 1)
         new = control.transition(decision, why=why, pair=pair, kind=kind,
                                  expect_epoch=state.epoch)
         faults.point("phase_committed")  # moved; a move back not started: a re-run does it
+        _mark(control, source, target, pair, new.phase, new.epoch)
         doc.update(phase=new.phase.value, epoch=new.epoch, moved=True)
         lines = [f"phase {move.frm} -> {new.phase} (epoch {new.epoch})"
                  + (" FORCED" if decision.forced else "")]
@@ -206,6 +213,16 @@ def _move(ctx: Context, build: Callable[[Phase], Transition], kind: str, dry_run
     emit(ctx, doc, "\n".join(lines))
     if doc.get("left_on_target"):
         raise Refused(3)
+
+
+def _mark(control: ControlPlane, source: QueueBackend, target: QueueBackend, pair: Pair,
+          phase: Phase, epoch: int) -> None:
+    """Write the cut-over marker into both stores of the pair (cutover.marker): a cutover
+    worker on either without the control plane then refuses to start."""
+    mark = marker.make(control.url, control.schema, pair.source_key, pair.source_url,
+                       pair.target_key, pair.target_url, phase.value, epoch)
+    for backend in (source, target):
+        marker.write(backend, mark)
 
 
 def _rerun(control: ControlPlane, state: PhaseState, preflight: Preflight, force: bool,

@@ -7,13 +7,14 @@ from wsgiref.simple_server import WSGIServer
 
 import click
 
-from cutover import adapters, metrics
+from cutover import adapters, marker, metrics
 from cutover.backend import QueueBackend
 from cutover.cli.context import Context, emit, from_settings, opened
 from cutover.control import ControlPlane
 from cutover.errors import ConfigurationError
 from cutover.fence import PRUNE_GRACE, GateConfig, prune_claims, side_of
 from cutover.phases import Side
+from cutover.urls import redact
 from cutover.worker import Worker
 
 log = logging.getLogger("cutover.worker")
@@ -52,11 +53,17 @@ log = logging.getLogger("cutover.worker")
                                  "the fence, extended every third of it while the job runs; a "
                                  "worker killed mid-job loses the job to the other copy after "
                                  "it."))
+@click.option("--unfenced", is_flag=True,
+              help="Run without the control plane on a store marked as in a staged cut-over "
+                   "(needs --why; logged). Only for a cut-over that was retired: during one, "
+                   "an unfenced worker runs jobs twice.")
+@click.option("--why", default=None, metavar="TEXT", help="Why --unfenced (logged).")
 @click.pass_obj
 def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency: int | None,
            burst: bool, poll_interval: float | None, stalled_after: float | None,
            timeout: float | None, isolation: str | None, metrics_port: int | None,
-           metrics_host: str | None, lease: float | None) -> None:
+           metrics_host: str | None, lease: float | None, unfenced: bool,
+           why: str | None) -> None:
     """Run the registry's tasks from one backend.
 
     Runs jobs enqueued through queue-cutover and jobs that plain RQ or Procrastinate code
@@ -70,8 +77,14 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
     follows the staged cut-over's phase: it registers in the fleet, runs jobs through the fence
     in live and rampdown (a job with a copy on each side runs once), dry-runs the target's jobs in
     shadow (compared with the source copy, never run) and claims nothing where its side is out of
-    service. With no control plane, or before any phase was set, it works as a plain worker.
+    service. With no control plane, or before any phase was set, it works as a plain worker;
+    but a store that a staged cut-over marked (its first phase change out of off marks both
+    stores) refuses a worker without the control plane (exit 2, naming it), unless --unfenced
+    --why TEXT.
     """
+    if unfenced and not (why and why.strip()):
+        raise ConfigurationError("--unfenced needs --why TEXT: a worker outside the fence on a "
+                                 "store in a cut-over is logged with its reason")
     s = ctx.settings.with_options(  # the options given win over the environment
         worker_concurrency=concurrency, worker_poll_interval=poll_interval,
         worker_stalled_after=stalled_after, worker_timeout=timeout, worker_isolation=isolation,
@@ -88,8 +101,10 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
         registry = ctx.registry()
         url = ctx.backend_url(backend_name)
         backend = adapters.open_backend(url)
-        control = _control_plane(ctx)
-        if control is not None:
+        control, why_none = _control_plane(ctx)
+        if control is None:
+            _check_unmarked(backend, why_none, why if unfenced else None)
+        else:
             side = side_of(backend, control.read_phase(), ctx.source, ctx.target, url)
             if side is Side.TARGET and ctx.source:
                 source = adapters.open_backend(ctx.source)
@@ -135,24 +150,40 @@ def _serve_metrics(port: int, host: str) -> WSGIServer:
     return server
 
 
-def _control_plane(ctx: Context) -> ControlPlane | None:
-    """The control plane the worker follows, or None: no PostgreSQL side and no --control, or a
-    database without the control schema (no cut-over there: the worker works as before). A
-    control plane that exists but cannot be read refuses (its error's exit code)."""
+def _check_unmarked(backend: QueueBackend, why_none: str, unfenced_why: str | None) -> None:
+    """A worker without a control plane: refuse (exit 2) when its store carries the cut-over
+    marker (cutover.marker), unless --unfenced --why (logged). One read; nothing else."""
+    found = marker.read(backend)
+    if found is None:
+        return
+    if unfenced_why is None:
+        marker.refuse_unfenced(backend, found, why_none)
+    log.warning("running UNFENCED on %s, a store in a staged cut-over (%s -> %s, control plane "
+                "%s schema %s) without its control plane (%s): --unfenced --why %r",
+                backend.url, found.source_url, found.target_url, found.control_url,
+                found.schema, why_none, unfenced_why, extra={"event": "unfenced_worker"})
+
+
+def _control_plane(ctx: Context) -> tuple[ControlPlane | None, str]:
+    """The control plane the worker follows, or None and why: no PostgreSQL side and no
+    --control, or a database without the control schema (no cut-over there: the worker works as
+    before, unless its store is marked). A control plane that exists but cannot be read refuses
+    (its error's exit code)."""
     if not (ctx.control or ctx.source or ctx.target):
-        return None
+        return None, "no --control, --source or --target given"
     try:
         ctx.control_url()
-    except ConfigurationError:
-        return None  # neither side is PostgreSQL and no --control: no staged cut-over
+    except ConfigurationError:  # neither side is PostgreSQL and no --control: no cut-over
+        return None, "no --control given and neither --source nor --target is PostgreSQL"
     # A malformed CUTOVER_SCHEMA or CUTOVER_CONTROL_POOLING refuses (exit 2): a worker that
     # skipped the control plane for it would run jobs outside the fence.
     control = ctx.control_plane()
     if not control.initialized():
+        where = f"{redact(control.url)} has no control schema {control.schema!r}"
         control.close()
-        return None
+        return None, where
     control.require()
-    return control
+    return control, ""
 
 
 @click.command("prune-claims")

@@ -40,9 +40,9 @@ def test_rq_lists_cutover_workers_outside_the_fleet(cutover_redis_url: str) -> N
         other.close()
 
 
-def _worker(args: list[str]) -> subprocess.Popen[str]:
+def _worker(args: list[str], options: tuple[str, ...] = ()) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "cutover", "--app", APP, *args, "worker",
-                             "--backend", "rq"], stdout=subprocess.DEVNULL,
+                             "--backend", "rq", *options], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ))
 
 
@@ -90,7 +90,10 @@ def test_an_rq_cutover_worker_without_the_control_plane_is_reported_in_live(
             time.sleep(0.3)
         time.sleep(1)
         assert _warnings(source, target) == []
-        plain = _worker(["--source", source])  # no --target: no control plane, no fence
+        # No --target: no control plane, no fence. The phase command marked the store, so such
+        # a worker now refuses to start (test_cutover_marker.py); --unfenced gets one past,
+        # and status and advance must still see it.
+        plain = _worker(["--source", source], ("--unfenced", "--why", "detection test"))
         try:
             deadline = time.monotonic() + 20
             while not (warnings := _warnings(source, target)):

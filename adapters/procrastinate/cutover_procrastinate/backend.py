@@ -203,6 +203,24 @@ class ProcrastinateBackend:
         self._identity = StoreIdentity(f"{kind}:{cluster[0]}/{place[0]}/{place[1]}", self._url)
         return self._identity
 
+    def read_cutover_marker(self) -> str | None:
+        """The cut-over marker's text, or None (no marker table: never in a cut-over); see
+        cutover/marker.py."""
+        try:
+            with self._tx("reading the cut-over marker") as conn:
+                row = conn.execute(sql.query("cutover_marker_read")).fetchone()
+        except BackendError as exc:
+            if isinstance(exc.__cause__, psycopg.errors.UndefinedTable):
+                return None
+            raise
+        return None if row is None else str(row[0])
+
+    def write_cutover_marker(self, text: str) -> None:
+        """Write (overwrite) the cut-over marker, creating its table the first time."""
+        with self._tx("writing the cut-over marker") as conn:
+            conn.execute(sql.query("cutover_marker_table"))
+            conn.execute(sql.query("cutover_marker_write"), {"marker": text})
+
     # -- plumbing --------------------------------------------------------------------------
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:

@@ -77,6 +77,17 @@ class RQConnection:
             self._identity = found
         return found
 
+    def read_cutover_marker(self) -> str | None:
+        """The cut-over marker's text (``cutover:cutover``), or None: see cutover/marker.py."""
+        with self._errors("reading the cut-over marker"):
+            raw = self.redis.get(keys.CUTOVER_MARKER)
+        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def write_cutover_marker(self, text: str) -> None:
+        """Write (overwrite) the cut-over marker; it never expires."""
+        with self._errors("writing the cut-over marker"):
+            self.redis.set(keys.CUTOVER_MARKER, text)
+
     # -- plumbing --------------------------------------------------------------------------
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:

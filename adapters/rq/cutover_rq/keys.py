@@ -18,7 +18,9 @@ Cutover's own keys:
 - ``cutover:paused``, ``cutover:worker:{name}`` (heartbeats), ``cutover:workers`` (cutover
   workers by last heartbeat, a sorted set: ``native_workers`` lists those outside the fleet),
   ``cutover:ended`` (how moved
-  jobs ended), ``cutover:store-id`` (the store's identity marker: see store.py)
+  jobs ended), ``cutover:store-id`` (the store's identity marker: see store.py),
+  ``cutover:cutover`` (the cut-over marker: this store is in a staged cut-over; see
+  cutover/marker.py)
 
 The Lua scripts (``lua/``) build the same names from the prefixes in ``LUA_PREFIXES`` (a unit
 test checks that they use no other); nothing else in the Python code spells a key.
@@ -38,6 +40,7 @@ ENDED = "cutover:ended"
 PAUSED = "cutover:paused"
 CUTOVER_WORKERS = "cutover:workers"
 STORE_ID = "cutover:store-id"
+CUTOVER_MARKER = "cutover:cutover"
 
 #: The key prefixes the Lua scripts put together ('rq:' .. registry .. ':' .. queue and so on).
 LUA_PREFIXES = frozenset({

@@ -340,3 +340,20 @@ AND (%(shares)s::int IS NULL
 -- Every statement planned for its own values (see _configure in backend.py: a generic plan made
 -- while the tables were empty would scan them).
 SET plan_cache_mode = force_custom_plan
+
+-- name: cutover_marker_table
+-- The cut-over marker (cutover/marker.py): this store is in a staged cut-over. One row,
+-- overwritten by every phase command; the table is created by the first write (a store never
+-- in a cut-over has none, and reading it then finds nothing).
+CREATE TABLE IF NOT EXISTS cutover_cutover_marker (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    marker text NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: cutover_marker_write
+INSERT INTO cutover_cutover_marker (marker) VALUES (%(marker)s)
+ON CONFLICT (one) DO UPDATE SET marker = EXCLUDED.marker, written_at = now();
+
+-- name: cutover_marker_read
+SELECT marker FROM cutover_cutover_marker;

@@ -1,0 +1,182 @@
+"""Prevention, not only detection: once a staged cut-over left ``off`` the phase command marks
+both stores (cutover.marker), and a `cutover worker` on a marked store without a usable control
+plane (no --target/--control, or a --control/schema where the control schema is missing)
+refuses to start: exit 2, nothing run, the control plane to pass named (password redacted).
+Before the marker such a worker ran as a plain worker and in live ran jobs twice (see
+test_unfenced_cutover_worker.py). The same worker given the control plane runs; a store never
+in a cut-over is unaffected; ``--unfenced --why`` is the explicit, logged way past."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from cutover_procrastinate import ProcrastinateBackend
+from cutover_rq import RQBackend
+
+from cutover import marker
+from cutover.control import ControlPlane
+from cutover.phases import Phase
+from cutover.testing import tasks
+from cutover.testing.tasks import registry
+from tests.integration.drain_helpers import APP, invoke
+
+pytestmark = [pytest.mark.rq, pytest.mark.pg]
+
+SECRET = "s3cr3t-pw"
+
+
+def _with_password(url: str) -> str:
+    """The PostgreSQL URL with a password (the test server trusts local connections, so it is
+    accepted and ignored): what the marker and the refusal must never show."""
+    return url.replace("postgresql://postgres@", f"postgresql://postgres:{SECRET}@", 1)
+
+
+def _worker(*args: str, env: dict[str, str] | None = None, options: tuple[str, ...] = (),
+            backend: str = "rq") -> tuple[int, dict[str, Any], str]:
+    """A real `cutover worker --backend rq --burst` process: (exit code, JSON summary, stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cutover", "--json", "--app", APP, *args, "worker", "--backend",
+         backend, "--burst", "--concurrency", "1", "--isolation", "thread", *options],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    doc: dict[str, Any] = {}
+    if proc.stdout.strip():
+        doc = json.loads(proc.stdout)
+    return proc.returncode, doc, proc.stderr
+
+
+def _one_job(url: str) -> str:
+    backend = RQBackend(url)
+    try:
+        return backend.enqueue([registry.make_record(tasks.add, (2, 3))])[0]
+    finally:
+        backend.close()
+
+
+def _waiting(url: str, job_id: str) -> bool:
+    backend = RQBackend(url)
+    try:
+        record = backend.get(job_id)
+        return record is not None and record.state.value in ("queued", "waiting")
+    finally:
+        backend.close()
+
+
+def _marker(url: str) -> marker.CutoverMarker | None:
+    backend = RQBackend(url)
+    try:
+        return marker.read(backend)
+    finally:
+        backend.close()
+
+
+@pytest.fixture
+def live(urls: tuple[str, str]) -> tuple[str, str]:
+    """The pair in live, walked there by the phase command (which marks both stores), the
+    target URL given with a password."""
+    source, target = urls
+    assert _marker(source) is None  # init marks nothing: no cut-over started
+    for _ in range(2):  # off -> shadow -> live, forced (no workers needed for this test)
+        result = invoke(source, _with_password(target), "phase", "advance", "--yes", "--force",
+                        "--why", "test")
+        assert result.exit_code == 0, result.output
+    control = ControlPlane(target)
+    try:
+        assert control.read_phase().phase is Phase.LIVE
+    finally:
+        control.close()
+    return source, target
+
+
+def test_the_phase_command_marks_both_stores(live: tuple[str, str]) -> None:
+    source, target = live
+    found = _marker(source)
+    assert found is not None
+    assert found.phase == "live" and found.epoch == 2 and found.schema == "cutover"
+    assert found.source_url == source and target.rsplit("/", 1)[1] in found.control_url
+    backend = RQBackend(source)
+    try:
+        text = backend.read_cutover_marker()
+    finally:
+        backend.close()
+    assert text is not None and SECRET not in text
+    assert f"postgres:{SECRET}@" not in found.control_url and "***" in found.control_url
+
+
+def test_a_worker_without_the_control_plane_refuses_a_marked_store(
+        live: tuple[str, str]) -> None:
+    source, target = live
+    job = _one_job(source)
+    # No control plane at all.
+    code, doc, err = _worker("--source", source)
+    assert code == 2, err
+    assert "refusing to start" in err and "--control" in err and "--target" in err
+    assert "no --control given" in err and SECRET not in err
+    assert doc.get("exit_code") == 2 and "succeeded" not in doc
+    # A control plane named whose schema is missing there.
+    code, doc, err = _worker("--source", source, "--control", _with_password(target),
+                             env={"CUTOVER_SCHEMA": "not_the_cutover"})
+    assert code == 2, err
+    assert "has no control schema 'not_the_cutover'" in err and "CUTOVER_SCHEMA=cutover" in err
+    assert SECRET not in err
+    assert _waiting(source, job), "a refused worker ran the job"
+    # The same worker with the control plane starts, and runs the job through the fence.
+    code, doc, err = _worker("--source", source, "--target", target)
+    assert code == 0, err
+    assert doc["succeeded"] == 1
+    assert not _waiting(source, job)
+
+
+def test_the_procrastinate_store_is_marked_and_refuses_too(live: tuple[str, str]) -> None:
+    source, target = live
+    backend = ProcrastinateBackend(target)
+    try:
+        found = marker.read(backend)
+    finally:
+        backend.close()
+    assert found is not None and found.phase == "live" and found.source_url == source
+    code, _, err = _worker(backend=target)  # the PostgreSQL store by URL, no control plane
+    assert code == 2 and "refusing to start" in err and SECRET not in err, err
+    code, doc, err = _worker("--source", source, "--target", target, backend="target")
+    assert code == 0, err
+    assert "succeeded" in doc
+
+
+def test_unfenced_is_explicit_and_logged(live: tuple[str, str]) -> None:
+    source, _ = live
+    code, _, err = _worker("--source", source, options=("--unfenced",))
+    assert code == 2 and "--unfenced needs --why" in err
+    job = _one_job(source)
+    code, doc, err = _worker("--source", source,
+                             options=("--unfenced", "--why", "pair retired"))
+    assert code == 0, err
+    assert doc["succeeded"] == 1 and not _waiting(source, job)
+    assert "UNFENCED" in err and "pair retired" in err
+
+
+def test_a_rollback_to_off_keeps_the_marker(live: tuple[str, str]) -> None:
+    source, target = live
+    result = invoke(source, target, "rollback", "--to", "off", "--yes", "--force", "--why", "t")
+    assert result.exit_code == 0, result.output
+    found = _marker(source)
+    assert found is not None and found.phase == "off" and found.epoch == 3
+    code, _, err = _worker("--source", source)
+    assert code == 2 and "refusing to start" in err
+
+
+def test_a_store_never_in_a_cutover_is_unaffected(urls: tuple[str, str]) -> None:
+    source, target = urls
+    job = _one_job(source)
+    code, doc, err = _worker("--source", source)
+    assert code == 0, err
+    assert doc["succeeded"] == 1 and not _waiting(source, job)
+    assert _marker(source) is None  # a worker never marks
+    backend = ProcrastinateBackend(target)
+    try:
+        assert marker.read(backend) is None  # no marker table: one failed read, no error
+    finally:
+        backend.close()
