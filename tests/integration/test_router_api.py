@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
+from cutover import Router
 from cutover.control import LedgerState
+from cutover.errors import BackendUnavailableError
 from cutover.phases import Phase
 from cutover.testing import tasks
+from cutover.testing.tasks import registry
 from tests.integration.test_router_phases import Pair, move_to
 
 
@@ -37,3 +42,21 @@ def test_a_held_key_in_the_callers_transaction_leaves_no_ledger_row(pair: Pair) 
     with psycopg.connect(pair.target_url) as conn:
         rows = conn.execute("SELECT cutover_id, state FROM cutover.ledger").fetchall()
     assert rows == [(first, LedgerState.ACCEPTED.value)]
+
+
+def test_a_database_that_does_not_exist_is_named_in_the_error(cutover_database_url: str) -> None:
+    """A typo in the database's name: the error says so (not only that a pool timed out), and
+    the password given in the URL is not in it."""
+    parts = urlsplit(cutover_database_url)
+    url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}:s3cret-pw@"
+                                           f"{parts.hostname}:{parts.port or 5432}",
+                                    path="/no_such_db_apibreak"))
+    router = Router(registry, source=url)
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError) as caught:
+        router.enqueue(tasks.add, 1, 2)
+    router.close()
+    message = str(caught.value)
+    assert "no_such_db_apibreak" in message and "does not exist" in message, message
+    assert "s3cret-pw" not in message
+    assert time.monotonic() - started < 30

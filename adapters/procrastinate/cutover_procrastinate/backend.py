@@ -164,7 +164,16 @@ class ProcrastinateBackend:
                   kwargs={"connect_timeout": 5, "autocommit": True}, name="cutover",
                   check=_check_connection, configure=_configure)
         with self._errors("connecting"):
-            self.pool.open(wait=True, timeout=10)
+            try:
+                self.pool.open(wait=True, timeout=10)
+            except psycopg_pool.PoolTimeout:
+                # The pool's own error says only that it timed out; its attempts' reason (no
+                # such database, role or password refused...) went to its log. One direct
+                # attempt names it in the error.
+                self.pool.close()
+                with psycopg.connect(url, connect_timeout=5):
+                    pass
+                raise
         self._workers: dict[str, int] = {}
         self._skipped: set[int] = set()
         self._lock = threading.Lock()
