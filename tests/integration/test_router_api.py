@@ -10,12 +10,13 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from cutover import Router
-from cutover.control import LedgerState
-from cutover.errors import BackendUnavailableError
+from cutover import Router, adapters
+from cutover.control import ControlPlane, LedgerState
+from cutover.errors import BackendUnavailableError, ConfigurationError
 from cutover.phases import Phase
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
+from tests.integration.control_db import control_database
 from tests.integration.test_router_phases import Pair, move_to
 
 
@@ -60,3 +61,26 @@ def test_a_database_that_does_not_exist_is_named_in_the_error(cutover_database_u
     assert "no_such_db_apibreak" in message and "does not exist" in message, message
     assert "s3cret-pw" not in message
     assert time.monotonic() - started < 30
+
+
+def test_a_connection_to_another_database_is_refused(pair: Pair) -> None:
+    """rampdown, ``connection=`` to a database that is not the target's (here one with the same
+    schema: another application's): refused, nothing written there or on the target, rather
+    than an id for a job the target's workers never see."""
+    pair.control.init()
+    move_to(pair.control, Phase.RAMPDOWN)
+    with control_database(pair.target_url) as other:
+        plane = ControlPlane(other.url)
+        plane.init()  # cutover's and procrastinate's schemas there too
+        plane.close()
+        adapters.open_backend(other.url).close()
+        with pair.router() as router, psycopg.connect(other.url) as conn, \
+                pytest.raises(ConfigurationError, match="not to this backend"):
+            router.enqueue(tasks.add, 1, 2, connection=conn)
+        with psycopg.connect(other.url) as conn:
+            assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone() == (0,)
+        assert list(pair.target.snapshot()) == []
+        with pair.router() as router, psycopg.connect(pair.target_url) as conn:
+            kept = router.enqueue(tasks.add, 3, 4, connection=conn)  # the right one still joins
+            conn.commit()
+        assert pair.on(kept) == (False, True)

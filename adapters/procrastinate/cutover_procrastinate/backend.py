@@ -179,6 +179,8 @@ class ProcrastinateBackend:
         self._lock = threading.Lock()
         self.features: dict[str, bool] = {}
         self._identity: StoreIdentity | None = None
+        self._place: tuple[str, str] | None = None
+        self._joined: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
         if apply_schema:
             self.ensure_schema()
 
@@ -414,6 +416,7 @@ class ProcrastinateBackend:
                 yield own
             return
         with self._errors(doing):
+            self._same_place(conn)
             if not conn.autocommit and (conn.info.transaction_status
                                         == psycopg.pq.TransactionStatus.IDLE):
                 # psycopg's transaction() on an idle connection would COMMIT at its end: open
@@ -421,6 +424,28 @@ class ProcrastinateBackend:
                 conn.execute("SELECT 1")
             with conn.transaction():
                 yield conn
+
+    def _same_place(self, conn: psycopg.Connection[Any]) -> None:
+        """Refuse a caller's connection to another database (or procrastinate schema) than
+        ours: jobs written on it would commit there, out of reach of this backend's workers,
+        under an id the caller takes for ours. Checked once per connection."""
+        if conn in self._joined:
+            return
+        row = conn.execute(sql.query("store_place")).fetchone()
+        if self._place is None:
+            with self._tx("reading the store's place") as own:
+                mine = own.execute(sql.query("store_place")).fetchone()
+            assert mine is not None
+            self._place = (str(mine[0]), str(mine[1]))
+        assert row is not None
+        theirs = (str(row[0]), str(row[1]))
+        if theirs != self._place:
+            raise ConfigurationError(
+                f"enqueue(connection=...): the connection is to database {theirs[0]!r} (schema "
+                f"{theirs[1]!r}), not to this backend's ({self._place[0]!r}, schema "
+                f"{self._place[1]!r}, {self._url}): jobs written there would never reach its "
+                f"workers. Pass a connection to the target's database")
+        self._joined.add(conn)
 
     def _insert(self, records: list[JobRecord], mode: str, tx_hook: TxHook | None = None,
                 conn: psycopg.Connection[Any] | None = None) -> tuple[list[str], set[str]]:
