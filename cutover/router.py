@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cutover import adapters, faults
+from cutover import adapters, faults, marker
 from cutover.backend import QueueBackend, StatementEnqueue, TransactionalEnqueue
 from cutover.control import PG_SCHEMES, ControlPlane, control_url
 from cutover.control.fleet import HEARTBEAT
@@ -40,6 +40,10 @@ from cutover.producer import Membership
 from cutover.record import JobRecord
 from cutover.registry import TaskRegistry
 from cutover.settings import DEFAULT_SCHEMA, ControlPooling, Settings
+
+#: A Router without a control plane reads its source's cut-over marker on its first enqueue and
+#: again at most this often (seconds): a cut-over started while it runs is seen within it.
+MARKER_RECHECK = 60.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,8 @@ class Router:
     """Enqueue through the toolkit, where the current phase says (see the module's doc).
 
     Until a cut-over is started there is no control plane and the phase is ``off``: every job goes
-    to the source backend only, exactly as the application did before, with no extra round trip.
+    to the source backend only, exactly as the application did before (plus one read of the
+    source's cut-over marker on the first enqueue and at most once a minute after it).
     With a control plane, the phase is read from one :class:`~cutover.control.PhaseWatcher` per
     Router (LISTEN + a re-read every ``refresh`` seconds), shared by its threads, never per call;
     the Router registers in the fleet as a producer, heartbeats, and acknowledges each epoch once
@@ -76,6 +81,13 @@ class Router:
     15 s liveness lease) refuses enqueues with :class:`~cutover.errors.PhaseUnknownError` rather
     than route by a phase that may have moved on (a job sent to a side whose workers went idle
     would never run); it routes again as soon as the phase is read.
+
+    A Router without a usable control plane (no target/control, or the control schema missing
+    where it points) on a source that a staged cut-over marked (cutover.marker) refuses enqueues
+    with :class:`~cutover.errors.ConfigurationError` naming the control plane to give: it would
+    write RQ only, outside the fleet, and after ``complete`` its jobs would never run. The
+    marker is read on the first such enqueue and at most every :data:`MARKER_RECHECK` seconds.
+    ``unfenced="why"`` writes anyway (logged at WARNING), for a pair that was retired.
 
     Every enqueue call is timed and counted per backend in ``metrics`` (this process's
     :data:`cutover.metrics.METRICS` unless given another): latency, jobs, errors.
@@ -88,8 +100,10 @@ class Router:
     def __init__(self, registry: TaskRegistry, source: str, target: str | None = None, *,
                  control: str | None = None, metrics: Metrics | None = None,
                  refresh: float = REFRESH, heartbeat: float = HEARTBEAT,
-                 stale_after: float = STALE_AFTER, schema: str = DEFAULT_SCHEMA) -> None:
+                 stale_after: float = STALE_AFTER, schema: str = DEFAULT_SCHEMA,
+                 unfenced: str | None = None) -> None:
         self.registry = registry
+        self.unfenced = unfenced  # why it may write a marked source without the control plane
         self.schema = schema  # of the control plane (Settings.schema: CUTOVER_SCHEMA)
         self.source_url = source
         self.target_url = target
@@ -119,6 +133,8 @@ class Router:
         self._probe_at = 0.0
         self._keys: tuple[str, str] | None = None
         self._shared = False
+        self._marker_at = 0.0  # when to read the source's cut-over marker again
+        self._marked: marker.CutoverMarker | None = None
 
     @classmethod
     def from_env(cls, registry: TaskRegistry, settings: Settings | None = None) -> Router:
@@ -236,6 +252,7 @@ class Router:
     def _route(self, records: list[JobRecord], connection: Any) -> list[str]:
         member = self._member()
         if member is None:
+            self._unmarked()
             return self._one_side(self.source, records, connection, None)
         with member.begin() as state:
             sides = writes(state.phase)
@@ -250,6 +267,36 @@ class Router:
                     f"if your transaction rolled back. Enqueue without connection= until "
                     f"rampdown, or after your commit")
             return self._dual(records, member.plane)
+
+    def _unmarked(self) -> None:
+        """No control plane: refuse when the source carries the cut-over marker (read at most
+        every MARKER_RECHECK seconds), unless ``unfenced``."""
+        if time.monotonic() >= self._marker_at:
+            with self._lock:
+                if time.monotonic() >= self._marker_at:
+                    found = marker.read(self.source)
+                    if found is not None and self.unfenced is not None:
+                        log.warning(
+                            "writing %s, a store in a staged cut-over (%s -> %s, control plane "
+                            "%s schema %s), without its control plane: unfenced=%r",
+                            self.source.url, found.source_url, found.target_url,
+                            found.control_url, found.schema, self.unfenced,
+                            extra={"event": "unfenced_router"})
+                    self._marked = found
+                    self._marker_at = time.monotonic() + MARKER_RECHECK
+        found = self._marked
+        if found is not None and self.unfenced is None:
+            raise ConfigurationError(
+                f"refusing to enqueue: the source {self.source.url} is in a staged cut-over "
+                f"({found.source_url} -> {found.target_url}, phase {found.phase or '?'} when "
+                f"last marked) and this Router has no control plane ("
+                + ("no target given" if self.target_url is None else
+                   "no control schema where it looked" if self.control_url else
+                   "no PostgreSQL side and no control given")
+                + "): it would write the source only, outside the fleet, and after complete "
+                f"its jobs would never run. Give it target={found.target_url} "
+                f"(CUTOVER_TARGET) and, if the control plane is elsewhere, control="
+                f"{found.control_url} (CUTOVER_CONTROL, CUTOVER_SCHEMA={found.schema})")
 
     def _one_side(self, backend: QueueBackend, records: list[JobRecord], connection: Any,
                   plane: ControlPlane | None) -> list[str]:

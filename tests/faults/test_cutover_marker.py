@@ -18,8 +18,9 @@ import pytest
 from cutover_procrastinate import ProcrastinateBackend
 from cutover_rq import RQBackend
 
-from cutover import marker
+from cutover import Router, marker
 from cutover.control import ControlPlane
+from cutover.errors import ConfigurationError
 from cutover.phases import Phase
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
@@ -146,6 +147,39 @@ def test_the_procrastinate_store_is_marked_and_refuses_too(live: tuple[str, str]
     assert "succeeded" in doc
 
 
+def _source_ids(url: str) -> set[str]:
+    backend = RQBackend(url)
+    try:
+        return {r.id for r in backend.snapshot()}
+    finally:
+        backend.close()
+
+
+def test_a_router_without_the_control_plane_refuses_a_marked_source(
+        live: tuple[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    source, target = live
+    before = _source_ids(source)
+    for router in (Router(registry, source=source),  # no target: no control plane
+                   Router(registry, source=source, target=target, schema="not_the_cutover")):
+        try:
+            with pytest.raises(ConfigurationError, match="refusing to enqueue") as refused:
+                router.enqueue(tasks.add, 1, 1)
+            text = str(refused.value)
+            assert "target=" in text and "control=" in text and SECRET not in text
+            assert router.phase is Phase.OFF  # what it would have written by
+        finally:
+            router.close()
+    assert _source_ids(source) == before  # nothing written
+    with Router(registry, source=source, target=target) as fleet:  # the control plane: live
+        job = fleet.enqueue(tasks.add, 1, 2)
+    assert job in _source_ids(source)
+    with caplog.at_level("WARNING", logger="cutover.router"), \
+            Router(registry, source=source, unfenced="pair retired") as anyway:
+        job = anyway.enqueue(tasks.add, 2, 2)
+    assert job in _source_ids(source)
+    assert any("unfenced='pair retired'" in r.getMessage() for r in caplog.records)
+
+
 def test_unfenced_is_explicit_and_logged(live: tuple[str, str]) -> None:
     source, _ = live
     code, _, err = _worker("--source", source, options=("--unfenced",))
@@ -175,6 +209,8 @@ def test_a_store_never_in_a_cutover_is_unaffected(urls: tuple[str, str]) -> None
     assert code == 0, err
     assert doc["succeeded"] == 1 and not _waiting(source, job)
     assert _marker(source) is None  # a worker never marks
+    with Router(registry, source=source) as router:  # nor does a Router, which still writes
+        assert router.enqueue(tasks.add, 1, 1) in _source_ids(source)
     backend = ProcrastinateBackend(target)
     try:
         assert marker.read(backend) is None  # no marker table: one failed read, no error

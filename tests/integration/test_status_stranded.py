@@ -10,6 +10,7 @@ import pytest
 
 from cutover import Router
 from cutover.control import ControlPlane
+from cutover.errors import ConfigurationError
 from cutover.phases import Phase
 from cutover.testing import tasks
 from tests.integration.drain_helpers import invoke, invoke_json
@@ -36,7 +37,16 @@ def test_status_warns_about_jobs_waiting_on_the_idle_source_after_complete(
     code, doc = invoke_json(source, target, "status")
     assert code == 0 and "warnings" not in doc  # nothing stranded yet
 
-    stale = Router(tasks.registry, source=source)  # a producer that never got the target
+    # A producer that never got the target: since the cut-over marker it refuses to enqueue
+    # (test_cutover_marker.py); one given unfenced= writes the source anyway, and status
+    # must still see what it strands.
+    refused = Router(tasks.registry, source=source)
+    try:
+        with pytest.raises(ConfigurationError, match="refusing to enqueue"):
+            refused.enqueue(tasks.add, 0, 0)
+    finally:
+        refused.close()
+    stale = Router(tasks.registry, source=source, unfenced="status test")
     try:
         for n in range(3):
             stale.enqueue(tasks.add, n, n)
