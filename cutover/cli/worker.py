@@ -105,7 +105,15 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
         if control is None:
             _check_unmarked(backend, why_none, why if unfenced else None)
         else:
-            side = side_of(backend, control.read_phase(), ctx.source, ctx.target, url)
+            state = control.read_phase()
+            side = side_of(backend, state, ctx.source, ctx.target, url)
+            if state.epoch > 0 and state.pair is not None and marker.read(backend) is None:
+                # A cut-over begun before stores were marked, or a marker deleted: mark the
+                # store, so that a worker started on it without the control plane refuses.
+                p = state.pair
+                marker.write(backend, marker.make(control.url, control.schema, p.source_key,
+                                                  p.source_url, p.target_key, p.target_url,
+                                                  state.phase.value, state.epoch))
             if side is Side.TARGET and ctx.source:
                 source = adapters.open_backend(ctx.source)
             gate = GateConfig(control, side, source=source, lease=s.claim_lease)

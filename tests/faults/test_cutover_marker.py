@@ -14,6 +14,7 @@ import subprocess
 import sys
 from typing import Any
 
+import psycopg
 import pytest
 from cutover_procrastinate import ProcrastinateBackend
 from cutover_rq import RQBackend
@@ -178,6 +179,40 @@ def test_a_router_without_the_control_plane_refuses_a_marked_source(
         job = anyway.enqueue(tasks.add, 2, 2)
     assert job in _source_ids(source)
     assert any("unfenced='pair retired'" in r.getMessage() for r in caplog.records)
+
+
+def _unmark(source: str, target: str) -> None:
+    """What a cut-over begun before the marker existed looks like."""
+    backend = RQBackend(source)
+    try:
+        backend.redis.delete("cutover:cutover")
+    finally:
+        backend.close()
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS cutover_cutover_marker")
+    assert _marker(source) is None
+
+
+def test_stores_unmarked_mid_cutover_are_marked_by_a_fenced_worker_or_a_rerun(
+        live: tuple[str, str]) -> None:
+    source, target = live
+    _unmark(source, target)
+    code, _, err = _worker("--source", source, "--target", target)  # fenced: marks its store
+    assert code == 0, err
+    found = _marker(source)
+    assert found is not None and (found.phase, found.epoch) == ("live", 2)
+    assert SECRET not in found.control_url
+    code, _, err = _worker("--source", source)
+    assert code == 2 and "refusing to start" in err
+    _unmark(source, target)
+    result = invoke(source, target, "phase", "set", "live", "--yes")  # a re-run: marks both
+    assert result.exit_code == 0 and "already" in result.output, result.output
+    assert _marker(source) is not None
+    backend = ProcrastinateBackend(target)
+    try:
+        assert marker.read(backend) is not None
+    finally:
+        backend.close()
 
 
 def test_unfenced_is_explicit_and_logged(live: tuple[str, str]) -> None:

@@ -344,7 +344,9 @@ SET plan_cache_mode = force_custom_plan
 -- name: cutover_marker_table
 -- The cut-over marker (cutover/marker.py): this store is in a staged cut-over. One row,
 -- overwritten by every phase command; the table is created by the first write (a store never
--- in a cut-over has none, and reading it then finds nothing).
+-- in a cut-over has none, and reading it then finds nothing). The lock: two first writes at
+-- once (a phase command and a worker) would race on CREATE TABLE IF NOT EXISTS's catalog row.
+SELECT pg_advisory_xact_lock(hashtext('cutover_cutover_marker'));
 CREATE TABLE IF NOT EXISTS cutover_cutover_marker (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     marker text NOT NULL,
