@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -25,7 +26,7 @@ from cutover.errors import ConfigurationError
 from cutover.phases import Phase
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
-from tests.integration.drain_helpers import APP, invoke
+from tests.integration.drain_helpers import APP, invoke, run_cli
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
@@ -251,3 +252,29 @@ def test_a_store_never_in_a_cutover_is_unaffected(urls: tuple[str, str]) -> None
         assert marker.read(backend) is None  # no marker table: one failed read, no error
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize(("fault", "phase", "marked"), [("phase_checked", "off", False),
+                                                        ("phase_committed", "shadow", True)])
+def test_a_phase_command_killed_out_of_off_leaves_no_unmarked_store_in_a_cutover(
+        urls: tuple[str, str], fault: str, phase: str, marked: bool) -> None:
+    """kill -9 of the first move out of off: before its decision is acted on, nothing is
+    written (phase off, no marker); after the commit, before the marker's post-commit write,
+    the stores are already marked (written before the commit)."""
+    source, target = urls
+    proc = run_cli(source, target, "phase", "advance", "--yes", "--force", "--why", "kill",
+                   env={"CUTOVER_FAULT": f"{fault}:1"})
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr)
+    control = ControlPlane(target)
+    try:
+        assert control.read_phase().phase.value == phase
+    finally:
+        control.close()
+    assert (_marker(source) is not None) is marked
+    backend = ProcrastinateBackend(target)
+    try:
+        assert (marker.read(backend) is not None) is marked
+    finally:
+        backend.close()
+    code, _, err = _worker("--source", source)
+    assert code == (2 if marked else 0), err
