@@ -28,18 +28,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cutover import adapters, faults, marker
-from cutover.backend import QueueBackend, StatementEnqueue, TransactionalEnqueue
-from cutover.control import PG_SCHEMES, ControlPlane, control_url
+from cutover.backend import (
+    QueueBackend,
+    StatementEnqueue,
+    TransactionalEnqueue,
+    TransactionalWork,
+)
+from cutover.control import ControlPlane, control_url
 from cutover.control.fleet import HEARTBEAT
 from cutover.control.ledger import LedgerState
 from cutover.control.watcher import REFRESH, STALE_AFTER, check_bounds
-from cutover.errors import ConfigurationError
+from cutover.errors import ConfigurationError, CutoverError
 from cutover.metrics import METRICS, Metrics
 from cutover.phases import Phase, Side, writes
 from cutover.producer import Membership
 from cutover.record import JobRecord
 from cutover.registry import TaskRegistry
 from cutover.settings import DEFAULT_SCHEMA, ControlPooling, Settings
+from cutover.urls import redact
 
 #: A Router without a control plane reads its source's cut-over marker on its first enqueue and
 #: again at most this often (seconds): a cut-over started while it runs is seen within it.
@@ -214,10 +220,22 @@ class Router:
         if self._keys is None:
             assert self.target_url is not None
             self._keys = (self.source.identity().key, self.target.identity().key)
-            inner = adapters.split(self.target_url)[1]
-            self._shared = (inner.split("://", 1)[0].lower() in PG_SCHEMES
-                            and inner.split("?", 1)[0] == plane.url.split("?", 1)[0])
+            self._shared = self._in_plane_database(plane)
         return self._keys
+
+    def _in_plane_database(self, plane: ControlPlane) -> bool:
+        """Whether the target's connections reach the control plane's database (they see this
+        producer's fleet row), however either URL is spelled (``localhost`` or ``127.0.0.1``,
+        options, ``postgres://``): the ledger row then shares the job's transaction."""
+        target, member = self.target, self._membership
+        if member is None or not isinstance(target, TransactionalWork):
+            return False
+        found: list[bool] = []
+        try:
+            target.run_tx(lambda conn: found.append(plane.member_here(member.member, conn)))
+        except CutoverError:
+            return False
+        return bool(found and found[0])
 
     # -- enqueueing ------------------------------------------------------------------------
     def enqueue(self, task: str | Callable[..., Any], *args: Any, job_key: str | None = None,
@@ -322,6 +340,14 @@ class Router:
         target is the control plane's database). Returns each record's id on the target."""
         source_key, target_key = self._ledger_keys(plane)
         target = self.target
+        if connection is not None and not (self._shared
+                                           and isinstance(target, TransactionalEnqueue)):
+            raise ConfigurationError(
+                f"enqueue(connection=...) needs the control plane in the target's database: "
+                f"the job's ledger row must commit or roll back with your transaction, and the "
+                f"control plane at {redact(plane.url)} is another database than the target "
+                f"({target.url}). Enqueue without connection= (after your commit), or drop "
+                f"CUTOVER_CONTROL / control= so the control plane lives in the target's database")
 
         def ledger(rows: list[JobRecord], conn: Any) -> None:
             plane.record(rows, state=LedgerState.ACCEPTED, source=source_key,

@@ -128,3 +128,40 @@ def test_rampdown_a_key_held_on_the_source_enqueues_nothing_new(pair: Pair) -> N
         again = router.enqueue(tasks.add, 1, 1, job_key="invoice-7")
     assert again == on_source
     assert [r.job_key for r in pair.target.snapshot()] == []
+
+
+def test_connection_joins_the_callers_transaction_however_the_control_url_is_spelled(
+        pair: Pair) -> None:
+    """``control=`` naming the target's own database another way (``localhost`` for
+    ``127.0.0.1``): the job still rolls back with the caller's transaction, not committed
+    on the Router's own connection behind the caller's back."""
+    pair.control.init()
+    move_to(pair.control, Phase.RAMPDOWN)
+    parts = urlsplit(pair.target_url)
+    assert parts.hostname in ("127.0.0.1", "localhost")
+    other_host = "localhost" if parts.hostname == "127.0.0.1" else "127.0.0.1"
+    control = urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.hostname,
+                                                                     other_host)))
+    with pair.router(control=control) as router, psycopg.connect(pair.target_url) as conn:
+        dropped = router.enqueue(tasks.add, 3, 4, connection=conn)
+        conn.rollback()
+        kept = router.enqueue(tasks.add, 5, 6, connection=conn)
+        conn.commit()
+    assert pair.on(dropped) == (False, False) and pair.ledger(dropped) is None
+    assert pair.on(kept) == (False, True) and pair.ledger(kept) is LedgerState.ACCEPTED
+
+
+def test_connection_is_refused_when_the_control_plane_is_another_database(pair: Pair) -> None:
+    """The ledger row cannot join the caller's transaction there: refused, nothing written
+    (before: the job was committed on the Router's own connection, whatever the caller did)."""
+    with control_database(pair.target_url) as ctl:
+        plane = ControlPlane(ctl.url)
+        plane.init()
+        move_to(plane, Phase.RAMPDOWN)
+        plane.close()
+        with pair.router(control=ctl.url) as router, psycopg.connect(pair.target_url) as conn:
+            with pytest.raises(ConfigurationError, match="control plane"):
+                router.enqueue(tasks.add, 1, 2, connection=conn)
+            conn.rollback()
+            plain = router.enqueue(tasks.add, 3, 4)  # without connection=: the target only
+        assert [r.id for r in pair.target.snapshot()] == [plain]
