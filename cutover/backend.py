@@ -280,6 +280,16 @@ def stalled_outcome(job: JobRecord) -> tuple[str, dt.datetime | None]:
 
 
 @runtime_checkable
+class KeyLookup(Protocol):
+    """A backend that says which live job holds a job key, by the rule its own enqueue applies
+    (the Router honours a key held on the source while the phase writes the target only)."""
+
+    def key_holders(self, job_keys: Sequence[str]) -> dict[str, str]:
+        """``{job_key: job id}`` for each of ``job_keys`` a live job holds."""
+        ...
+
+
+@runtime_checkable
 class TransactionalEnqueue(Protocol):
     """A backend that can enqueue inside a database transaction: its own, joined by ``tx_hook``
     (the Router's ledger row commits with the jobs), or the caller's ``conn``

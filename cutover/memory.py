@@ -111,6 +111,12 @@ class InMemoryBackend:
                 out.append(record.id)
         return out
 
+    def key_holders(self, job_keys: Sequence[str]) -> dict[str, str]:
+        """``{job_key: id}`` of the live jobs holding ``job_keys`` (enqueue's rule)."""
+        with self._store.lock:
+            found = {k: self._live_key_holder(k) for k in job_keys}
+        return {k: v for k, v in found.items() if v is not None}
+
     def _live_key_holder(self, job_key: str | None) -> str | None:
         if job_key is None:
             return None

@@ -13,7 +13,8 @@ Where each phase writes is :func:`cutover.phases.writes`; this module only carri
 - ``rampdown`` and ``complete``: the target only.
 
 A job key held by a live job on either side returns that job's id and leaves nothing new on
-either side (a target copy written before the source said so is removed again).
+either side (a target copy written before the source said so is removed again); in ``rampdown``
+a keyed call asks the source first, whose waiting jobs still run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 from cutover import adapters, faults, marker
 from cutover.backend import (
+    KeyLookup,
     QueueBackend,
     StatementEnqueue,
     TransactionalEnqueue,
@@ -38,7 +40,7 @@ from cutover.control import ControlPlane, control_url
 from cutover.control.fleet import HEARTBEAT
 from cutover.control.ledger import LedgerState
 from cutover.control.watcher import REFRESH, STALE_AFTER, check_bounds
-from cutover.errors import ConfigurationError, CutoverError
+from cutover.errors import BackendUnavailableError, ConfigurationError, CutoverError
 from cutover.metrics import METRICS, Metrics
 from cutover.phases import Phase, Side, writes
 from cutover.producer import Membership
@@ -277,6 +279,8 @@ class Router:
             if sides == (Side.SOURCE,):
                 return self._one_side(self.source, records, connection, None)
             if sides == (Side.TARGET,):
+                if state.phase is Phase.RAMPDOWN:
+                    return self._rampdown(records, connection, member.plane)
                 return self._one_side(self.target, records, connection, member.plane)
             if connection is not None:
                 raise ConfigurationError(
@@ -315,6 +319,28 @@ class Router:
                 f"its jobs would never run. Give it target={found.target_url} "
                 f"(CUTOVER_TARGET) and, if the control plane is elsewhere, control="
                 f"{found.control_url} (CUTOVER_CONTROL, CUTOVER_SCHEMA={found.schema})")
+
+    def _rampdown(self, records: list[JobRecord], connection: Any,
+                  plane: ControlPlane) -> list[str]:
+        """rampdown: the target only, except that a job key a live source job still holds
+        (it runs there, through the fence) returns that job's id and writes nothing: the same
+        answer as in shadow and live. A source that cannot be asked does not stop the enqueue
+        (the application no longer writes it): the key is then honoured on the target only,
+        and a warning says so."""
+        source_keys = [r.job_key for r in records if r.job_key is not None]
+        holders: dict[str, str] = {}
+        if source_keys:
+            try:
+                source = self.source
+                if isinstance(source, KeyLookup):
+                    holders = source.key_holders(source_keys)
+            except BackendUnavailableError as exc:
+                log.warning("could not ask the source whether a live job holds the job key(s) "
+                            "of this enqueue (%s); honoured on the target only", exc)
+        fresh = [r for r in records if r.job_key is None or r.job_key not in holders]
+        ids = iter(self._one_side(self.target, fresh, connection, plane) if fresh else [])
+        return [holders[r.job_key] if r.job_key is not None and r.job_key in holders
+                else next(ids) for r in records]
 
     def _one_side(self, backend: QueueBackend, records: list[JobRecord], connection: Any,
                   plane: ControlPlane | None) -> list[str]:

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from cutover import Router, adapters
+from cutover import Call, Router, adapters
+from cutover.backend import KeyLookup, QueueBackend
 from cutover.control import ControlPlane, LedgerState
 from cutover.errors import BackendUnavailableError, ConfigurationError
 from cutover.phases import Phase
@@ -114,8 +115,6 @@ def test_shadow_leaves_a_job_deferred_by_plain_procrastinate_in_place(pair: Pair
     assert row is not None, "the plain procrastinate job was deleted by the shadow dry run"
 
 
-@pytest.mark.xfail(strict=True, reason="open defect: in rampdown the Router writes the target "
-                   "only and does not look for the key's live holder on the source")
 def test_rampdown_a_key_held_on_the_source_enqueues_nothing_new(pair: Pair) -> None:
     """A job key held by a job still waiting on the source (it runs there, through the fence,
     in rampdown) returns that job's id, as in shadow and live; a second live job with the key
@@ -126,8 +125,16 @@ def test_rampdown_a_key_held_on_the_source_enqueues_nothing_new(pair: Pair) -> N
     move_to(pair.control, Phase.RAMPDOWN)
     with pair.router() as router:
         again = router.enqueue(tasks.add, 1, 1, job_key="invoice-7")
-    assert again == on_source
-    assert [r.job_key for r in pair.target.snapshot()] == []
+        batch = router.enqueue_many([Call(tasks.add, (2, 2), job_key="invoice-7"),
+                                     Call(tasks.add, (3, 3), job_key="invoice-8"),
+                                     Call(tasks.add, (4, 4))])
+    assert again == on_source and batch[0] == on_source
+    assert sorted(r.job_key or "-" for r in pair.target.snapshot()) == ["-", "invoice-8"]
+    assert {batch[1], batch[2]} == {r.id for r in pair.target.snapshot()}
+    pair.source.remove([on_source])  # the source's job ran out: the key is free again
+    with pair.router() as router:
+        fresh = router.enqueue(tasks.add, 5, 5, job_key="invoice-7")
+    assert fresh != on_source and pair.on(fresh) == (False, True)
 
 
 def test_connection_joins_the_callers_transaction_however_the_control_url_is_spelled(
@@ -165,3 +172,16 @@ def test_connection_is_refused_when_the_control_plane_is_another_database(pair: 
             conn.rollback()
             plain = router.enqueue(tasks.add, 3, 4)  # without connection=: the target only
         assert [r.id for r in pair.target.snapshot()] == [plain]
+
+
+def test_key_holders_names_the_live_job_of_each_key(cutover_backend: QueueBackend) -> None:
+    """The lookup the Router makes on the source in rampdown, on every adapter: the enqueue's
+    own rule (a live job holds its key; a removed one no longer does)."""
+    assert isinstance(cutover_backend, KeyLookup)
+    held = registry.make_record(tasks.add, (1, 2), job_key="k-held")
+    gone = registry.make_record(tasks.add, (3, 4), job_key="k-gone")
+    cutover_backend.enqueue([held, gone])
+    cutover_backend.remove([gone.id])
+    assert cutover_backend.key_holders(["k-held", "k-gone", "k-none", "k-held"]) == {
+        "k-held": held.id}
+    assert cutover_backend.key_holders([]) == {}

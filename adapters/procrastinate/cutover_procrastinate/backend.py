@@ -425,6 +425,15 @@ class ProcrastinateBackend:
             with conn.transaction():
                 yield conn
 
+    def key_holders(self, job_keys: Sequence[str]) -> dict[str, str]:
+        """``{job_key: id}`` of the live jobs holding ``job_keys`` (enqueue's rule)."""
+        wanted = sorted(set(job_keys))
+        if not wanted:
+            return {}
+        with self._tx("looking up job keys") as conn:
+            rows = conn.execute(sql.query("live_key_holders"), {"keys": wanted}).fetchall()
+        return {str(row[0]): str(row[1]) for row in rows}
+
     def _same_place(self, conn: psycopg.Connection[Any]) -> None:
         """Refuse a caller's connection to another database (or procrastinate schema) than
         ours: jobs written on it would commit there, out of reach of this backend's workers,

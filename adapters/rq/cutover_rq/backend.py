@@ -45,6 +45,15 @@ _DEFAULT_FAILURE_TTL = 31_536_000
 _VALUE_MAX = 512 * 2**20  # Redis's largest string value (the job's data field)
 
 
+#: RQ statuses whose job holds its key (lua/enqueue.lua's ``live``).
+_LIVE = frozenset({"queued", "scheduled", "deferred", "started", "created", "ready_to_enqueue",
+                   "rate_limited"})
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RQBackend(RQWorking):
     """RQ (rq 2.x and 3.x) on Redis.
 
@@ -139,6 +148,27 @@ class RQBackend(RQWorking):
                       for record in records]
             out = [job_id for _, job_id in self._write_many(writes)]
         return out
+
+    def key_holders(self, job_keys: Sequence[str]) -> dict[str, str]:
+        """``{job_key: id}`` of the live jobs holding ``job_keys``, by lua/enqueue.lua's rule
+        (waiting, scheduled, deferred, started, or held by a drain). Two round trips."""
+        wanted = sorted(set(job_keys))
+        if not wanted:
+            return {}
+        with self._errors("looking up job keys"):
+            pipe = self.redis.pipeline(transaction=False)
+            for key in wanted:
+                pipe.get(keys.job_key(key))
+            held = {k: _text(h) for k, h in zip(wanted, pipe.execute(), strict=True)
+                    if h is not None}
+            if not held:
+                return {}
+            pipe = self.redis.pipeline(transaction=False)
+            for holder in held.values():
+                pipe.hmget(keys.job(holder), "status", "cutover_held")
+            states = pipe.execute()
+        return {k: h for (k, h), (status, mark) in zip(held.items(), states, strict=True)
+                if mark is not None or (status is not None and _text(status) in _LIVE)}
 
     def put(self, records: Sequence[JobRecord], *,
             tx_hook: TxHook | None = None) -> list[str]:

@@ -51,6 +51,11 @@ LUA_PREFIXES = frozenset({
 })
 
 
+def job_key(key: str) -> str:
+    """The live holder of a cutover job key (set by lua/enqueue.lua)."""
+    return f"cutover:key:{key}"
+
+
 def job(job_id: str) -> str:
     """The job hash."""
     return f"{JOB_PREFIX}{job_id}"
