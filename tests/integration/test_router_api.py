@@ -185,3 +185,25 @@ def test_key_holders_names_the_live_job_of_each_key(cutover_backend: QueueBacken
     assert cutover_backend.key_holders(["k-held", "k-gone", "k-none", "k-held"]) == {
         "k-held": held.id}
     assert cutover_backend.key_holders([]) == {}
+
+
+@pytest.mark.xfail(strict=True, reason="open defect: a connection= enqueue committed after a "
+                   "rollback out of rampdown is a target-only job the shadow dry run removes")
+def test_a_job_committed_after_a_rollback_out_of_rampdown_still_runs(pair: Pair) -> None:
+    """The caller enqueues in rampdown inside its transaction, the operator rolls back to
+    shadow (the rollback's drain back to RQ cannot see the uncommitted job, and the Router's
+    ack does not wait for the caller's commit), then the caller commits: it holds an id for a
+    job that must run somewhere."""
+    pair.control.init()
+    move_to(pair.control, Phase.RAMPDOWN)
+    with pair.router() as router, psycopg.connect(pair.target_url) as conn:
+        job_id = router.enqueue(tasks.add, 1, 2, connection=conn)
+        move_to(pair.control, Phase.SHADOW)  # what `cutover rollback --to shadow` sets
+        conn.commit()
+    env = {**os.environ, "CUTOVER_SOURCE": pair.source_url, "CUTOVER_TARGET": pair.target_url,
+           "CUTOVER_APP": "cutover.testing.tasks:registry"}
+    done = subprocess.run([sys.executable, "-m", "cutover", "worker", "--backend",
+                           "procrastinate", "--burst"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert pair.on(job_id) != (False, False), "the committed job was removed unrun"
