@@ -262,6 +262,18 @@ class PhaseGate:
                                     "event": "duplicate_skipped"})
 
     # -- shadow --------------------------------------------------------------------------------
+    def foreign(self, job: JobRecord) -> str | None:
+        """Why a dry run must leave ``job`` in place, or None: a job with no ledger row and no
+        copy on the source is no copy the Router or a drain wrote (plain procrastinate code
+        deferred it, for a task of the registry or not); the dry run would remove the only
+        copy. It stays for a worker that executes (live on, or a plain worker)."""
+        if self.control.content_of(job.id) is not None:
+            return None
+        if self.source is not None and self.source.get(job.id) is not None:
+            return None
+        return ("no copy of a source job (no ledger row, none on the source): a dry run "
+                "would remove the only copy")
+
     def dry_run(self, job: JobRecord, registry: TaskRegistry) -> Verdict:
         """Decode, resolve, compare with the source copy, record; remove the target copy."""
         verdict = self._judge(job, registry)

@@ -320,7 +320,7 @@ class Worker:
                         return
                     self._idle_wait()
                     continue
-                accept = self._accept if mode is not Mode.DRY else _accept_all
+                accept = self._accept if mode is not Mode.DRY else self._dry_accept
                 claim: Claim | None = None
                 if self.gate is not None and fenced and self.gate.joined is not None:
                     job, claim = self._claim_joined(self.gate, accept)
@@ -390,6 +390,16 @@ class Worker:
         reason = record.problem
         if reason is None and record.task not in self.registry:
             reason = f"unknown task {record.task!r}" + self.registry.suggestion(record.task)
+        return self._skip(record, reason)
+
+    def _dry_accept(self, record: JobRecord) -> str | None:
+        """A dry run takes every copy of a source job (an undecodable one, or one of an unknown
+        task, is recorded as a mismatch), and leaves in place a job that is none: removing it
+        would lose it (see :meth:`PhaseGate.foreign`)."""
+        assert self.gate is not None
+        return self._skip(record, self.gate.foreign(record))
+
+    def _skip(self, record: JobRecord, reason: str | None) -> str | None:
         if reason is None:
             return None
         with self._lock:
@@ -492,7 +502,3 @@ class Worker:
                       extra={**extra, "event": "failed"})
 
 
-def _accept_all(record: JobRecord) -> str | None:
-    """A dry run takes every job: an undecodable one or one of an unknown task is recorded as a
-    mismatch, not left in place."""
-    return None
