@@ -33,6 +33,16 @@ def pair(cutover_redis_url: str, cutover_database_url: str) -> Iterator[Pair]:
     p.control.close()
 
 
+def target_worker_burst(pair: Pair) -> None:
+    """``cutover worker --backend procrastinate --burst`` on the pair, as an operator runs it."""
+    env = {**os.environ, "CUTOVER_SOURCE": pair.source_url, "CUTOVER_TARGET": pair.target_url,
+           "CUTOVER_APP": "cutover.testing.tasks:registry"}
+    done = subprocess.run([sys.executable, "-m", "cutover", "worker", "--backend",
+                           "procrastinate", "--burst"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_held_key_in_the_callers_transaction_leaves_no_ledger_row(pair: Pair) -> None:
     """rampdown, ``connection=``: a call whose key a live job holds writes nothing, its ledger
     row included once the caller commits (an ``accepted`` row with no job is a loss to verify)."""
@@ -101,21 +111,13 @@ def test_shadow_leaves_a_job_deferred_by_plain_procrastinate_in_place(pair: Pair
         conninfo=pair.target_url))
     with app.open():
         job_id = app.configure_task("cutover.testing.tasks.add").defer(a=1, b=2)
-    env = {**os.environ, "CUTOVER_SOURCE": pair.source_url, "CUTOVER_TARGET": pair.target_url,
-           "CUTOVER_APP": "cutover.testing.tasks:registry"}
-    done = subprocess.run([sys.executable, "-m", "cutover", "worker", "--backend",
-                           "procrastinate", "--burst"], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    target_worker_burst(pair)
     with psycopg.connect(pair.target_url) as conn:
         row = conn.execute("SELECT status FROM procrastinate_jobs WHERE id = %s",
                            (job_id,)).fetchone()
     assert row == ("todo",), "the plain procrastinate job was deleted by the shadow dry run"
     move_to(pair.control, Phase.LIVE)  # a worker that executes runs it, once
-    done = subprocess.run([sys.executable, "-m", "cutover", "worker", "--backend",
-                           "procrastinate", "--burst"], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    target_worker_burst(pair)
     with psycopg.connect(pair.target_url) as conn:
         row = conn.execute("SELECT status FROM procrastinate_jobs WHERE id = %s",
                            (job_id,)).fetchone()
@@ -207,10 +209,5 @@ def test_a_job_committed_after_a_rollback_out_of_rampdown_still_runs(pair: Pair)
         job_id = router.enqueue(tasks.add, 1, 2, connection=conn)
         move_to(pair.control, Phase.SHADOW)  # what `cutover rollback --to shadow` sets
         conn.commit()
-    env = {**os.environ, "CUTOVER_SOURCE": pair.source_url, "CUTOVER_TARGET": pair.target_url,
-           "CUTOVER_APP": "cutover.testing.tasks:registry"}
-    done = subprocess.run([sys.executable, "-m", "cutover", "worker", "--backend",
-                           "procrastinate", "--burst"], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    target_worker_burst(pair)
     assert pair.on(job_id) != (False, False), "the committed job was removed unrun"
