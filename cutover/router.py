@@ -422,7 +422,16 @@ class Router:
         lost = [r for r in fresh if by_id[r.id] != r.id]
         if lost:
             self._take_back(lost, plane)
-        return [by_id.get(i, i) for i in target_ids]
+        # A key a target job holds: that job may be another call's copy, written a moment ago,
+        # that the source is about to refuse (its key held there by an older job) and that call
+        # to take back. The source's holder, when there is one, is the job that stays.
+        held = {r.job_key for r, i in zip(records, target_ids, strict=True)
+                if i != r.id and r.job_key is not None}
+        source = self.source
+        on_source = (source.key_holders(sorted(held))
+                     if held and isinstance(source, KeyLookup) else {})
+        return [on_source[r.job_key] if i != r.id and r.job_key in on_source
+                else by_id.get(i, i) for r, i in zip(records, target_ids, strict=True)]
 
     def _take_back(self, records: list[JobRecord], plane: ControlPlane) -> None:
         """Remove target copies the source did not take, with their ledger rows."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -211,3 +212,30 @@ def test_a_job_committed_after_a_rollback_out_of_rampdown_still_runs(pair: Pair)
         conn.commit()
     target_worker_burst(pair)
     assert pair.on(job_id) != (False, False), "the committed job was removed unrun"
+
+
+def test_concurrent_calls_with_a_key_held_on_the_source_all_get_the_source_job(
+        pair: Pair) -> None:
+    """live, threads sharing a Router enqueue one job key at once (a webhook delivered twice),
+    and an older job holds it on the source: every caller gets that job's id, never the id of a
+    target copy another call wrote and then took back (a job that exists nowhere)."""
+    pair.control.init()
+    with pair.router() as router:
+        on_source = router.enqueue(tasks.add, 1, 1, job_key="evt-1")  # off: source only
+    move_to(pair.control, Phase.LIVE)
+    got: list[str] = []
+    with pair.router() as router:
+        router.enqueue(tasks.add, 0, 0)  # connections and the phase read before the race
+        for _ in range(3):
+            barrier = threading.Barrier(6)
+
+            def call(start: threading.Barrier) -> None:
+                start.wait()
+                got.append(router.enqueue(tasks.add, 2, 2, job_key="evt-1"))
+            threads = [threading.Thread(target=call, args=(barrier,)) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    assert got == [on_source] * 18
+    assert [r.job_key for r in pair.target.snapshot() if r.job_key] == []
