@@ -36,7 +36,7 @@ from cutover.backend import (
     TransactionalEnqueue,
     TransactionalWork,
 )
-from cutover.control import ControlPlane, control_url
+from cutover.control import ControlPlane, PhaseConflictError, control_url
 from cutover.control.fleet import HEARTBEAT
 from cutover.control.ledger import LedgerState
 from cutover.control.watcher import REFRESH, STALE_AFTER, check_bounds
@@ -270,6 +270,18 @@ class Router:
         return self._route(records, connection) if records else []
 
     def _route(self, records: list[JobRecord], connection: Any) -> list[str]:
+        try:
+            return self._route_once(records, connection)
+        except PhaseConflictError:
+            # connection=: the phase moved between the watcher's read and the hold in the
+            # caller's transaction (nothing was written): read it now and route again.
+            member = self._membership
+            if connection is None or member is None:
+                raise
+            member.watcher.refresh_now()
+            return self._route_once(records, connection)
+
+    def _route_once(self, records: list[JobRecord], connection: Any) -> list[str]:
         member = self._member()
         if member is None:
             self._unmarked()
@@ -280,8 +292,9 @@ class Router:
                 return self._one_side(self.source, records, connection, None)
             if sides == (Side.TARGET,):
                 if state.phase is Phase.RAMPDOWN:
-                    return self._rampdown(records, connection, member.plane)
-                return self._one_side(self.target, records, connection, member.plane)
+                    return self._rampdown(records, connection, member.plane, state.epoch)
+                return self._one_side(self.target, records, connection, member.plane,
+                                      state.epoch)
             if connection is not None:
                 raise ConfigurationError(
                     f"enqueue(connection=...) is refused in {state.phase.value}: the job is "
@@ -321,7 +334,7 @@ class Router:
                 f"{found.control_url} (CUTOVER_CONTROL, CUTOVER_SCHEMA={found.schema})")
 
     def _rampdown(self, records: list[JobRecord], connection: Any,
-                  plane: ControlPlane) -> list[str]:
+                  plane: ControlPlane, epoch: int) -> list[str]:
         """rampdown: the target only, except that a job key a live source job still holds
         (it runs there, through the fence) returns that job's id and writes nothing: the same
         answer as in shadow and live. A source that cannot be asked does not stop the enqueue
@@ -338,12 +351,13 @@ class Router:
                 log.warning("could not ask the source whether a live job holds the job key(s) "
                             "of this enqueue (%s); honoured on the target only", exc)
         fresh = [r for r in records if r.job_key is None or r.job_key not in holders]
-        ids = iter(self._one_side(self.target, fresh, connection, plane) if fresh else [])
+        ids = iter(self._one_side(self.target, fresh, connection, plane, epoch)
+                   if fresh else [])
         return [holders[r.job_key] if r.job_key is not None and r.job_key in holders
                 else next(ids) for r in records]
 
     def _one_side(self, backend: QueueBackend, records: list[JobRecord], connection: Any,
-                  plane: ControlPlane | None) -> list[str]:
+                  plane: ControlPlane | None, epoch: int = 0) -> list[str]:
         """The phase writes one side: with the ledger row when it is the target."""
         if connection is not None and not isinstance(backend, TransactionalEnqueue):
             raise ConfigurationError(
@@ -358,10 +372,10 @@ class Router:
             tx = backend
             return self._timed(backend, len(records), lambda: tx.enqueue_tx(records,
                                                                              conn=connection))
-        return self._write_target(records, plane, connection)
+        return self._write_target(records, plane, connection, epoch)
 
     def _write_target(self, records: list[JobRecord], plane: ControlPlane,
-                      connection: Any = None) -> list[str]:
+                      connection: Any = None, epoch: int = 0) -> list[str]:
         """The target copies and their ledger rows (``accepted``, one transaction when the
         target is the control plane's database). Returns each record's id on the target."""
         source_key, target_key = self._ledger_keys(plane)
@@ -378,6 +392,12 @@ class Router:
         def ledger(rows: list[JobRecord], conn: Any) -> None:
             plane.record(rows, state=LedgerState.ACCEPTED, source=source_key,
                          target=target_key, run_id="router", conn=conn)
+            if connection is not None:
+                # In the caller's transaction: no phase change commits before it ends (the
+                # transition waits for this share lock), so a rollback out of rampdown cannot
+                # miss a job committed after it; a phase that moved since it was read undoes
+                # the job and its row (the backend's savepoint) and the call routes again.
+                plane.hold_phase(conn, epoch)
 
         if (self._shared and connection is None and len(records) == 1
                 and isinstance(target, StatementEnqueue)):

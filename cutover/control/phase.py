@@ -12,6 +12,8 @@ import os
 import socket
 from typing import Any
 
+import psycopg
+
 from cutover import faults
 from cutover.control.plane import Plumbing
 from cutover.errors import ConfigurationError, PreconditionError
@@ -19,6 +21,11 @@ from cutover.phases import Decision, Phase
 
 #: The channel PhaseWatcher listens on; the payload is JSON {schema, phase, epoch}.
 CHANNEL = "cutover_phase"
+
+
+#: How long a transition waits for the phase row (held by an application transaction that
+#: enqueued with connection=, or by another transition) before it is refused, seconds.
+TRANSITION_LOCK_WAIT = 30.0
 
 
 class PhaseConflictError(PreconditionError):
@@ -142,7 +149,16 @@ class Phases(Plumbing):
         kind = kind or ("rollback" if move.rollback else "advance")
         refusals = [{"check": str(c), "detail": d} for c, d in decision.refusals]
         with self.tx(f"changing the phase ({move.name})") as conn:
-            row = conn.execute(self.query("phase_lock")).fetchone()
+            conn.execute(self.query("phase_lock_timeout"),
+                         {"ms": str(int(TRANSITION_LOCK_WAIT * 1000))})
+            try:
+                row = conn.execute(self.query("phase_lock")).fetchone()
+            except psycopg.errors.LockNotAvailable as exc:
+                raise PreconditionError(
+                    f"{move.name} refused: the phase row stayed locked for "
+                    f"{TRANSITION_LOCK_WAIT:g}s: application transactions that enqueued with "
+                    f"connection= are still open (or another phase change is under way): the "
+                    f"phase cannot change until they end. Nothing changed; run it again") from exc
             current = PhaseState(Phase.OFF, 0) if row is None else PhaseState.from_row(row)
             if current.phase is not move.frm or (expect_epoch is not None
                                                  and current.epoch != expect_epoch):
@@ -167,6 +183,18 @@ class Phases(Plumbing):
                 {"schema": self.schema, "phase": new.phase.value, "epoch": new.epoch})})
             faults.point("phase_in_tx")  # written, not committed: a kill here changes nothing
         return new
+
+    def hold_phase(self, conn: Any, epoch: int) -> None:
+        """In the caller's own transaction (``conn``): share-lock the phase row until that
+        transaction ends (no transition commits meanwhile: it waits), and check that the phase
+        is still at ``epoch``, the one the call was routed by. PhaseConflictError otherwise
+        (nothing written): route again."""
+        with self._errors("holding the phase in your transaction"):
+            row = conn.execute(self.query("phase_hold")).fetchone()
+        now = 0 if row is None else int(row[0])
+        if now != epoch:
+            raise PhaseConflictError(f"the phase changed while routing this enqueue (epoch "
+                                     f"{epoch} -> {now}): nothing was written; route again")
 
     def history(self, limit: int = 10) -> list[LogEntry]:
         """The latest transitions, newest first."""

@@ -97,6 +97,12 @@ class PhaseWatcher:
                 self._sync.release()
         return state
 
+    def refresh_now(self) -> PhaseState:
+        """Read the phase now (errors propagate), for a caller that learned it moved on."""
+        state = self.plane.read_phase()
+        self._update(state)
+        return state
+
     def current(self) -> tuple[Phase, int]:
         """(phase, epoch)."""
         state = self.state()

@@ -197,21 +197,55 @@ def test_key_holders_names_the_live_job_of_each_key(cutover_backend: QueueBacken
     assert cutover_backend.key_holders([]) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="open defect: a connection= enqueue committed after a "
-                   "rollback out of rampdown is a target-only job the shadow dry run removes")
-def test_a_job_committed_after_a_rollback_out_of_rampdown_still_runs(pair: Pair) -> None:
-    """The caller enqueues in rampdown inside its transaction, the operator rolls back to
-    shadow (the rollback's drain back to RQ cannot see the uncommitted job, and the Router's
-    ack does not wait for the caller's commit), then the caller commits: it holds an id for a
-    job that must run somewhere."""
+def test_a_rollback_waits_for_a_job_still_uncommitted_in_the_callers_transaction(
+        pair: Pair) -> None:
+    """The caller enqueues in rampdown inside its transaction and the operator rolls back to
+    shadow before the caller commits. The rollback used to commit at once: its move back to RQ
+    could not see the uncommitted job, and once committed the job was a target-only copy the
+    shadow dry run removed (the caller held an id for a job that never ran). The enqueue holds
+    the phase row (FOR SHARE) in the caller's transaction: the rollback waits for the commit,
+    then moves the job back, where it runs."""
+    pair.control.init()
+    move_to(pair.control, Phase.RAMPDOWN)
+    env = {**os.environ, "CUTOVER_SOURCE": pair.source_url, "CUTOVER_TARGET": pair.target_url,
+           "CUTOVER_APP": "cutover.testing.tasks:registry"}
+    with pair.router() as router, psycopg.connect(pair.target_url) as conn:
+        job_id = router.enqueue(tasks.add, 1, 2, connection=conn)
+        rollback = subprocess.Popen(
+            [sys.executable, "-m", "cutover", "rollback", "--to", "shadow", "--yes", "--force",
+             "--why", "test"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        time.sleep(2.0)
+        assert rollback.poll() is None, "the rollback did not wait for the open transaction"
+        assert pair.control.read_phase().phase is Phase.RAMPDOWN
+        conn.commit()
+        out, err = rollback.communicate(timeout=120)
+        assert rollback.returncode == 0, out + err
+        assert "moved 1 waiting job(s) back" in out, out
+    assert pair.control.read_phase().phase is Phase.SHADOW
+    assert pair.on(job_id) == (True, False)  # back on the source, where it runs
+    target_worker_burst(pair)
+    assert pair.on(job_id) == (True, False)
+
+
+def test_a_rollback_refuses_after_waiting_for_a_transaction_that_stays_open(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An application transaction left open holds the phase: the transition gives up after its
+    lock wait, changes nothing, and says why."""
+    from cutover.control import phase as phase_family
+    from cutover.errors import PreconditionError
+
+    monkeypatch.setattr(phase_family, "TRANSITION_LOCK_WAIT", 0.5)
     pair.control.init()
     move_to(pair.control, Phase.RAMPDOWN)
     with pair.router() as router, psycopg.connect(pair.target_url) as conn:
-        job_id = router.enqueue(tasks.add, 1, 2, connection=conn)
-        move_to(pair.control, Phase.SHADOW)  # what `cutover rollback --to shadow` sets
-        conn.commit()
-    target_worker_burst(pair)
-    assert pair.on(job_id) != (False, False), "the committed job was removed unrun"
+        router.enqueue(tasks.add, 1, 2, connection=conn)
+        with pytest.raises(PreconditionError, match="connection= are still open"):
+            move_to(pair.control, Phase.SHADOW)
+        assert pair.control.read_phase().phase is Phase.RAMPDOWN
+        conn.rollback()
+    move_to(pair.control, Phase.SHADOW)  # nothing holds it now
+    assert pair.control.read_phase().phase is Phase.SHADOW
 
 
 def test_concurrent_calls_with_a_key_held_on_the_source_all_get_the_source_job(
@@ -239,3 +273,27 @@ def test_concurrent_calls_with_a_key_held_on_the_source_all_get_the_source_job(
                 t.join()
     assert got == [on_source] * 18
     assert [r.job_key for r in pair.target.snapshot() if r.job_key] == []
+
+
+def test_a_phase_that_moved_since_it_was_read_is_routed_again_in_the_callers_transaction(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """connection=: the phase changed between the Router's read and the hold in the caller's
+    transaction: the first write is undone (the backend's savepoint), the call routes by the
+    phase read again, and one job with one ledger row commits."""
+    pair.control.init()
+    move_to(pair.control, Phase.RAMPDOWN)
+    with pair.router() as router, psycopg.connect(pair.target_url) as conn:
+        router.enqueue(tasks.add, 0, 0)  # the membership and its watcher are up
+        member = router._membership
+        assert member is not None
+        stale = member.watcher.state()
+        move_to(pair.control, Phase.COMPLETE)
+        reads = iter([stale])
+        real = member.watcher.state
+        monkeypatch.setattr(member.watcher, "state", lambda: next(reads, None) or real())
+        job_id = router.enqueue(tasks.add, 1, 2, connection=conn)
+        conn.commit()
+    assert pair.on(job_id) == (False, True)
+    ones = [r for r in pair.target.snapshot() if r.kwargs.get("a") == 1 or r.args[:1] == (1,)]
+    assert [r.id for r in ones] == [job_id]
+    assert pair.ledger(job_id) is LedgerState.ACCEPTED

@@ -7,10 +7,23 @@ SELECT phase, epoch, changed_at, changed_by, reason, source_key, source_url, tar
 FROM {schema}.phase WHERE id = 1;
 
 -- name: phase_lock
--- The transition's lock: a second operator waits here, then finds the phase moved on.
+-- The transition's lock: a second operator waits here, then finds the phase moved on; so does
+-- a transition while an application transaction that enqueued with connection= is open
+-- (phase_hold), up to the lock_timeout the transition sets.
 SELECT phase, epoch, changed_at, changed_by, reason, source_key, source_url, target_key,
        target_url, updated_at
 FROM {schema}.phase WHERE id = 1 FOR UPDATE;
+
+-- name: phase_hold
+-- In an application's own transaction that enqueues with connection= (Router): a share lock on
+-- the phase row, held until that transaction ends. A transition (phase_lock, FOR UPDATE) waits
+-- for it, so no phase change commits while a job routed by the old phase is still uncommitted:
+-- "every producer acknowledged the epoch" then also covers jobs not yet committed, and a
+-- rollback's move back finds them. The epoch read says whether the route still holds.
+SELECT epoch FROM {schema}.phase WHERE id = 1 FOR SHARE;
+
+-- name: phase_lock_timeout
+SELECT set_config('lock_timeout', %(ms)s, true);
 
 -- name: phase_write
 UPDATE {schema}.phase
