@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -36,7 +37,11 @@ SECRET = "s3cr3t-pw"
 def _with_password(url: str) -> str:
     """The PostgreSQL URL with a password (the test server trusts local connections, so it is
     accepted and ignored): what the marker and the refusal must never show."""
-    return url.replace("postgresql://postgres@", f"postgresql://postgres:{SECRET}@", 1)
+    parts = urlsplit(url)  # postgres@127.0.0.1:5432, or postgres:@ (a Unix socket's)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    with_secret = urlunsplit(parts._replace(netloc=f"{parts.username}:{SECRET}@{host}"))
+    assert SECRET in with_secret
+    return with_secret
 
 
 def _worker(*args: str, env: dict[str, str] | None = None, options: tuple[str, ...] = (),

@@ -155,10 +155,14 @@ def test_connection_joins_the_callers_transaction_however_the_control_url_is_spe
     pair.control.init()
     move_to(pair.control, Phase.RAMPDOWN)
     parts = urlsplit(pair.target_url)
-    assert parts.hostname in ("127.0.0.1", "localhost")
-    other_host = "localhost" if parts.hostname == "127.0.0.1" else "127.0.0.1"
-    control = urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.hostname,
-                                                                     other_host)))
+    if parts.hostname in ("127.0.0.1", "localhost"):
+        other_host = "localhost" if parts.hostname == "127.0.0.1" else "127.0.0.1"
+        control = urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.hostname,
+                                                                         other_host)))
+    else:  # a Unix socket (the embedded server): another spelling by an extra parameter
+        query = "&".join(q for q in (parts.query, "connect_timeout=10") if q)
+        control = urlunsplit(parts._replace(query=query))
+    assert control != pair.target_url
     with pair.router(control=control) as router, psycopg.connect(pair.target_url) as conn:
         dropped = router.enqueue(tasks.add, 3, 4, connection=conn)
         conn.rollback()
