@@ -54,7 +54,6 @@ from cutover.control.watcher import REFRESH, STALE_AFTER, check_bounds
 from cutover.errors import (
     ConfigurationError,
     CutoverError,
-    PhaseUnknownError,
     PreconditionError,
 )
 from cutover.metrics import METRICS, Metrics
@@ -149,14 +148,9 @@ class PhaseGate:
         Refused (:class:`PhaseUnknownError`, which stops the worker) when the phase could not be
         read for ``stale_after`` seconds: a worker that ran on by an old phase could run a job
         without the fence while the other side runs its copy."""
-        state = self.state()
-        age = self.watcher.age
-        if age > self.stale_after:
-            raise PhaseUnknownError(
-                f"the cut-over's phase could not be read for {age:.0f}s (the control plane "
-                f"{self.control.redacted_url} is unreachable or slow): the {self.side} worker "
-                f"stops rather than run jobs by an old phase ({state.phase.value}, epoch "
-                f"{state.epoch}); start it again once the control plane answers")
+        state = self.watcher.fresh(self.stale_after, f"the {self.side} worker stops rather "
+                                   "than run jobs by an old phase; start it again once the "
+                                   "control plane answers")
         if state.phase is Phase.OFF and state.epoch == 0:
             now, fenced = Mode.EXECUTE, False  # no staged cut-over ever started: as before
         else:

@@ -74,15 +74,13 @@ class Membership:
         Refused (:class:`PhaseUnknownError`) when the phase could not be read for
         ``stale_after`` seconds."""
         with self._cond:
-            state = self.watcher.state()
-            age = self.watcher.age
-            if age > self.stale_after:
+            try:
+                state = self.watcher.fresh(self.stale_after, "the job is not enqueued rather "
+                                           "than sent where an old phase said; it goes through "
+                                           "again once the phase is read")
+            except PhaseUnknownError:
                 self.refused += 1
-                raise PhaseUnknownError(
-                    f"the cut-over's phase could not be read for {age:.0f}s (the control plane "
-                    f"{self.plane.redacted_url} is unreachable or slow): the job is not enqueued "
-                    f"rather than sent where an old phase ({state.phase.value}, epoch "
-                    f"{state.epoch}) said; it goes through again once the phase is read")
+                raise
             self._inflight[state.epoch] += 1
         try:
             yield state

@@ -21,7 +21,7 @@ import psycopg
 
 from cutover.control.phase import CHANNEL, Phases, PhaseState
 from cutover.control.plane import backend_pid
-from cutover.errors import ConfigurationError, CutoverError
+from cutover.errors import ConfigurationError, CutoverError, PhaseUnknownError
 from cutover.phases import Phase
 
 log = logging.getLogger("cutover.control.watcher")
@@ -85,17 +85,33 @@ class PhaseWatcher:
 
     def state(self) -> PhaseState:
         """The phase row as last read, re-read here if the thread fell behind the bound."""
+        return self._read()[0]
+
+    def fresh(self, stale_after: float, refusal: str) -> PhaseState:
+        """:meth:`state`, refused (:class:`PhaseUnknownError`: ``refusal`` says what the
+        caller does not do) when it was last read more than ``stale_after`` seconds ago."""
+        state, age = self._read()
+        if age > stale_after:
+            raise PhaseUnknownError(
+                f"the cut-over's phase could not be read for {age:.0f}s (the control plane "
+                f"{self.plane.redacted_url} is unreachable or slow): {refusal} (the phase last "
+                f"read: {state.phase.value}, epoch {state.epoch})")
+        return state
+
+    def _read(self) -> tuple[PhaseState, float]:
+        """(the phase, seconds since it was read), re-read first if the thread fell behind."""
         with self._lock:
             state, age = self._state, time.monotonic() - self._read_at
         if age > 2 * self.refresh + 1.0 and self._sync.acquire(blocking=False):
             try:  # one caller re-reads for everyone; the others keep the cached value
                 state = self.plane.read_phase()
                 self._update(state)
+                age = 0.0
             except CutoverError as exc:
                 log.warning("phase re-read failed (last read %.0fs ago): %s", age, exc)
             finally:
                 self._sync.release()
-        return state
+        return state, age
 
     def refresh_now(self) -> PhaseState:
         """Read the phase now (errors propagate), for a caller that learned it moved on."""
