@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -92,15 +91,6 @@ class Pairing:
         self.source.close()
         self.target.close()
         self.control.close()
-
-
-@pytest.fixture
-def pairing(cutover_redis_url: str, cutover_database_url: str,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[Pairing]:
-    monkeypatch.setenv("FENCE_RUNS_URL", cutover_database_url)
-    p = Pairing(cutover_redis_url, cutover_database_url)
-    yield p
-    p.close()
 
 
 def run_all(*workers: Worker) -> list[WorkerReport]:

@@ -29,13 +29,11 @@ from cutover.cli import cli
 from cutover.control import MemberKind
 from cutover.phases import Phase, Side
 from cutover.worker import Worker
-from tests.integration import test_fence
 from tests.integration.fence_tasks import registry
 from tests.integration.test_fence import ROOT, Pairing
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
-pairing = test_fence.pairing  # the fixture: RQ source, Procrastinate target, FENCE_RUNS_URL set
 
 APP = "tests.integration.fence_tasks:registry"
 #: Enqueue calls per second per producer (a call is one job or a batch of three): about 30 jobs

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -23,15 +22,6 @@ from cutover.testing import tasks
 from cutover.testing.tasks import registry
 from tests.integration.control_db import control_database
 from tests.integration.test_router_phases import Pair, move_to
-
-
-@pytest.fixture
-def pair(cutover_redis_url: str, cutover_database_url: str) -> Iterator[Pair]:
-    p = Pair(cutover_redis_url, cutover_database_url)
-    yield p
-    p.source.close()
-    p.target.close()
-    p.control.close()
 
 
 def target_worker_burst(pair: Pair) -> None:

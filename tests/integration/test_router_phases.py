@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -53,15 +52,6 @@ class Pair:
     def ledger(self, job_id: str) -> LedgerState | None:
         entry = self.control.states([job_id]).get(job_id)
         return entry.state if entry else None
-
-
-@pytest.fixture
-def pair(cutover_redis_url: str, cutover_database_url: str) -> Iterator[Pair]:
-    p = Pair(cutover_redis_url, cutover_database_url)
-    yield p
-    p.source.close()
-    p.target.close()
-    p.control.close()
 
 
 def test_without_a_control_plane_the_router_writes_the_source_only(pair: Pair) -> None:

@@ -10,10 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from cutover import Call, Router
 from cutover.control import MemberKind
@@ -45,15 +43,6 @@ while not os.path.exists(stop):
     time.sleep(0.05)
 router.close()
 """
-
-
-@pytest.fixture
-def pairing(cutover_redis_url: str, cutover_database_url: str,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[Pairing]:
-    monkeypatch.setenv("FENCE_RUNS_URL", cutover_database_url)
-    p = Pairing(cutover_redis_url, cutover_database_url)
-    yield p
-    p.close()
 
 
 class Producers:
