@@ -312,3 +312,44 @@ def test_the_pool_lends_the_connection_given_back_last_first(
     for _ in range(3):
         with backend.pool.connection() as conn:
             assert conn is second
+
+
+def test_queue_names_past_the_notification_channel_are_refused_before_any_move(
+        backend: ProcrastinateBackend) -> None:
+    # procrastinate notifies 'procrastinate_queue_v1#<queue>'; PostgreSQL channel names stop at
+    # 63 bytes. 41..128-byte names fit the column, then fail every insert into that queue.
+    fits = JobRecord(id="q-40", task="cutover.testing.tasks.add", queue="q" * 40)
+    assert backend.cannot_hold(fits) == []
+    backend.put([fits])
+    found = backend.get("q-40")
+    assert found is not None and found.queue == "q" * 40
+    for queue, size in (("q" * 41, 41), ("q" * 128, 128), ("é" * 21, 42)):
+        record = JobRecord(id=f"q-{size}", task="cutover.testing.tasks.add", queue=queue)
+        reasons = backend.cannot_hold(record)
+        assert any(f"queue name is {size} bytes long (at most 40" in r for r in reasons), reasons
+        with pytest.raises(BackendError):  # the limit is real: the store refuses the job
+            backend.put([record])
+        assert backend.get(f"q-{size}") is None
+
+
+def test_tasks_resolvable_refuses_a_registry_queue_the_target_cannot_notify(
+        backend: ProcrastinateBackend) -> None:
+    from cutover.control import ControlPlane
+    from cutover.memory import InMemoryBackend
+    from cutover.preflight import Preflight
+    from cutover.registry import TaskRegistry
+
+    mine = TaskRegistry()
+
+    @mine.task(name="long.queue.task", queue="x" * 41)
+    def job() -> None: ...
+
+    @mine.task(name="short.queue.task", queue="x" * 40)
+    def other() -> None: ...
+
+    check = Preflight(ControlPlane.__new__(ControlPlane), InMemoryBackend("memory://"), backend,
+                      "memory://", backend.url, mine)
+    outcome = check.tasks_resolvable()
+    assert not outcome.passed
+    assert "long.queue.task" in outcome.detail and "41 bytes" in outcome.detail
+    assert "short.queue.task" not in outcome.detail

@@ -59,6 +59,7 @@ from cutover_procrastinate.mapping import (
     NAME_MAX,
     NATIVE,
     PUT_STATUS,
+    QUEUE_BYTES_MAX,
     STATUSES,
     encoded,
     lines,
@@ -275,7 +276,8 @@ class ProcrastinateBackend:
     # -- limits ----------------------------------------------------------------------------
     def cannot_hold(self, record: JobRecord) -> list[str]:
         """What procrastinate's tables cannot hold (checked by audit before anything moves):
-        names longer than procrastinate_jobs' varchar(128), text PostgreSQL refuses (NUL, lone
+        names longer than procrastinate_jobs' varchar(128), a queue name over the 40 bytes its
+        notification channel leaves (any insert into it fails), text PostgreSQL refuses (NUL, lone
         surrogates), ids with a line break (ids travel one per line), integers beyond
         ``integer``, retry waits jsonb cannot hold, run-at on the hold marker, args beyond
         jsonb's size; an id ``pg-N`` that names procrastinate's own job N here."""
@@ -287,6 +289,11 @@ class ProcrastinateBackend:
         for value, what in ((record.priority, "priority"), (record.attempts, "attempts"),
                             (record.max_attempts, "max attempts")):
             out += int_limits(value, what)
+        size = len(record.queue.encode("utf-8", "surrogatepass"))
+        if size > QUEUE_BYTES_MAX:
+            out.append(f"queue name is {size} bytes long (at most {QUEUE_BYTES_MAX}: procrastinate "
+                       "notifies its workers on a channel named after the queue, and PostgreSQL "
+                       "channel names are at most 63 bytes)")
         if not all(math.isfinite(i) for i in record.retry_intervals):
             out.append("a retry wait is not a finite number (jsonb cannot hold it)")
         if NATIVE.match(record.id):

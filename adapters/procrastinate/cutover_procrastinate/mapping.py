@@ -28,6 +28,11 @@ STATUSES: dict[JobState, tuple[str, ...]] = {
 }
 FAR = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)  # a held job's scheduled_at
 NAME_MAX = 128  # procrastinate_jobs.queue_name and task_name are character varying(128)
+#: procrastinate's insert trigger notifies channel 'procrastinate_queue_v1#' || queue_name, and
+#: PostgreSQL refuses a channel name over 63 bytes ("channel name too long"): a longer queue name
+#: fits the column, then fails every insert into that queue.
+QUEUE_CHANNEL = "procrastinate_queue_v1#"
+QUEUE_BYTES_MAX = 63 - len(QUEUE_CHANNEL)
 JSONB_MAX = 255 * 2**20  # PostgreSQL's largest jsonb value (args)
 
 
