@@ -47,6 +47,9 @@ class _Store:
     seq: itertools.count[int] = dataclasses.field(default_factory=itertools.count)
     #: Native workers said to be alive (tests of the no-bypass check): id -> detail.
     natives: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: The exact time a retry is due (a record's run-at is whole seconds, rounded up; RQ's
+    #: score and procrastinate's scheduled_at keep the exact time, and so does this).
+    due: dict[str, dt.datetime] = dataclasses.field(default_factory=dict)
     #: Claimed jobs' workers, and each worker's last sign of life (time.monotonic()): what
     #: recover_stalled reads, as the other backends read their heartbeats.
     claims: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -127,6 +130,7 @@ class InMemoryBackend:
 
     def _insert(self, record: JobRecord) -> None:
         self._store.jobs[record.id] = record
+        self._store.due.pop(record.id, None)
         self._store.order[record.id] = next(self._store.seq)
         self._store.ended.pop(record.id, None)  # a new stay: an earlier end no longer counts
         if record.job_key is not None and record.state.live:
@@ -278,7 +282,7 @@ class InMemoryBackend:
                 r for r in self._store.jobs.values()
                 if (r.state is JobState.QUEUED
                     or (r.state is JobState.SCHEDULED and r.run_at is not None
-                        and r.run_at <= now))
+                        and self._store.due.get(r.id, r.run_at) <= now))
                 and (queues is None or r.queue in queues) and r.queue not in paused]
             candidates.sort(key=lambda r: (-r.priority, self._store.order[r.id]))
             for record in candidates:
@@ -286,6 +290,7 @@ class InMemoryBackend:
                     continue
                 started = record.replace(state=JobState.STARTED, updated_at=now)
                 self._store.jobs[record.id] = started
+                self._store.due.pop(record.id, None)
                 self._store.claims[record.id] = worker
                 self._store.beats[worker] = time.monotonic()
                 return started
@@ -306,6 +311,7 @@ class InMemoryBackend:
             self._store.jobs[job.id] = current.replace(
                 state=JobState.SCHEDULED, run_at=retry_at, attempts=current.attempts + 1,
                 error=error, updated_at=utcnow())
+            self._store.due[job.id] = retry_at
             self._store.order[job.id] = next(self._store.seq)
 
     def _finish(self, job: JobRecord, state: JobState, *, result: Any, error: str | None) -> None:

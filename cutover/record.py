@@ -61,10 +61,16 @@ def as_utc(value: dt.datetime) -> dt.datetime:
 
 
 def normalize_run_at(value: dt.datetime | None) -> dt.datetime | None:
-    """Run-at times are kept to the whole second (RQ's scheduled registry keeps no more)."""
+    """Run-at times are kept to the whole second (RQ's scheduled registry keeps no more),
+    rounded UP: a job never becomes due before the time it was given (rounding down ran
+    reminders up to a second early). Whole seconds stay as they are, so normalising twice,
+    or on each side of a move, gives the same time and the same digest."""
     if value is None:
         return None
-    return as_utc(value).replace(microsecond=0)
+    value = as_utc(value)
+    if value.microsecond:
+        return value.replace(microsecond=0) + dt.timedelta(seconds=1)
+    return value
 
 
 def new_job_id() -> str:

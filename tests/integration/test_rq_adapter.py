@@ -323,3 +323,24 @@ def test_a_burst_worker_runs_the_job_behind_many_it_must_skip(backend: RQBackend
     done = backend.get(good)
     assert done is not None and done.state is JobState.FINISHED
     assert [i.decode() for i in conn.lrange("rq:queue:default", 0, -1)] == skipped
+
+
+def test_a_scheduled_job_is_never_due_before_its_run_at(backend: RQBackend,
+                                                        conn: redis.Redis) -> None:
+    # RQ's scheduler reads whole-second scores: a run-at of hh:mm:ss.7 must be due at ss+1, not
+    # at ss (rounding down ran reminders up to a second early).
+    base = utcnow().replace(microsecond=0) + dt.timedelta(seconds=30)
+    records = [JobRecord(id=f"sched-{ms}", task="cutover.testing.tasks.add", queue="default",
+                         run_at=base + dt.timedelta(milliseconds=ms)) for ms in (1, 500, 999)]
+    backend.put(records)
+    scheduled = rq.registry.ScheduledJobRegistry("default", connection=conn)
+    # What RQ's own scheduler would move to the queue at the start of run-at's second:
+    early = scheduled.get_jobs_to_schedule(int(base.timestamp()))
+    assert early == []
+    for record in records:
+        score = conn.zscore("rq:scheduled:default", record.id)
+        assert score is not None and record.run_at is not None
+        assert score >= record.run_at.timestamp()
+        assert record.run_at == base + dt.timedelta(seconds=1)  # rounded up, not down
+        found = backend.get(record.id)
+        assert found is not None and found.run_at == record.run_at

@@ -96,9 +96,12 @@ def test_normalize_binds_stored_positional_args() -> None:
     assert dict(normal.kwargs) == {"to": "a@b.c"} and normal.args == ()
 
 
-def test_record_keeps_run_at_to_the_second_in_utc() -> None:
+def test_record_keeps_run_at_to_the_second_in_utc_never_early() -> None:
     record = JobRecord(id="1", task="t", run_at=dt.datetime(2026, 1, 1, 12, 0, 0, 999))
-    assert record.run_at == dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    assert record.run_at == dt.datetime(2026, 1, 1, 12, 0, 1, tzinfo=dt.UTC)  # rounded up
+    whole = JobRecord(id="2", task="t", run_at=dt.datetime(2026, 1, 1, 12, 0, 1))
+    assert whole.run_at == dt.datetime(2026, 1, 1, 12, 0, 1, tzinfo=dt.UTC)  # kept
+    assert whole.replace(run_at=whole.run_at).digest() == whole.digest()  # idempotent
 
 
 def test_retry_delay_repeats_the_last_interval() -> None:
