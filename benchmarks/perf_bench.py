@@ -20,6 +20,7 @@ concurrency 1 and 8 (RQ: that many worker processes, as ``rq worker-pool -n 8``)
 target, control plane in the target's database). ``fence``: procrastinate's worker and RQ's
 ``SimpleWorker`` against ``cutover worker`` (process isolation) in ``live`` with the fence on
 (jobs dual-written by the Router; the worker of one side only) and in ``off`` (no fence).
+``backlog``: both workers on a deep backlog, tables analyzed or not (benchmarks/backlog.py).
 
 Servers: ``CUTOVER_TEST_DATABASE_URL`` / ``CUTOVER_TEST_REDIS_URL``, else embedded ones.
 """
@@ -43,6 +44,7 @@ import psycopg
 import redis
 import rq
 
+from benchmarks import backlog as backlog_suite
 from benchmarks import perf_tasks
 from benchmarks.perf_tasks import registry
 from cutover import Call, Router, adapters
@@ -479,17 +481,20 @@ def markdown(results: dict[str, Any]) -> str:
         table("Router per phase (RQ source -> Procrastinate target)", results["phases"])
     for name, block in results.get("fence", {}).items():
         table(f"worker in live, fence on, {name}", block)
+    for name, block in results.get("backlog", {}).items():
+        table(f"worker on a backlog of {name}", block)
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="producer,worker",
-                        help="comma-separated: producer, flat, worker, phases, fence")
+                        help="comma-separated: producer, flat, worker, phases, fence, backlog")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--flat", type=int, default=100_000, help="jobs for the flat suite")
     parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--backlogs", default="2000,20000", help="sizes for the backlog suite")
     parser.add_argument("--json", default=None)
     opts = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -514,6 +519,10 @@ def main() -> None:
         if "fence" in suites:
             results["fence"] = fence(stores, opts.rounds, opts.jobs,
                                      [int(c) for c in opts.concurrency.split(",")])
+        if "backlog" in suites:
+            results["backlog"] = backlog_suite.backlog(
+                lambda: stores.fresh("pg"), lambda url: stores.release("pg", url), opts.rounds,
+                [int(n) for n in opts.backlogs.split(",")], _rate, _app, _summary)
     finally:
         stores.close()
     text = json.dumps(results, indent=1)

@@ -353,3 +353,41 @@ def test_tasks_resolvable_refuses_a_registry_queue_the_target_cannot_notify(
     assert not outcome.passed
     assert "long.queue.task" in outcome.detail and "41 bytes" in outcome.detail
     assert "short.queue.task" not in outcome.detail
+
+
+def test_the_claim_walks_the_priority_index_on_tables_never_analyzed(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    """The claim's candidate is picked by walking procrastinate's priority index, never by
+    reading and sorting every waiting job: the plan the planner guessed on a table without
+    statistics (right after a drain) cost 113 ms a claim at 40,000 jobs against 0.2 ms."""
+    sql(cutover_database_url, "ALTER TABLE procrastinate_jobs SET (autovacuum_enabled = off)")
+    backend.put([JobRecord(id=f"a{i}", task="cutover.testing.tasks.add", queue="default")
+                  for i in range(2000)])
+    sql(cutover_database_url, "INSERT INTO procrastinate_jobs (queue_name, task_name, args, "
+        "status) SELECT 'default', 'cutover.testing.tasks.add', '{}', 'todo' "
+        "FROM generate_series(1, 3000)")
+    assert sql(cutover_database_url, "SELECT last_analyze, last_autoanalyze FROM "
+               "pg_stat_user_tables WHERE relname = 'procrastinate_jobs'") == [(None, None)]
+    ((body, config),) = sql(cutover_database_url, "SELECT prosrc, proconfig FROM pg_proc "
+                            "WHERE proname = 'cutover_claim_candidate_v1'")
+    query = body.replace("_queues", "NULL::text[]").replace("_skip", "'{}'::bigint[]")
+    with psycopg.connect(cutover_database_url) as conn:
+        for setting in config:  # the function's own settings, as it runs with them
+            name, value = setting.split("=", 1)
+            conn.execute(f"SET LOCAL {name} = {value}")
+        plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {query}").fetchall())
+    assert "procrastinate_jobs_priority_idx_v1" in plan, plan
+    assert "Sort" not in plan and "Bitmap" not in plan, plan
+    started = backend.claim(None, "w", lambda r: None)
+    assert started is not None and started.id == "a0"  # priority, then the oldest
+
+
+def test_the_pinned_claim_comes_back_when_the_adapter_opens(
+        backend: ProcrastinateBackend, cutover_database_url: str) -> None:
+    """A database set up by an older version has no cutover_claim_candidate_v1: opening adds
+    it, and a worker claims."""
+    sql(cutover_database_url, "DROP FUNCTION cutover_claim_candidate_v1")
+    ProcrastinateBackend(cutover_database_url).close()
+    backend.put([JobRecord(id="back", task="cutover.testing.tasks.add", queue="default")])
+    started = backend.claim(None, "w", lambda r: None)
+    assert started is not None and started.id == "back"

@@ -15,10 +15,11 @@ SELECT COALESCE(bool_or(c.relname = 'procrastinate_jobs'), false) AS present,
        AND COALESCE(bool_or(c.relname = 'cutover_jobs' AND EXISTS (
            SELECT 1 FROM pg_catalog.pg_attribute a
            WHERE a.attrelid = c.oid AND a.attname = 'native' AND NOT a.attisdropped)), false)
-       -- and the newest function (cutover_enqueue_v1)
-       AND EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
-                   WHERE p.proname = 'cutover_enqueue_v1' AND p.pronamespace = (
-                       SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()))
+       -- and its functions (cutover_enqueue_v1, cutover_claim_candidate_v1)
+       AND (SELECT count(DISTINCT p.proname) FROM pg_catalog.pg_proc p
+            WHERE p.proname IN ('cutover_enqueue_v1', 'cutover_claim_candidate_v1')
+              AND p.pronamespace = (SELECT oid FROM pg_catalog.pg_namespace
+                                    WHERE nspname = current_schema())) = 2
            AS adapter_present
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = current_schema()
@@ -148,23 +149,11 @@ JOIN cutover_departed d ON d.cutover_id = u.id;
 
 -- name: claim_one
 -- Start the next runnable job and read it whole, in one statement (one candidate, one row;
--- procrastinate's own fetch is one call too). A queue paused as '*' stops everything (a
--- one-time filter, not a test per row). The row as it was is returned (status todo).
+-- procrastinate's own fetch is one call too). The candidate comes from
+-- cutover_claim_candidate_v1 (sql/schema.sql), whose plan does not depend on statistics. The
+-- row as it was is returned (status todo).
 WITH candidate AS (
-    SELECT j.id FROM procrastinate_jobs j
-    LEFT JOIN cutover_jobs c ON c.job_id = j.id
-    WHERE j.status = 'todo'
-      AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
-      AND c.held_by IS NULL
-      AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY(%(queues)s::text[]))
-      AND NOT EXISTS (SELECT 1 FROM cutover_paused p WHERE p.queue = '*')
-      AND NOT EXISTS (SELECT 1 FROM cutover_paused p WHERE p.queue = j.queue_name)
-      AND NOT (j.id = ANY(%(skip)s::bigint[]))
-      AND (j.lock IS NULL OR NOT EXISTS (
-            SELECT 1 FROM procrastinate_jobs d WHERE d.lock = j.lock AND d.status = 'doing'))
-    ORDER BY j.priority DESC, j.id ASC
-    LIMIT 1
-    FOR UPDATE OF j SKIP LOCKED
+    SELECT cutover_claim_candidate_v1(%(queues)s::text[], %(skip)s::bigint[]) AS id
 ), started AS (
     UPDATE procrastinate_jobs s SET status = 'doing', worker_id = %(worker_id)s
     FROM candidate WHERE s.id = candidate.id
