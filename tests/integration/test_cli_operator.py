@@ -1,0 +1,244 @@
+"""What an operator meets on the command line (issue 14): a database that does not exist, a
+malformed URL, queue names that look like markup, a status that fits a terminal, a metrics
+endpoint behind basic auth."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import fcntl
+import http.server
+import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from click.testing import CliRunner
+from cutover_rq import RQBackend
+from redis import Redis
+from rq import Queue
+
+from cutover import InMemoryBackend
+from cutover.cli import cli
+from cutover.testing import tasks
+from cutover.testing.tasks import registry
+
+APP = "cutover.testing.tasks:registry"
+SECRET = "s3cr3t-0p"
+
+
+def _missing_database(url: str) -> str:
+    """``url`` (the test server's) naming a database that does not exist, with a password."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or "postgres"
+    return urlunsplit(parts._replace(netloc=f"{user}:{SECRET}@{host}",
+                                     path="/h_cli_no_such_db"))
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("where", ["--target", "--control"])
+def test_a_database_that_does_not_exist_is_named_at_once(
+        cutover_redis_url: str, cutover_database_url: str, where: str) -> None:
+    missing = _missing_database(cutover_database_url)
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["status", "--source", cutover_redis_url, where, missing])
+    took = time.monotonic() - started
+    assert result.exit_code == 2, result.output
+    assert 'database "h_cli_no_such_db" does not exist' in result.stderr
+    assert "unreachable" not in result.stderr
+    assert SECRET not in result.output
+    assert took < 5, f"{took:.1f} s to say the database does not exist"
+
+
+@pytest.mark.pg
+def test_a_worker_on_a_control_database_that_does_not_exist_refuses_at_once(
+        cutover_redis_url: str, cutover_database_url: str) -> None:
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["worker", "--backend", "rq", "--burst", "--app", APP,
+                                      "--source", cutover_redis_url, "--control",
+                                      _missing_database(cutover_database_url)])
+    assert result.exit_code == 2, result.output
+    assert 'database "h_cli_no_such_db" does not exist' in result.stderr
+    assert SECRET not in result.output and time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("command", [["status"], ["audit", "--app", APP],
+                                     ["worker", "--backend", "source", "--app", APP],
+                                     ["drain", "--dry-run", "--app", APP, "--target",
+                                      "memory://op-t"]])
+def test_a_malformed_url_exits_2_with_one_line_and_no_password(command: list[str]) -> None:
+    # urllib's "Invalid IPv6 URL" reached the user as a traceback with exit 1 ("loss found")
+    result = CliRunner().invoke(cli, [*command, "--source", f"redis://:{SECRET}@[::1/0"])
+    assert result.exit_code == 2, result.output
+    assert "malformed URL redis://:***@[::1/0: Invalid IPv6 URL" in result.stderr
+    assert "Traceback" not in result.output and SECRET not in result.output
+
+
+NAMES = ["[/]", "cutover:key:x", "[bold]loud[/bold]", ":smile:"]
+
+
+@pytest.fixture
+def odd_queues(cutover_redis_url: str) -> Iterator[str]:
+    tasks.reset()
+    backend = RQBackend(cutover_redis_url)
+    try:
+        backend.enqueue([dataclasses.replace(registry.make_record(tasks.add, (1, 2)),
+                                             queue=name) for name in NAMES])
+        yield cutover_redis_url
+    finally:
+        backend.close()
+
+
+@pytest.mark.rq
+@pytest.mark.parametrize("command", [["status"], ["audit", "--app", APP]],
+                         ids=["status", "audit"])
+def test_queue_names_are_printed_as_written_never_as_markup_or_emoji(
+        odd_queues: str, command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--source", odd_queues])
+    assert result.exit_code in (0, 3), result.output  # audit: 0, nothing left behind
+    assert "Traceback" not in result.output
+    text = result.stdout
+    for name in NAMES:
+        assert name in text, (name, text)
+    assert "\N{KEY}" not in text and "\N{SMILING FACE WITH OPEN MOUTH AND SMILING EYES}" \
+        not in text
+
+
+def _in_a_terminal(args: list[str], columns: int) -> tuple[int, str, str]:
+    """Run ``cutover ARGS`` with its stdout on a pseudo-terminal ``columns`` wide; its exit
+    code, what the terminal showed (colours stripped) and its stderr."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([sys.executable, "-m", "cutover", *args], stdout=slave,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    code = proc.wait(timeout=30)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode()).replace("\r", "")
+    return code, text, err
+
+
+@pytest.mark.rq
+@pytest.mark.pg
+def test_status_fits_100_columns_in_a_terminal_and_says_nothing_idle(
+        urls: tuple[str, str]) -> None:
+    rq_url, pg_url = urls
+    backend = RQBackend(rq_url)
+    try:
+        backend.enqueue([dataclasses.replace(registry.make_record(tasks.add, (1, 2)),
+                                             queue="a-rather-long-queue-name-for-reports")])
+    finally:
+        backend.close()
+    code, shown, err = _in_a_terminal(["status", "--source", rq_url, "--target", pg_url], 100)
+    assert code == 0, err
+    lines = shown.splitlines()
+    assert max(len(line) for line in lines) <= 100, "\n" + shown
+    assert "…" not in shown  # no cell cut to fit
+    header = next(line for line in lines if "waiting" in line)
+    for column in ("waiting", "scheduled", "deferred", "held", "active", "completed",
+                   "failed", "canceled"):
+        assert column in header, header
+    # no INFO line per adapter opened; no empty metrics table when nothing was counted
+    assert "opened" not in err and "INFO" not in err, err
+    assert "metrics" not in shown and "nothing counted" not in shown
+
+
+@pytest.mark.rq
+def test_status_json_counts_deferred_apart_from_scheduled(cutover_redis_url: str) -> None:
+    with Redis.from_url(cutover_redis_url) as conn:
+        queue = Queue("default", connection=conn)
+        first = queue.enqueue("cutover.testing.tasks.add", 1, 2)
+        queue.enqueue("cutover.testing.tasks.add", 3, 4, depends_on=first)  # deferred
+    result = CliRunner().invoke(cli, ["status", "--source", cutover_redis_url, "--json"])
+    assert result.exit_code == 0, result.output
+    (counts,) = json.loads(result.stdout)["backends"].values()
+    assert counts["default"]["deferred"] == 1 and counts["default"]["scheduled"] == 0
+
+
+class _Metrics(http.server.BaseHTTPRequestHandler):
+    seen: list[str | None] = []
+
+    def do_GET(self) -> None:
+        got = self.headers.get("Authorization")
+        type(self).seen.append(got)
+        expected = "Basic " + base64.b64encode(b"scraper:" + SECRET.encode()).decode()
+        if got != expected:
+            self.send_response(401)
+            self.end_headers()
+            return
+        body = (b"# TYPE cutover_jobs_in_flight gauge\n"
+                b'cutover_jobs_in_flight{backend="rq"} 7.0\n')
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def endpoint() -> Iterator[int]:
+    _Metrics.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_metrics_from_a_url_with_userinfo_sends_it_as_basic_auth(endpoint: int,
+                                                                 as_json: bool) -> None:
+    # was: "scraper:s3cr3t-0p@127.0.0.1" handed to the resolver as a host name
+    memory = InMemoryBackend("memory://op-metrics")
+    memory.flush()
+    url = f"http://scraper:{SECRET}@127.0.0.1:{endpoint}/metrics"
+    result = CliRunner().invoke(cli, ["status", "--source", "memory://op-metrics",
+                                      "--metrics-from", url, *(["--json"] if as_json else [])])
+    assert result.exit_code == 0, result.output
+    assert _Metrics.seen and _Metrics.seen[-1] is not None
+    assert SECRET not in result.output
+    assert f"scraper:***@127.0.0.1:{endpoint}" in result.stdout
+    if as_json:
+        doc = json.loads(result.stdout)
+        assert doc["metrics"]["backends"]["rq"]["in_flight"] >= 7
+
+
+def test_metrics_from_with_a_refused_password_is_named_without_it(endpoint: int) -> None:
+    url = f"http://scraper:wrong-{SECRET}@127.0.0.1:{endpoint}/metrics"
+    result = CliRunner().invoke(cli, ["status", "--prometheus", "--metrics-from", url])
+    assert result.exit_code == 2, result.output
+    assert "401" in result.stderr and SECRET not in result.output
