@@ -30,8 +30,10 @@ from rq import Queue
 
 from cutover import InMemoryBackend
 from cutover.cli import cli
+from cutover.record import JobRecord, JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
+from tests.integration.drain_helpers import invoke, invoke_json
 
 APP = "cutover.testing.tasks:registry"
 SECRET = "s3cr3t-0p"
@@ -242,3 +244,56 @@ def test_metrics_from_with_a_refused_password_is_named_without_it(endpoint: int)
     result = CliRunner().invoke(cli, ["status", "--prometheus", "--metrics-from", url])
     assert result.exit_code == 2, result.output
     assert "401" in result.stderr and SECRET not in result.output
+
+
+def _failed_for_good(n: int) -> list[JobRecord]:
+    return [registry.make_record(tasks.boom, ()).replace(
+        id=f"failed-for-good-{i:04d}-" + "x" * 40, state=JobState.FAILED, attempts=1,
+        error=f"Traceback (most recent call last):\n  File \"t.py\", line {i}\nValueError: boom")
+        for i in range(n)]
+
+
+@pytest.mark.rq
+@pytest.mark.pg
+def test_drain_allow_failed_exits_0_when_only_failed_for_good_jobs_stayed(
+        urls: tuple[str, str]) -> None:
+    rq_url, pg_url = urls
+    source = RQBackend(rq_url)
+    try:
+        source.put(_failed_for_good(300))
+        source.enqueue([registry.make_record(tasks.add, (1, 2)) for _ in range(5)])
+    finally:
+        source.close()
+    first = invoke(rq_url, pg_url, "drain", "--yes")
+    assert first.exit_code == 3, first.output  # without --allow: exit 3, as before
+    assert "moved 5 jobs" in first.stdout
+    # one line per reason, with a count and a few ids; not one line of 300 ids
+    assert max(len(line) for line in first.stdout.splitlines()) < 300, first.stdout
+    assert "left in place: failed 300" in first.stdout
+    assert "300 x ValueError: boom: 'failed-for-good-0000-" in first.stdout
+    assert "and 297 more" in first.stdout
+    again = invoke(rq_url, pg_url, "drain", "--yes", "--allow", "failed")
+    assert again.exit_code == 0, again.output
+    code, report = invoke_json(rq_url, pg_url, "drain", "--yes", "--allow", "failed")
+    assert code == 0 and len(report["left"]["failed"]) == 300  # --json keeps every id
+    dry = invoke(rq_url, pg_url, "drain", "--dry-run")
+    assert dry.exit_code == 0 and "would leave failed 300" in dry.stdout
+    assert max(len(line) for line in dry.stdout.splitlines()) < 300, dry.stdout
+
+
+@pytest.mark.rq
+@pytest.mark.pg
+def test_drain_allow_failed_still_exits_3_for_other_classes(urls: tuple[str, str]) -> None:
+    rq_url, pg_url = urls
+    source = RQBackend(rq_url)
+    try:
+        source.put(_failed_for_good(1))
+        unknown = registry.make_record(tasks.add, (1, 2)).replace(task="no.such:task")
+        source.enqueue([unknown])
+    finally:
+        source.close()
+    result = invoke(rq_url, pg_url, "drain", "--yes", "--allow", "failed")
+    assert result.exit_code == 3, result.output
+    assert "left in place: unknown_task 1" in result.stdout
+    assert invoke(rq_url, pg_url, "drain", "--yes", "--allow", "failed", "--allow",
+                  "unknown_task").exit_code == 0
