@@ -135,12 +135,13 @@ def rollback(ctx: Context, to: str | None, dry_run: bool, yes: bool, force: bool
 @click.pass_obj
 def complete(ctx: Context, dry_run: bool, yes: bool, force: bool, why: str | None) -> None:
     """Advance into complete (the point of no return): producers acknowledged the epoch, the
-    source drained, verify clean."""
+    source drained, verify clean. Safe to re-run: when the phase is already complete (a first
+    run finished, or was killed after its commit) nothing moves again (exit 0)."""
     def into_complete(current: Phase) -> Transition:
         if current is not Phase.RAMPDOWN:
             raise ConfigurationError(f"complete follows rampdown; the phase is {current}")
         return advance(current)
-    _move(ctx, into_complete, "advance", dry_run, yes, force, why)
+    _move(ctx, into_complete, "advance", dry_run, yes, force, why, goal=Phase.COMPLETE)
 
 
 def _parse(name: str) -> Phase:

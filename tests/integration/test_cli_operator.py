@@ -30,10 +30,12 @@ from rq import Queue
 
 from cutover import InMemoryBackend
 from cutover.cli import cli
+from cutover.phases import Phase
 from cutover.record import JobRecord, JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
-from tests.integration.drain_helpers import invoke, invoke_json
+from tests.faults.test_kill_phase_change import FORCE, assert_consistent, killed, walk_to
+from tests.integration.drain_helpers import invoke, invoke_json, run_cli
 
 APP = "cutover.testing.tasks:registry"
 SECRET = "s3cr3t-0p"
@@ -297,3 +299,23 @@ def test_drain_allow_failed_still_exits_3_for_other_classes(urls: tuple[str, str
     assert "left in place: unknown_task 1" in result.stdout
     assert invoke(rq_url, pg_url, "drain", "--yes", "--allow", "failed", "--allow",
                   "unknown_task").exit_code == 0
+
+
+@pytest.mark.rq
+@pytest.mark.pg
+@pytest.mark.slow
+def test_complete_killed_after_its_commit_can_be_rerun(urls: tuple[str, str]) -> None:
+    control = walk_to(urls, Phase.RAMPDOWN)
+    try:
+        killed(urls, "phase_committed:1", "complete", *FORCE)
+        assert (control.read_phase().phase, control.read_phase().epoch) == (Phase.COMPLETE, 4)
+        again = run_cli(*urls, "complete", "--yes")  # no --force: nothing is checked again
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "phase complete (epoch 4) already" in again.stdout
+        assert "nothing to do" in again.stdout
+        assert assert_consistent(control, Phase.COMPLETE, Phase.COMPLETE, 4) is Phase.COMPLETE
+        code, doc = invoke_json(*urls, "complete", "--yes")
+        assert code == 0 and doc["rerun"] is True and doc["moved"] is False
+        assert control.read_phase().epoch == 4  # no second transition
+    finally:
+        control.close()
