@@ -28,12 +28,13 @@ from cutover_rq import RQBackend
 from redis import Redis
 from rq import Queue
 
-from cutover import InMemoryBackend
+from cutover import InMemoryBackend, adapters
 from cutover.cli import cli
 from cutover.phases import Phase
 from cutover.record import JobRecord, JobState
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
+from cutover.urls import redact
 from tests.faults.test_kill_phase_change import FORCE, assert_consistent, killed, walk_to
 from tests.integration.drain_helpers import invoke, invoke_json, run_cli
 
@@ -318,4 +319,44 @@ def test_complete_killed_after_its_commit_can_be_rerun(urls: tuple[str, str]) ->
         assert code == 0 and doc["rerun"] is True and doc["moved"] is False
         assert control.read_phase().epoch == 4  # no second transition
     finally:
+        control.close()
+
+
+def _with_password(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}:{SECRET}@{host}"))
+
+
+@pytest.mark.rq
+@pytest.mark.pg
+@pytest.mark.slow
+def test_rollback_dry_run_counts_what_would_move_back_and_shows_the_reverse_drain(
+        urls: tuple[str, str]) -> None:
+    rq_url, pg_url = urls
+    pg_pw = _with_password(pg_url)  # (the test server trusts 127.0.0.1: any password works)
+    control = walk_to(urls, Phase.RAMPDOWN)
+    target = adapters.open_backend(pg_url)
+    try:
+        target.enqueue([registry.make_record(tasks.add, (i, 1)) for i in range(3)])
+        reverse = f"`cutover drain --dry-run --source {redact(pg_pw)} --target {rq_url}`"
+        assert "***" in reverse
+        dry = invoke(rq_url, pg_pw, "rollback", "--dry-run", *FORCE)
+        assert dry.exit_code == 0, dry.output
+        assert "would move back 3 waiting job(s) from the target" in dry.stdout
+        assert reverse in dry.stdout, dry.stdout
+        assert SECRET not in dry.output
+        code, doc = invoke_json(rq_url, pg_pw, "rollback", "--dry-run", *FORCE)
+        assert code == 0 and doc["would_move_back"] == 3
+        assert control.read_phase().phase is Phase.RAMPDOWN  # a dry run
+        # killed after its commit, before its drain: the re-run's dry run says the same
+        killed(urls, "phase_committed:1", "rollback", *FORCE)
+        assert control.read_phase().phase is Phase.LIVE
+        again = invoke(rq_url, pg_pw, "rollback", "--to", "live", "--dry-run")
+        assert again.exit_code == 0, again.output
+        assert "already" in again.stdout and "would move back 3 waiting job(s)" in again.stdout
+        assert reverse in again.stdout, again.stdout
+        assert SECRET not in again.output
+    finally:
+        target.close()
         control.close()
