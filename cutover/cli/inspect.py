@@ -47,9 +47,11 @@ def _counts(backend: QueueBackend) -> dict[str, dict[str, int]]:
 @click.pass_obj
 def status(ctx: Context, watch: float | None, prometheus: bool,
            endpoints: tuple[str, ...]) -> None:
-    """The phase, per backend and queue the jobs waiting / scheduled / active / completed /
-    failed, the ledger's summary, and the metrics per backend (enqueue latency p50/p99, errors,
-    consistency rate, duplicates skipped, in flight) merged over the fleet."""
+    """The phase, per backend and queue the jobs waiting / scheduled / deferred / held /
+    active / completed / failed / canceled, the ledger's summary, and the metrics per backend
+    (enqueue latency p50/p99, errors, consistency rate, duplicates skipped, in flight) merged
+    over the fleet, when anything was counted. A --metrics-from URL's user:password is sent as
+    HTTP basic auth."""
     endpoints = endpoints or ctx.settings.metrics_from
     if prometheus:
         merged, _ = fleet_metrics.gather(_fleet(ctx), endpoints)
