@@ -242,7 +242,7 @@ class CutoverGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit):
             raise  # usage errors (exit 2) and the commands' own exit codes
         except (click.exceptions.Abort, KeyboardInterrupt) as exc:
-            raise self._fail(ctx, "interrupted: nothing more was done", "Interrupted",
+            raise self._fail(ctx, "aborted (Ctrl-C, or a question answered no)", "Aborted",
                              2) from exc
         except Exception as exc:  # the one funnel: a bug must not exit 1 ("loss found")
             log.debug("unexpected error: traceback", exc_info=True)

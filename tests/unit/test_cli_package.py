@@ -201,7 +201,7 @@ def test_ctrl_c_exits_2_not_1() -> None:
         raise KeyboardInterrupt
 
     result = CliRunner().invoke(group, ["wait"])
-    assert result.exit_code == 2 and "interrupted" in result.stderr
+    assert result.exit_code == 2 and "aborted" in result.stderr
 
 
 @pytest.mark.parametrize("path", [p for p, _ in all_commands()], ids=" ".join)
