@@ -97,7 +97,8 @@ def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | 
         lines.append(f"still running on the source: {len(report.running)}: "
                      + _few(report.running))
     if report.lost:
-        lines.append(f"LOST (ledger says moving, neither backend has it): {report.lost}")
+        lines.append(f"LOST (ledger says moving, neither backend has it): {len(report.lost)}: "
+                     + _few(report.lost))
     if report.stopped:
         lines.append("stopped by the operator")
     emit(ctx, doc, "\n".join(lines))

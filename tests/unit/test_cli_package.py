@@ -190,6 +190,18 @@ def test_the_traceback_of_an_unexpected_error_only_at_debug_level_and_redacted()
     assert "bug-s3cret" not in result.output
 
 
+def test_an_unexpected_error_in_a_real_command_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(url: str) -> None:
+        raise ValueError(f"cannot parse {url}")
+
+    monkeypatch.setattr("cutover.adapters.open_backend", broken)
+    result = CliRunner().invoke(cli, ["--source", "redis://:real-s3cret@h:1/0", "status"])
+    assert result.exit_code == 2, result.output
+    assert "unexpected error ValueError: cannot parse redis://:***@h:1/0" in result.stderr
+    assert "cutover/cli/context.py" in result.stderr  # where: our innermost frame
+    assert "real-s3cret" not in result.output and "Traceback" not in result.output
+
+
 def test_ctrl_c_exits_2_not_1() -> None:
     @click.group(cls=CutoverGroup)
     def group() -> None:
