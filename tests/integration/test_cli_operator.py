@@ -75,6 +75,7 @@ def test_a_worker_on_a_control_database_that_does_not_exist_refuses_at_once(
                                       _missing_database(cutover_database_url)])
     assert result.exit_code == 2, result.output
     assert 'database "h_cli_no_such_db" does not exist' in result.stderr
+    assert "unreachable" not in result.stderr  # not worth retrying: said so
     assert SECRET not in result.output and time.monotonic() - started < 5
 
 
