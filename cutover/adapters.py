@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from cutover.backend import QueueBackend
 from cutover.errors import ConfigurationError, UnknownAdapterError
@@ -59,6 +60,10 @@ def split(url: str) -> tuple[str, str]:
     problem = ambiguity(url)
     if problem:
         raise ConfigurationError(f"{redact(url)}: {problem}")
+    try:
+        urlsplit(url)  # what the drivers parse with: "[::1" (an unclosed IPv6 address)...
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed URL {redact(url)}: {exc}") from exc
     scheme, rest = url.split("://", 1)
     scheme = scheme.lower()
     if "+" in scheme:
@@ -79,5 +84,5 @@ def open_backend(url: str, **options: Any) -> QueueBackend:
     """Open the backend a URL names."""
     name, inner = split(url)
     backend = load(name)(inner, **options)
-    log.info("opened %s backend at %s", name, backend.url)
+    log.debug("opened %s backend at %s", name, backend.url)
     return backend

@@ -7,6 +7,8 @@ caller needs to catch only this family. The docstring of each class is its defau
 
 from __future__ import annotations
 
+import re
+
 
 class CutoverError(Exception):
     """queue-cutover failed."""
@@ -35,6 +37,26 @@ class UnknownAdapterError(ConfigurationError):
 
 class BackendUnavailableError(CutoverError):
     """The backend server could not be reached."""
+
+
+class AccessRefusedError(BackendUnavailableError):
+    """The server refused the connection for good (no such database or role, a password or
+    address refused): retrying cannot help, so it is said at once."""
+
+
+#: What a PostgreSQL server says, refusing a connection, when no retry can help (libpq's text:
+#: a connection failure carries no SQLSTATE). Never a password: the server does not repeat it.
+_REFUSED_FOR_GOOD = re.compile(
+    r'FATAL:\s+((?:database|role) "[^"\n]*" does not exist'
+    r'|password authentication failed for user "[^"\n]*"'
+    r'|no pg_hba\.conf entry for [^\n]*)')
+
+
+def refused_for_good(message: str) -> str | None:
+    """The reason in a PostgreSQL connection error (``database "x" does not exist``) when
+    retrying the connection cannot help; None for any other error (a server down, a timeout)."""
+    found = _REFUSED_FOR_GOOD.search(message)
+    return found.group(1).strip() if found else None
 
 
 class PhaseUnknownError(BackendUnavailableError):

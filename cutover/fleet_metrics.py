@@ -8,8 +8,10 @@ A worker's endpoint speaks Prometheus text; :func:`from_exposition` reads it bac
 
 from __future__ import annotations
 
+import base64
 import math
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping
@@ -19,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cutover.errors import BackendUnavailableError, ConfigurationError
 from cutover.metrics import BUCKETS, COUNTERS, METRICS, PROM_NAMES, Metrics, empty, merge
+from cutover.urls import redact, redact_text, secrets_of
 
 if TYPE_CHECKING:
     from cutover.control.fleet import Fleet
@@ -75,18 +78,41 @@ def from_exposition(text: str) -> dict[str, Any]:
 
 
 def scrape(url: str, timeout: float = 5.0) -> dict[str, Any]:
-    """The snapshot served at ``url`` (a worker's ``http://host:port/metrics``)."""
+    """The snapshot served at ``url`` (a worker's ``http://host:port/metrics``). A userinfo
+    (``http://user:pass@host:port/metrics``) is sent as HTTP basic auth, never as part of the
+    host name, and never shown."""
+    shown = redact(url)
     if not url.startswith(("http://", "https://")):
-        raise ConfigurationError(f"metrics endpoint {url!r}: expected http://HOST:PORT/metrics")
+        raise ConfigurationError(f"metrics endpoint {shown!r}: expected "
+                                 "http://HOST:PORT/metrics")
+    request = _request(url, shown)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http only)
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             text = response.read().decode()
-    except (urllib.error.URLError, OSError) as exc:
-        raise BackendUnavailableError(f"metrics endpoint {url} unreachable: {exc}") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise BackendUnavailableError(f"metrics endpoint {shown} unreachable: "
+                                      f"{redact_text(str(exc), *secrets_of(url))}") from exc
     try:
         return from_exposition(text)
     except ValueError as exc:
-        raise BackendUnavailableError(f"metrics endpoint {url}: {exc}") from exc
+        raise BackendUnavailableError(f"metrics endpoint {shown}: {exc}") from exc
+
+
+def _request(url: str, shown: str) -> urllib.request.Request:
+    """The request for ``url``: its userinfo taken out of the URL, into an Authorization
+    header (basic auth)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"metrics endpoint {shown}: malformed URL: {exc}") from exc
+    info, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return urllib.request.Request(url)  # noqa: S310 (http(s) only: checked above)
+    user, _, password = info.partition(":")
+    plain = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    token = base64.b64encode(f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+                             .encode()).decode("ascii")
+    return urllib.request.Request(plain, headers={"Authorization": f"Basic {token}"})  # noqa: S310
 
 
 def publish(fleet: Fleet, member: uuid.UUID, metrics: Metrics = METRICS, *,
@@ -128,5 +154,5 @@ def gather(fleet: Iterable[Mapping[str, Any]] = (),
             if mergeable < members else ""))
     for url in endpoints:
         snapshots.append(scrape(url))
-        sources.append(url)
+        sources.append(redact(url))
     return merge(snapshots), sources

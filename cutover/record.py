@@ -36,10 +36,12 @@ class JobState(enum.StrEnum):
 _LIVE = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED, JobState.STARTED,
                    JobState.HELD})
 
-#: States the reference story reports: waiting / active / completed / failed (+ scheduled).
+#: States the reference story reports: waiting / active / completed / failed (+ scheduled,
+#: deferred: waiting on a dependency, not on a time).
 SUMMARY_STATES: dict[str, tuple[JobState, ...]] = {
     "waiting": (JobState.QUEUED,),
-    "scheduled": (JobState.SCHEDULED, JobState.DEFERRED),
+    "scheduled": (JobState.SCHEDULED,),
+    "deferred": (JobState.DEFERRED,),
     "held": (JobState.HELD,),  # taken by a drain: no worker of either side runs them
     "active": (JobState.STARTED,),
     "completed": (JobState.FINISHED,),

@@ -14,8 +14,10 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,13 +25,13 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from cutover import adapters
+from cutover import adapters, logs
 from cutover.backend import QueueBackend
 from cutover.control import ControlPlane, control_url
 from cutover.errors import ConfigurationError, CutoverError
 from cutover.registry import TaskRegistry
 from cutover.settings import ENV, Settings
-from cutover.urls import redact, redact_text
+from cutover.urls import hiding, redact, redact_text
 
 log = logging.getLogger("cutover.cli")
 stderr = Console(stderr=True)
@@ -58,6 +60,20 @@ class Context:
     @property
     def control(self) -> str | None:
         return self.settings.control
+
+    def given_after_name(self, click_ctx: click.Context, name: str, value: Any) -> None:
+        """A global option given after the command's name (``cutover status --source URL``):
+        as if given before it; its password hidden too, and the logs set up again for
+        ``--log-level`` and ``--log-format``."""
+        if name == "as_json":
+            self.json = bool(value)
+            return
+        self.settings = self.settings.with_options(**{name: value})
+        if name in ("source", "target", "control"):
+            # On the root context: it closes after the funnel has redacted the error.
+            click_ctx.find_root().with_resource(hiding(value))
+        if name in ("log_level", "log_format"):
+            logs.setup(self.settings.log_level, self.settings.log_format)
 
     def need(self, *names: str) -> None:
         for name in names:
@@ -126,55 +142,119 @@ def from_settings(field: str, text: str) -> str:
     return f"{text} [default: {shown}{env}]"
 
 
-# --- the error funnel and --json anywhere -------------------------------------------------------
+# --- the error funnel and the global options anywhere ---------------------------------------
 
 _ERRORS: dict[int, type[click.ClickException]] = {
     code: type(f"CutoverExit{code}", (click.ClickException,), {"exit_code": code})
     for code in (1, 2, 3)
 }
 
+_JSON = click.Option(["--json", "as_json"], is_flag=True, help="Print one JSON document on stdout.")
 
-def _json_after_name(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    # The group's callback has run (and made the Context) before a command parses its options.
+#: The group's parameters that stay the group's alone (not repeated after a command's name).
+_GROUP_ONLY = frozenset({"help", "version"})
+
+
+def _global_after_name(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the command's name: put over what the group built (the
+    group's callback has run, and made the Context, before a command parses its options)."""
     obj = ctx.find_object(Context)
-    if value and obj is not None:
-        obj.json = True
+    if obj is None or value is None or value is False or param.name is None:
+        return
+    obj.given_after_name(ctx, param.name, value)
 
 
-def _accept_json(command: click.Command) -> None:
-    """Give ``command`` (and, for a group, each of its commands) a ``--json`` flag of its own, so
-    ``cutover status --json`` means ``cutover --json status``."""
-    if not any("--json" in p.opts for p in command.params):
+def _accept_globals(command: click.Command, group: click.Command) -> None:
+    """Give ``command`` (and, for a group, each of its commands) the ``group``'s global options
+    (``--source``, ``--target``, ``--app``, ``--control``, ``--json``, ``--log-level``,
+    ``--log-format``), so ``cutover status --source URL`` means ``cutover --source URL status``.
+    One given after the name wins over the same one given before it."""
+    taken = {opt for p in command.params for opt in p.opts}
+    given = list(group.params)
+    if not any("--json" in p.opts for p in given):  # --json after the name, in every group
+        given.append(_JSON)
+    for param in given:
+        if not isinstance(param, click.Option) or param.name in _GROUP_ONLY:
+            continue
+        if taken & set(param.opts):
+            continue  # the command has an option of its own by that name
         command.params.append(click.Option(
-            ["--json"], is_flag=True, expose_value=False, callback=_json_after_name,
-            help="Print one JSON document on stdout (as `cutover --json COMMAND`)."))
+            [*param.opts, param.name or ""], type=param.type, is_flag=param.is_flag,
+            metavar=param.metavar, expose_value=False, callback=_global_after_name,
+            help=f"{param.help or ''} (global)".strip()))
     if isinstance(command, click.Group):
         for sub in command.commands.values():
-            _accept_json(sub)
+            _accept_globals(sub, group)
+
+
+_OURS = re.compile(r"[/\\](cutover(?:_rq|_procrastinate)?[/\\].*)$")
+_LIBRARY = re.compile(r"[/\\](?:site-packages|python\d[.\d]*)[/\\](.*)$")
+
+
+def _where(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as ``path:line in function``: the innermost frame in this
+    toolkit's code, then the innermost of all when that is another library's."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown"
+
+    def short(frame: traceback.FrameSummary) -> str:
+        found = _OURS.search(frame.filename) or _LIBRARY.search(frame.filename)
+        path = found.group(1) if found else os.path.basename(frame.filename)
+        return f"{path.replace(os.sep, '/')}:{frame.lineno} in {frame.name}"
+
+    ours = [f for f in frames if _OURS.search(f.filename)]
+    if ours and ours[-1] is not frames[-1]:
+        return f"{short(ours[-1])}, {short(frames[-1])}"
+    return short(frames[-1])
+
+
+def _unexpected(exc: Exception) -> str:
+    """The one-line message of an error that is not a :class:`CutoverError` (a bug, or an input
+    nothing checked): its type, its first line, where; redacted."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return redact_text(f"unexpected error {type(exc).__name__}"
+                       + (f": {first}" if first else "")
+                       + f" (at {_where(exc)}); --log-level debug shows the traceback")
 
 
 class CutoverGroup(click.Group):
-    """The ``cutover`` group: the one place a :class:`CutoverError` becomes an exit code.
+    """The ``cutover`` group: the one place an error becomes an exit code.
 
     Every command below it (nested groups included) raises and never catches ``CutoverError``;
     the message is redacted here, while the passwords the command line registered are still
-    hidden (the group's context, which holds them, closes after this returns).
+    hidden (the group's context, which holds them, closes after this returns). Any other
+    exception (a bug, or an input nothing checked) exits 2 with a short message and where it
+    was raised, never with a traceback (that is logged at debug level, redacted): exit 1 means
+    "loss found" and an uncaught exception must never look like it.
     """
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        _accept_json(cmd)
+        _accept_globals(cmd, self)
         super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CutoverError as exc:
-            message = redact_text(str(exc))
-            obj = ctx.find_object(Context)
-            if obj is not None and obj.json:  # a script reading stdout gets one document
-                click.echo(json.dumps({"error": message, "kind": type(exc).__name__,
-                                       "exit_code": exc.exit_code}, indent=2))
-            raise _ERRORS.get(exc.exit_code, _ERRORS[2])(message) from exc
+            raise self._fail(ctx, redact_text(str(exc)), type(exc).__name__,
+                             exc.exit_code) from exc
+        except (click.ClickException, click.exceptions.Exit):
+            raise  # usage errors (exit 2) and the commands' own exit codes
+        except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+            raise self._fail(ctx, "aborted (Ctrl-C, or a question answered no)", "Aborted",
+                             2) from exc
+        except Exception as exc:  # the one funnel: a bug must not exit 1 ("loss found")
+            log.debug("unexpected error: traceback", exc_info=True)
+            raise self._fail(ctx, _unexpected(exc), "UnexpectedError", 2) from exc
+
+    @staticmethod
+    def _fail(ctx: click.Context, message: str, kind: str, code: int) -> click.ClickException:
+        obj = ctx.find_object(Context)
+        if obj is not None and obj.json:  # a script reading stdout gets one document
+            click.echo(json.dumps({"error": message, "kind": kind, "exit_code": code},
+                                  indent=2))
+        return _ERRORS.get(code, _ERRORS[2])(message)
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -184,12 +264,20 @@ def emit(ctx: Context, document: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(document, default=str, indent=2) if ctx.json else text)
 
 
+def _terminal() -> bool:
+    return sys.stdout.isatty()
+
+
 def console() -> Console:
     """Where tables go: the terminal's width on a terminal; elsewhere (a CI log, a pipe, a file)
-    as wide as the content, so no cell is cut to fit 80 columns."""
-    if sys.stdout.isatty():
-        return Console()
-    return Console(width=100_000, soft_wrap=True)
+    as wide as the content, so no cell is cut to fit 80 columns.
+
+    Text is printed as written: no markup (a queue named ``[/]`` or ``[bold]``), no emoji codes
+    (``cutover:key:x``), no highlighting; styles are given as :class:`rich.text.Text` styles."""
+    plain: dict[str, Any] = {"markup": False, "emoji": False, "highlight": False}
+    if _terminal():
+        return Console(**plain)
+    return Console(width=100_000, soft_wrap=True, **plain)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from cutover import fleet_metrics, metrics, stores
 from cutover.audit import Classifier, JobClass, audit
@@ -45,9 +47,11 @@ def _counts(backend: QueueBackend) -> dict[str, dict[str, int]]:
 @click.pass_obj
 def status(ctx: Context, watch: float | None, prometheus: bool,
            endpoints: tuple[str, ...]) -> None:
-    """The phase, per backend and queue the jobs waiting / scheduled / active / completed /
-    failed, the ledger's summary, and the metrics per backend (enqueue latency p50/p99, errors,
-    consistency rate, duplicates skipped, in flight) merged over the fleet."""
+    """The phase, per backend and queue the jobs waiting / scheduled / deferred / held /
+    active / completed / failed / canceled, the ledger's summary, and the metrics per backend
+    (enqueue latency p50/p99, errors, consistency rate, duplicates skipped, in flight) merged
+    over the fleet, when anything was counted. A --metrics-from URL's user:password is sent as
+    HTTP basic auth."""
     endpoints = endpoints or ctx.settings.metrics_from
     if prometheus:
         merged, _ = fleet_metrics.gather(_fleet(ctx), endpoints)
@@ -163,19 +167,23 @@ _STRANDED = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED})
 def _print_status(doc: dict[str, Any]) -> None:
     out = console()
     phase = doc.get("phase", {})
-    out.print(f"phase: [bold]{phase.get('phase')}[/bold] (epoch {phase.get('epoch')})"
-              + (f" - {phase['note']}" if phase.get("note") else ""))
+    out.print(Text.assemble("phase: ", (str(phase.get("phase")), "bold"),
+                            f" (epoch {phase.get('epoch')})",
+                            f" - {phase['note']}" if phase.get("note") else ""))
     for warning in doc.get("warnings", []):
-        out.print(f"[bold red]WARNING[/bold red] {warning}")
-    table = Table()
-    for col in ("backend", "queue", *SUMMARY_STATES):
-        table.add_column(col, justify="right" if col in SUMMARY_STATES else "left")
+        out.print(Text.assemble(("WARNING", "bold red"), " ", str(warning)))
+    # One table per backend (its URL as the title, not a column): fits 100 columns.
     for key, queues in doc["backends"].items():
+        table = Table(title=key, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                      pad_edge=False)
+        table.add_column("queue", overflow="fold")
+        for col in SUMMARY_STATES:
+            table.add_column(col, justify="right")
         for queue, per in queues.items():
-            table.add_row(key, queue, *(str(per[s]) for s in SUMMARY_STATES))
+            table.add_row(queue, *(str(per[s]) for s in SUMMARY_STATES))
         if not queues:
-            table.add_row(key, "(none)", *("0" for _ in SUMMARY_STATES))
-    out.print(table)
+            table.add_row("(none)", *("0" for _ in SUMMARY_STATES))
+        out.print(table)
     for row in doc.get("ledger", []):
         out.print(f"ledger: {row['source']} -> {row['target']}: {row['state']} {row['jobs']}")
     for cls, n in doc.get("failures", {}).items():
@@ -187,22 +195,36 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.2f} ms"
 
 
+#: The metrics table's rows: label -> the cell of one backend's summary.
+_METRIC_ROWS: dict[str, Any] = {
+    "enqueue p50": lambda r: _ms(r["enqueue_p50"]),
+    "enqueue p99": lambda r: _ms(r["enqueue_p99"]),
+    "enqueued": lambda r: str(r["enqueued"]),
+    "enqueue errors": lambda r: str(r["enqueue_errors"]),
+    "consistency": lambda r: ("-" if r["consistency_rate"] is None
+                              else f"{r['consistency_rate']:.1%} of {r['shadow_total']}"),
+    "duplicates skipped": lambda r: str(r["duplicates_skipped"]),
+    "in flight": lambda r: str(r["in_flight"]),
+    "succeeded": lambda r: str(r["succeeded"]),
+    "failed": lambda r: str(r["failed"]),
+    "retried": lambda r: str(r["retried"]),
+}
+
+
 def _print_metrics(view: dict[str, Any]) -> None:
+    """The merged metrics, one column per backend (a row per metric: fits 100 columns); nothing
+    when nothing was counted (every source empty)."""
+    backends = view.get("backends", {})
+    if not backends:
+        return
     out = console()
-    out.print(f"metrics (from {', '.join(view.get('sources', []))}):")
-    table = Table()
-    for col in ("backend", "enqueue p50", "enqueue p99", "enqueued", "errors", "consistency",
-                "duplicates skipped", "in flight", "succeeded", "failed", "retried"):
-        table.add_column(col, justify="left" if col == "backend" else "right")
-    for name, row in view.get("backends", {}).items():
-        rate = row["consistency_rate"]
-        table.add_row(name, _ms(row["enqueue_p50"]), _ms(row["enqueue_p99"]),
-                      str(row["enqueued"]), str(row["enqueue_errors"]),
-                      "-" if rate is None else f"{rate:.1%} of {row['shadow_total']}",
-                      str(row["duplicates_skipped"]), str(row["in_flight"]),
-                      str(row["succeeded"]), str(row["failed"]), str(row["retried"]))
-    if not view.get("backends"):
-        table.add_row("(nothing counted)", *("-" for _ in range(10)))
+    table = Table(title=f"metrics (from {', '.join(view.get('sources', []))})",
+                  title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("metric")
+    for name in backends:
+        table.add_column(name, justify="right")
+    for label, cell in _METRIC_ROWS.items():
+        table.add_row(label, *(cell(row) for row in backends.values()))
     out.print(table)
 
 
@@ -273,15 +295,16 @@ def _print_audit(doc: dict[str, Any]) -> None:
         out.print(f"orphans (status queued, in no list): {len(doc['orphans'])}: "
                   + ", ".join(doc["orphans"][:10]))
     for cls, jobs in doc["jobs"].items():
-        out.print(f"[bold]{cls}[/bold]: {len(jobs)}")
+        out.print(Text.assemble((cls, "bold"), f": {len(jobs)}"))
         for job in jobs[:10]:
             out.print(f"  {job['id']} ({job['task']}, queue {job['queue']}): {job['reason']}")
         if len(jobs) > 10:
             out.print(f"  ... {len(jobs) - 10} more (--json or --report for all)")
     misreads = doc.get("plain_procrastinate_misreads")
     if misreads:
-        out.print("[bold]a plain procrastinate App would misread[/bold] (run the target with "
-                  "cutover_procrastinate.make_app, which reads them right; information only):")
+        out.print(Text.assemble(
+            ("a plain procrastinate App would misread", "bold"), " (run the target with "
+            "cutover_procrastinate.make_app, which reads them right; information only):"))
         for task, reasons in misreads.items():
             out.print(f"  {task}: " + "; ".join(f"{r} ({n} jobs)" for r, n in reasons.items()))
     if doc["left_behind"]:

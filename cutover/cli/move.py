@@ -5,12 +5,19 @@ from __future__ import annotations
 import click
 
 from cutover import stores
+from cutover.audit import LEFT_BEHIND, JobClass
 from cutover.backend import StoreIdentity
 from cutover.cli.context import Context, DrainProgress, confirm, emit, from_settings, opened
 from cutover.control import ControlPlane
 from cutover.drain import Drain, DrainOptions
 from cutover.errors import ConfigurationError
 from cutover.held import release as run_release
+
+#: The classes a drain can leave in place (what ``--allow`` takes).
+ALLOWABLE = sorted(c.value for c in LEFT_BEHIND)
+#: Per class, the reasons listed (the most frequent first); a few ids each.
+SHOWN_REASONS = 8
+SHOWN_IDS = 3
 
 
 @click.command()
@@ -31,12 +38,15 @@ from cutover.held import release as run_release
                                  "cores to spare). They read the source in step, window by "
                                  "window: jobs keep the source's order to within a few "
                                  "batches; 1 keeps it exactly."))
+@click.option("--allow", "allow", multiple=True, type=click.Choice(ALLOWABLE),
+              help="Do not exit 3 for jobs of this class left in place (repeatable; as "
+                   "audit's): --allow failed once every job left is one that failed for good.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | None,
           include_failed: bool, wait_running: float, send: str | None, workers: int | None,
-          dry_run: bool, yes: bool) -> None:
+          allow: tuple[str, ...], dry_run: bool, yes: bool) -> None:
     """Move every movable job from --source to --target, with its ledger rows.
 
     A batch is taken on the source first (no source worker can start it), put on the target
@@ -44,8 +54,9 @@ def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | 
     finishes the work. Running jobs are never moved. Swap --source and --target to move jobs
     back.
 
-    Exit 0 when everything was moved; 3 when jobs were left in place (their classes and ids are
-    listed) or the drain was stopped.
+    Exit 0 when everything was moved; 3 when jobs were left in place (listed by class and
+    reason, with a count and a few ids; --json lists every id), unless each of their classes
+    is --allow'ed (running jobs are in_place), or when the drain was stopped.
     """
     ctx.need("source", "target")
     assert ctx.source is not None and ctx.target is not None
@@ -74,32 +85,61 @@ def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | 
     if dry_run:
         lines = ["plan (nothing changed): " + ", ".join(f"{k} {v}" for k, v in
                                                          sorted(report.planned.items()))]
-        for cls, jobs in report.plan_jobs.items():
-            lines.append(f"would leave {cls} {len(jobs)}: " + ", ".join(
-                f"{j['id']!r} ({j['reason']})" for j in jobs[:20])
-                + (" ..." if len(jobs) > 20 else ""))
+        lines += left_lines("would leave", report.plan_jobs)
         emit(ctx, {"dry_run": True, "plan": report.planned, "jobs": report.plan_jobs},
              "\n".join(lines))
         return
     lines = [f"moved {report.moved} jobs in {report.seconds:.1f} s ({report.rate:,.0f} jobs/s)"
              + (f"; finished {report.recovered} interrupted moves" if report.recovered else "")
              + f" [run {report.run_id}]"]
-    for cls, jobs in report.left.items():
-        lines.append(f"left in place: {cls} {len(jobs)}: "
-                     + ", ".join(f"{j['id']!r} ({j['reason']})" for j in jobs[:20])
-                     + (" ..." if len(jobs) > 20 else ""))
+    lines += left_lines("left in place:", report.left)
     if report.running:
         lines.append(f"still running on the source: {len(report.running)}: "
-                     + ", ".join(report.running[:20]))
+                     + _few(report.running))
     if report.lost:
-        lines.append(f"LOST (ledger says moving, neither backend has it): {report.lost}")
+        lines.append(f"LOST (ledger says moving, neither backend has it): {len(report.lost)}: "
+                     + _few(report.lost))
     if report.stopped:
         lines.append("stopped by the operator")
     emit(ctx, doc, "\n".join(lines))
     if report.lost:
         raise click.exceptions.Exit(1)
-    if report.left_count or report.stopped:
+    refused = {c for c, jobs in report.left.items() if jobs} | (
+        {JobClass.IN_PLACE.value} if report.running else set())
+    if refused - set(allow) or report.stopped:
         raise click.exceptions.Exit(3)
+
+
+def _gist(reason: str) -> str:
+    """One short line of a reason: a traceback's last line (the exception), else its first."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()] or ["-"]
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return line if len(line) <= 120 else line[:117] + "..."
+
+
+def _few(ids: list[str]) -> str:
+    shown = [repr(i) if len(i) <= 60 else repr(i[:57]) + "..." for i in ids[:SHOWN_IDS]]
+    return ", ".join(shown) + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS
+                               else "")
+
+
+def left_lines(verb: str, left: dict[str, list[dict[str, str]]]) -> list[str]:
+    """Jobs left in place as text: a line per class, then a line per reason with its count
+    and a few ids (never one line of thousands of characters: --json keeps every id)."""
+    lines: list[str] = []
+    for cls, jobs in left.items():
+        by_reason: dict[str, list[str]] = {}
+        for job in jobs:
+            by_reason.setdefault(_gist(job["reason"]), []).append(job["id"])
+        lines.append(f"{verb} {cls} {len(jobs)}")
+        ranked = sorted(by_reason.items(), key=lambda item: -len(item[1]))
+        for reason, ids in ranked[:SHOWN_REASONS]:
+            lines.append(f"  {len(ids)} x {reason}: {_few(ids)}")
+        if len(ranked) > SHOWN_REASONS:
+            rest = sum(len(ids) for _, ids in ranked[SHOWN_REASONS:])
+            lines.append(f"  ... {len(ranked) - SHOWN_REASONS} more reason(s), {rest} job(s) "
+                         "(--json lists every job)")
+    return lines
 
 
 def _signal(control: ControlPlane, source: StoreIdentity, target: StoreIdentity,

@@ -5,7 +5,7 @@ phase machine (cutover.phases), recorded by the control plane (cutover.control).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -20,6 +20,7 @@ from cutover.phases import Check, Decision, Phase, Transition, advance, decide
 from cutover.phases import rollback as rollback_move
 from cutover.phases import transition as set_move
 from cutover.preflight import Preflight, Thresholds
+from cutover.record import JobState
 
 Refused = click.exceptions.Exit
 
@@ -135,12 +136,13 @@ def rollback(ctx: Context, to: str | None, dry_run: bool, yes: bool, force: bool
 @click.pass_obj
 def complete(ctx: Context, dry_run: bool, yes: bool, force: bool, why: str | None) -> None:
     """Advance into complete (the point of no return): producers acknowledged the epoch, the
-    source drained, verify clean."""
+    source drained, verify clean. Safe to re-run: when the phase is already complete (a first
+    run finished, or was killed after its commit) nothing moves again (exit 0)."""
     def into_complete(current: Phase) -> Transition:
         if current is not Phase.RAMPDOWN:
             raise ConfigurationError(f"complete follows rampdown; the phase is {current}")
         return advance(current)
-    _move(ctx, into_complete, "advance", dry_run, yes, force, why)
+    _move(ctx, into_complete, "advance", dry_run, yes, force, why, goal=Phase.COMPLETE)
 
 
 def _parse(name: str) -> Phase:
@@ -190,7 +192,9 @@ def _move(ctx: Context, build: Callable[[Phase], Transition], kind: str, dry_run
         doc = _document(decision, dry_run=dry_run, epoch=state.epoch,
                         passed={c: o.detail for c, o in outcomes.items() if o.passed})
         if dry_run or not decision.allowed:
-            _report(ctx, doc, decision, dry_run)
+            _report(ctx, doc, decision, dry_run,
+                    _would_move_back(doc, source, target) if dry_run and move.moves_back
+                    else ())
             return
         confirm(ctx, yes, f"Move the phase {move.name}"
                           + (" (FORCED past: " + ", ".join(c for c, _ in decision.refusals)
@@ -243,8 +247,8 @@ def _rerun(control: ControlPlane, state: PhaseState, preflight: Preflight, force
         raise ConfigurationError(f"the rollback {last.frm} -> {state.phase} moves the target's "
                                  "waiting jobs back: pass --app MODULE:ATTR (the task registry)")
     if dry_run:
-        return doc, [*lines, f"would move the target's waiting jobs back (rollback "
-                             f"{last.frm} -> {state.phase})"]
+        return doc, [*lines, f"rollback {last.frm} -> {state.phase}:",
+                     *_would_move_back(doc, preflight.source, preflight.target)]
     return doc, lines + _move_back(control, preflight, state.epoch, force, doc)
 
 
@@ -263,7 +267,8 @@ def _document(decision: Decision, *, dry_run: bool, epoch: int,
             "refusals": [{"check": str(c), "detail": d} for c, d in decision.refusals]}
 
 
-def _report(ctx: Context, doc: dict[str, Any], decision: Decision, dry_run: bool) -> None:
+def _report(ctx: Context, doc: dict[str, Any], decision: Decision, dry_run: bool,
+            notes: Sequence[str] = ()) -> None:
     move = decision.transition
     verdict = ("would move" if decision.allowed else "would be REFUSED") if dry_run else "REFUSED"
     lines = [f"{move.name}: {verdict}" + (" (forced)" if decision.forced else "")]
@@ -273,6 +278,7 @@ def _report(ctx: Context, doc: dict[str, Any], decision: Decision, dry_run: bool
     for check, detail in decision.refusals:
         if check not in move.checks:
             lines.append(f"  REFUSED  {check}: {detail}")
+    lines += notes
     emit(ctx, doc, "\n".join(lines))
     if not decision.allowed:
         raise Refused(3)
@@ -293,8 +299,7 @@ def _move_back(control: ControlPlane, preflight: Preflight, epoch: int,
     if not acked.passed and not force:
         doc["left_on_target"] = True
         return [f"jobs NOT moved back yet: {acked.detail}. Once they have, move them with "
-                f"`cutover drain --source {preflight.target.url} --target {preflight.source.url}"
-                f"`"]
+                f"{_reverse_drain(preflight.source, preflight.target)}"]
     registry = preflight.registry
     assert registry is not None
     started = time.monotonic()
@@ -308,6 +313,30 @@ def _move_back(control: ControlPlane, preflight: Preflight, epoch: int,
     doc["left_on_target"] = bool(report.left_count or report.lost)
     return [f"moved {report.moved} waiting job(s) back to the source in "
             f"{time.monotonic() - started:.1f} s [run {report.run_id}]"
-            + (f"; left on the target: {report.left_count} (see `cutover drain "
-               f"--dry-run`)" if report.left_count else "")]
+            + (f"; left on the target: {report.left_count} (see "
+               f"{_reverse_drain(preflight.source, preflight.target, '--dry-run')})"
+               if report.left_count else "")]
+
+
+#: The states a move back takes off the target (waiting for a worker; not failed, not held).
+_WAITING = frozenset({JobState.QUEUED, JobState.SCHEDULED, JobState.DEFERRED})
+
+
+def _reverse_drain(source: QueueBackend, target: QueueBackend, *extra: str) -> str:
+    """The drain command that moves the target's jobs back to the source (the sides swapped;
+    the URLs as the backends show them: redacted)."""
+    return " ".join(["`cutover drain", *extra, "--source", target.url, "--target",
+                     source.url]) + "`"
+
+
+def _would_move_back(doc: dict[str, Any], source: QueueBackend,
+                     target: QueueBackend) -> list[str]:
+    """A dry run of a move that moves the target's waiting jobs back: how many would move, and
+    the command that lists them (its own dry run, each job classified)."""
+    waiting = sum(n for per in target.counts().values() for state, n in per.items()
+                  if state in _WAITING)
+    doc["would_move_back"] = waiting
+    return [f"would move back {waiting} waiting job(s) from the target ({target.url}) to the "
+            f"source ({source.url}); list them with "
+            f"{_reverse_drain(source, target, '--dry-run')}"]
 

@@ -24,7 +24,13 @@ from psycopg import sql
 from cutover import adapters
 from cutover.backend import StoreIdentity
 from cutover.control import migrations
-from cutover.errors import BackendError, BackendUnavailableError, ConfigurationError
+from cutover.errors import (
+    AccessRefusedError,
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    refused_for_good,
+)
 from cutover.settings import DEFAULT_SCHEMA, POOLING, ControlPooling
 from cutover.urls import ambiguity, redact, redact_text, secrets_of
 
@@ -142,6 +148,10 @@ class Plumbing:
             yield
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._drop()
+            refusal = refused_for_good(str(exc))
+            if refusal is not None:  # no such database, role...: no retry can help
+                raise AccessRefusedError(f"control plane at {self._redacted}: {refusal}"
+                                         ) from exc
             raise BackendUnavailableError(
                 f"control plane at {self._redacted} is unreachable while {doing}: "
                 f"{self.scrub(str(exc))}") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pkgutil
 import re
 import subprocess
@@ -14,9 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 import cutover.cli
-from cutover.cli.context import CutoverGroup
+from cutover import InMemoryBackend, logs
+from cutover.cli import context as main
+from cutover.cli.context import Context, CutoverGroup
 from cutover.cli.main import cli
-from cutover.errors import CutoverError, PreconditionError
+from cutover.errors import PreconditionError
+from cutover.settings import Settings
 from cutover.urls import hiding
 
 CLI_DIR = Path(cutover.cli.__file__).parent
@@ -144,18 +148,120 @@ def test_the_funnel_turns_a_cutover_error_into_its_exit_code_redacted(code: int)
     assert isinstance(result.exception, SystemExit)
 
 
-def test_an_error_that_is_not_a_cutover_error_is_not_swallowed() -> None:
+def _buggy_group() -> click.Group:
+    url = "redis://:bug-s3cret@127.0.0.1:1/0"
+
+    @click.group(cls=CutoverGroup)
+    @click.option("--log-level", default="INFO")
+    @click.pass_context
+    def group(ctx: click.Context, log_level: str) -> None:
+        ctx.with_resource(hiding(url))
+        logs.setup(log_level)
+        ctx.obj = Context(settings=Settings())
+
+    @group.command()
+    def boom() -> None:
+        """Has a bug."""
+        raise RuntimeError(f"a bug near {url}")
+
+    return group
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_an_error_that_is_not_a_cutover_error_exits_2_short_redacted_no_traceback(
+        as_json: bool) -> None:
+    # exit 1 means "loss found": an uncaught exception must never look like it
+    result = CliRunner().invoke(_buggy_group(), ["boom", *(["--json"] if as_json else [])])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert "unexpected error RuntimeError: a bug near" in result.stderr
+    assert "test_cli_package.py" in result.stderr and "in boom" in result.stderr  # where
+    assert "Traceback" not in result.output
+    assert "bug-s3cret" not in result.output
+    if as_json:
+        doc = json.loads(result.stdout)
+        assert doc["exit_code"] == 2 and doc["kind"] == "UnexpectedError"
+
+
+def test_the_traceback_of_an_unexpected_error_only_at_debug_level_and_redacted() -> None:
+    result = CliRunner().invoke(_buggy_group(), ["--log-level", "DEBUG", "boom"])
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr and "RuntimeError" in result.stderr
+    assert "bug-s3cret" not in result.output
+
+
+def test_an_unexpected_error_in_a_real_command_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(url: str) -> None:
+        raise ValueError(f"cannot parse {url}")
+
+    monkeypatch.setattr("cutover.adapters.open_backend", broken)
+    result = CliRunner().invoke(cli, ["--source", "redis://:real-s3cret@h:1/0", "status"])
+    assert result.exit_code == 2, result.output
+    assert "unexpected error ValueError: cannot parse redis://:***@h:1/0" in result.stderr
+    assert "cutover/cli/context.py" in result.stderr  # where: our innermost frame
+    assert "real-s3cret" not in result.output and "Traceback" not in result.output
+
+
+def test_ctrl_c_exits_2_not_1() -> None:
     @click.group(cls=CutoverGroup)
     def group() -> None:
         pass
 
     @group.command()
-    def boom() -> None:
-        raise RuntimeError("a bug")
+    def wait() -> None:
+        """Interrupted."""
+        raise KeyboardInterrupt
 
-    result = CliRunner().invoke(group, ["boom"])
-    assert isinstance(result.exception, RuntimeError)
-    assert not isinstance(result.exception, CutoverError)
+    result = CliRunner().invoke(group, ["wait"])
+    assert result.exit_code == 2 and "aborted" in result.stderr
+
+
+@pytest.mark.parametrize("path", [p for p, _ in all_commands()], ids=" ".join)
+def test_every_global_option_is_accepted_after_every_command_name(
+        path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    for option in ("--source", "--target", "--app", "--control", "--json", "--log-level",
+                   "--log-format"):
+        assert option in result.output, (path, option)
+
+
+def test_global_options_after_the_name_mean_what_they_mean_before_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+
+    @click.command()
+    @click.pass_obj
+    def probe(ctx: Context) -> None:
+        """Shows the settings."""
+        seen.update(source=ctx.source, target=ctx.target, app=ctx.app, control=ctx.control,
+                    json=ctx.json, level=ctx.settings.log_level,
+                    fmt=ctx.settings.log_format,
+                    cutover_level=logging.getLogger("cutover").level)
+        raise PreconditionError("refused near redis://:after-pw@127.0.0.1:1/0 (after-pw)")
+
+    monkeypatch.setitem(cli.commands, "probe", probe)
+    main._accept_globals(probe, cli)
+    result = CliRunner().invoke(cli, [
+        "--source", "memory://before", "probe", "--source", "redis://:after-pw@127.0.0.1:1/0",
+        "--target", "memory://t", "--app", "m:a", "--control", "postgresql://c/db", "--json",
+        "--log-level", "debug", "--log-format", "json"])
+    assert result.exit_code == 3, result.output
+    assert seen == {"source": "redis://:after-pw@127.0.0.1:1/0", "target": "memory://t",
+                    "app": "m:a", "control": "postgresql://c/db", "json": True,
+                    "level": "DEBUG", "fmt": "json", "cutover_level": logging.DEBUG}
+    assert "after-pw" not in result.output  # the password given after the name is hidden too
+    assert json.loads(result.stdout)["exit_code"] == 3
+
+
+def test_worker_takes_source_after_its_name() -> None:
+    memory = InMemoryBackend("memory://clipkg-after")
+    memory.flush()
+    result = CliRunner().invoke(cli, ["worker", "--backend", "memory", "--source",
+                                      "memory://clipkg-after", "--app",
+                                      "cutover.testing.tasks:registry", "--burst",
+                                      "--isolation", "thread", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["succeeded"] == 0
 
 
 def test_python_dash_m_and_the_console_entry_point_agree() -> None:

@@ -42,12 +42,14 @@ from cutover.backend import (
     stalled_outcome,
 )
 from cutover.errors import (
+    AccessRefusedError,
     BackendError,
     BackendUnavailableError,
     ConfigurationError,
     CutoverError,
     JobConflictError,
     JobError,
+    refused_for_good,
 )
 from cutover.limits import int_limits, size_limits, text_limits
 from cutover.record import JobRecord, JobState, utcnow
@@ -111,6 +113,24 @@ class _Pool(psycopg_pool.ConnectionPool[psycopg.Connection[TupleRow]]):
     The order reaches into the pool's deque; a psycopg_pool that lays it out otherwise keeps
     its own order."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Set by the first connection made, or by a refusal no retry can help (then in
+        #: ``refusal``): opening waits for this, not for the pool's retries to time out.
+        self.settled = threading.Event()
+        self.refusal: str | None = None
+        super().__init__(*args, **kwargs)
+
+    def _connect(self, timeout: float | None = None) -> psycopg.Connection[TupleRow]:
+        try:
+            conn = super()._connect(timeout)
+        except psycopg.Error as exc:
+            self.refusal = refused_for_good(str(exc))
+            if self.refusal is not None:
+                self.settled.set()
+            raise
+        self.settled.set()
+        return conn
+
     @contextlib.contextmanager
     def connection(self, timeout: float | None = None
                    ) -> Iterator[psycopg.Connection[TupleRow]]:
@@ -165,8 +185,14 @@ class ProcrastinateBackend:
                   kwargs={"connect_timeout": 5, "autocommit": True}, name="cutover",
                   check=_check_connection, configure=_configure)
         with self._errors("connecting"):
+            deadline = time.monotonic() + 10
+            self.pool.open(wait=False)
+            self.pool.settled.wait(10)  # a first connection, or a refusal for good
+            if self.pool.refusal is not None:  # no such database, role...: say so at once
+                self.pool.close()
+                raise AccessRefusedError(f"PostgreSQL at {self._url}: {self.pool.refusal}")
             try:
-                self.pool.open(wait=True, timeout=10)
+                self.pool.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except psycopg_pool.PoolTimeout:
                 # The pool's own error says only that it timed out; its attempts' reason (no
                 # such database, role or password refused...) went to its log. One direct
@@ -241,6 +267,9 @@ class ProcrastinateBackend:
         except CutoverError:
             raise
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            refusal = refused_for_good(str(exc))
+            if refusal is not None:
+                raise AccessRefusedError(f"PostgreSQL at {self._url}: {refusal}") from exc
             raise BackendUnavailableError(
                 f"PostgreSQL at {self._url} is unreachable while {doing}: "
                 f"{redact_text(str(exc), *self._secrets)}") from exc
