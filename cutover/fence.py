@@ -106,7 +106,8 @@ class PhaseGate:
         kwargs: dict[str, Any] = {} if refresh is None else {"refresh": refresh}
         self.watcher = PhaseWatcher(control, **kwargs).start()
         self._lock = threading.Lock()
-        self._held: set[str] = set()
+        #: The claims this worker holds: cutover id -> the enqueue's generation.
+        self._held: dict[str, int] = {}
         self._stop = threading.Event()
         self._acked = -1
         self._seen: dict[str, int] = {}
@@ -184,12 +185,15 @@ class PhaseGate:
 
     # -- the fence ---------------------------------------------------------------------------
     def claim(self, job: JobRecord, conn: Any = None) -> Claim:
-        """Try to claim ``job`` for this worker; a won claim is kept alive by the heartbeat.
-        ``conn``: the transaction that starts the job (:attr:`joined`), else the plane's."""
-        claim = self.control.claim(job.id, self.side, self.member, self.lease, conn=conn)
+        """Try to claim ``job`` for this worker: the claim of its enqueue (see the module's
+        doc); a won claim is kept alive by the heartbeat. ``conn``: the transaction that
+        starts the job (:attr:`joined`), else the plane's."""
+        claim = self.control.claim(job.id, self.side, self.member, self.lease, conn=conn,
+                                   stamp=job.created_at, attempts=job.attempts,
+                                   fresh=job.updated_at is None)
         if claim.won:
             with self._lock:
-                self._held.add(job.id)
+                self._held[job.id] = claim.generation
         return claim
 
     def wait(self, job: JobRecord, claim: Claim, stop: threading.Event) -> Claim | None:
@@ -207,8 +211,9 @@ class PhaseGate:
         """The job ran to its end here (before the backend records it, or in the transaction
         that records it, ``conn``: see the module's docstring)."""
         with self._lock:
-            self._held.discard(job.id)
-        if not self.control.finish(job.id, self.member, state, conn=conn):
+            generation = self._held.pop(job.id, None)
+        if not self.control.finish(job.id, self.member, state, conn=conn,
+                                   generation=generation):
             self._lost(job)
 
     def finish_in(self, job: JobRecord, state: ClaimState, conn: Any) -> Callable[[], None]:
@@ -216,8 +221,9 @@ class PhaseGate:
         (:attr:`joined`); call the returned function once it committed (it logs a claim that
         had been taken over, as :meth:`finish` does)."""
         with self._lock:
-            self._held.discard(job.id)
-        answer = self.control.finish_later(job.id, self.member, state, conn)
+            generation = self._held.pop(job.id, None)
+        answer = self.control.finish_later(job.id, self.member, state, conn,
+                                           generation=generation)
 
         def check() -> None:
             if not answer():
@@ -229,20 +235,25 @@ class PhaseGate:
                   "expired while it ran: a heartbeat was late); the other copy may run too",
                   job.id, self.side, extra={"job_id": job.id, "event": "claim_lost"})
 
-    def release(self, job: JobRecord, conn: Any = None) -> None:
-        """A retry: give the claim up so the next attempt, on either side, claims again
-        (``conn``: in the transaction that records the retry)."""
+    def release(self, job: JobRecord, conn: Any = None, *, delay: float = 0.0) -> None:
+        """A retry in ``delay`` seconds (``JobRecord.retry_delay``): give the claim up until
+        then, so that the next attempt, on either side, claims it at its retry time and not
+        before, counting on from this one (``conn``: in the transaction that records the
+        retry)."""
         with self._lock:
-            self._held.discard(job.id)
-        self.control.release(job.id, self.member, conn=conn)
+            generation = self._held.pop(job.id, None)
+        self.control.release(job.id, self.member, conn=conn, generation=generation,
+                             delay=delay)
 
     def held(self, job_id: str) -> bool:
         with self._lock:
             return job_id in self._held
 
-    def finished_claim(self, job_id: str) -> Claim | None:
-        """``job_id``'s claim if it ended (a copy ran to its end, here or on the other side)."""
-        claim = self.control.claim_of(job_id)
+    def finished_claim(self, job_id: str, job: JobRecord | None = None) -> Claim | None:
+        """``job_id``'s claim if it ended (a copy ran to its end, here or on the other side):
+        the claim of ``job``'s enqueue (its stamp) when given, else the id's newest."""
+        claim = (self.control.claim_of(job_id) if job is None else
+                 self.control.claim_of(job_id, job.created_at, any_stamp=False))
         return claim if claim is not None and claim.finished else None
 
     def duplicate(self, job: JobRecord, claim: Claim) -> None:

@@ -269,16 +269,21 @@ def test_control_claim_functions_probe_the_primary_key(plane: ControlPlane) -> N
              "WHERE relid = 'cutover_ctl.claims'::regclass")
     with plane.tx("t") as conn:  # the table has no statistics yet: the worst case for a plan
         before = conn.execute(scans).fetchone()
+        new = {"stamp": None, "attempts": 0, "fresh": True}
         for verb in (plane.query("claim"), plane.query("claim_extend")):
-            conn.execute(verb, {"id": "j77", "side": "target", "member": member, "lease": 5.0})
+            conn.execute(verb, {"id": "j77", "side": "target", "member": member, "lease": 5.0,
+                                **new})
         conn.execute(plane.query("claim_finish"), {"id": "j77", "member": member,
-                                                   "state": "done"})
+                                                   "state": "done", "generation": None})
         conn.execute(plane.query("claim"), {"id": "fresh", "side": "target", "member": member,
-                                            "lease": 5.0})
+                                            "lease": 5.0, **new})
         after = conn.execute(scans).fetchone()
     assert before is not None and after is not None
     assert after[0] == before[0]  # not one sequential scan
-    assert after[1] - before[1] == 4  # one probe of the primary key per call
+    # Probes of the primary key: claim reads the id's rows (one scan) and writes the one it
+    # picked (one probe); extend and finish one each; a new id's claim reads (finds none) and
+    # inserts (ON CONFLICT's probe).
+    assert after[1] - before[1] == 6
 
 
 def test_control_shadow_rate_counts_the_latest_verdict(plane: ControlPlane) -> None:
