@@ -226,7 +226,7 @@ def test_a_fenced_retry_in_live_fails_retries_succeeds_within_one_budget(
     would run the next attempt on the other side within milliseconds."""
     pairing.set_phase(Phase.LIVE)
     job = pairing.dual("fence.flaky", "flaky", 2)
-    run_both_until(pairing, lambda: pairing.runs().get("flaky") == 1 and settled(pairing, job))
+    run_both_until(pairing, lambda: settled(pairing, job))
     assert pairing.runs("run") == {"flaky": 3} and pairing.runs("failed") == {"flaky": 2}
     assert pairing.runs() == {"flaky": 1}
     trace = times(pairing, "flaky")
@@ -246,8 +246,7 @@ def test_a_spent_budget_is_exactly_max_attempts_runs_across_both_copies(
     failed for good where the last one ran, with its error; the other copy removed."""
     pairing.set_phase(Phase.LIVE)
     job = pairing.dual("fence.flaky", "hopeless", 99)
-    run_both_until(pairing, lambda: pairing.runs("failed").get("hopeless") == 3
-                   and settled(pairing, job))
+    run_both_until(pairing, lambda: settled(pairing, job))
     assert pairing.runs("run") == {"hopeless": 3} and pairing.runs() == {}
     claim = pairing.control.claim_of(job.id)
     assert claim is not None and claim.state is ClaimState.FAILED and claim.attempts == 3
