@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -36,7 +37,7 @@ from cutover.control.claims import ClaimState
 from cutover.phases import Phase, Side, decide, transition
 from cutover.record import JobRecord, JobState
 from tests.integration.fence_tasks import registry
-from tests.integration.test_fence import Pairing
+from tests.integration.test_fence import ROOT, Pairing
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
 
@@ -254,3 +255,33 @@ def test_a_spent_budget_is_exactly_max_attempts_runs_across_both_copies(
     assert len(left) == 1 and left[0].state is JobState.FAILED
     assert left[0].error is not None and "planned failure of execution 3" in left[0].error
 
+
+
+def test_one_budget_across_two_worker_processes(pairing: Pairing) -> None:
+    """The same, with each fleet a ``cutover worker`` process (process isolation): fence.flaky
+    failing every time runs 3 times in all, whichever process runs which attempt."""
+    pairing.set_phase(Phase.LIVE)
+    jobs = [pairing.dual("fence.flaky", f"proc{i}", 99) for i in range(3)]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "cutover", "--source", pairing.source_url, "--target",
+         pairing.target_url, "--app", "tests.integration.fence_tasks:registry", "worker",
+         "--backend", backend, "--isolation", "process", "--concurrency", "2"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for backend in ("source", "target")]
+    try:
+        deadline = time.monotonic() + 90
+        while not all(settled(pairing, job) for job in jobs):
+            assert time.monotonic() < deadline, "the jobs never settled"
+            time.sleep(0.2)
+        time.sleep(1.5)  # long enough for a run beyond the budget
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(30)
+    assert pairing.runs("run") == {f"proc{i}": 3 for i in range(3)}
+    for job in jobs:
+        left = [c for b in (pairing.source, pairing.target) if (c := b.get(job.id)) is not None]
+        assert len(left) == 1 and left[0].state is JobState.FAILED
+        assert left[0].error is not None and "planned failure of execution 3" in left[0].error
