@@ -14,9 +14,9 @@ does (:func:`cutover.phases.mode`):
   consumed) until the claim finishes or its lease expires (then this copy takes over). The claim
   is finished (done or failed) *before* the outcome is written to the backend, so a crash in
   between leaves a claim that marks the other copy a duplicate, not a second run. A retry
-  releases the claim, so the next attempt, on either side, claims again. When the control plane
-  lives in the backend's own database (:attr:`PhaseGate.joined`: the Procrastinate side with the
-  plane beside it) the claim is made in the transaction that starts the job and finished or
+  releases the claim until its retry time (below). When the control plane lives in the
+  backend's own database (:attr:`PhaseGate.joined`: the Procrastinate side with the plane
+  beside it) the claim is made in the transaction that starts the job and finished or
   released in the one that records its outcome: no moment between them at all, and one commit
   (one fsync) for each pair instead of two.
 - ``DRY`` (the target in ``shadow``): decode, resolve the task, compare the copy with the source
@@ -25,6 +25,37 @@ does (:func:`cutover.phases.mode`):
   departure (neither backend's records say the job *ran*), so verify and drain read the target as
   never having had the job, which is the truth: it ran on the source.
 - ``IDLE``: claim nothing (logged once per change); ``--burst`` exits 0.
+
+**A claim belongs to one enqueue of a job, not to its id** (migration 0004): ``claims`` has a
+row per enqueue of a cutover id (``generation`` 1, 2, ...; all of an id's rows are read by
+``cutover_id``). A copy's enqueue is told by what the adapters really store:
+
+- its *stamp*, ``JobRecord.created_at``: the Router writes one record to both backends, so both
+  copies of a dual write carry the same (RQ's ``created_at``, ``cutover_jobs.created_at``), and
+  a move carries it; a plain RQ ``Queue.enqueue(job_id=...)`` that reuses an id stamps its own
+  (RQ's ``Job.create``): a new stamp is a new enqueue, which runs;
+- on the side whose copy finished the claim, what the backend's own tools leave: RQ's requeue
+  (``Job.requeue``, ``rq requeue``) keeps the hash and stamp but clears ``started_at`` and
+  ``ended_at`` (a copy with no run: ``updated_at`` None) while keeping the count the worker
+  recorded (``cutover_attempts`` >= the claim's); procrastinate's ``retry_job_by_id`` keeps
+  the row and adds an attempt to the one the run's record added (two more than the copy had
+  when it claimed). Either starts a new generation: it runs, with its own claim.
+- anything else meeting a finished claim of its enqueue is that enqueue's copy: the other
+  side's twin (it never ran the last attempt), or this side's copy recovered after a crash
+  between the claim's finish and the backend's record (recovery records the attempt: ended_at
+  set, one attempt more, not two): a duplicate, as before.
+
+**One budget across both copies, the backoff honoured.** The claim row counts the enqueue's
+attempts on either side (``attempts``, the running one included); the copy that wins the claim
+runs and records its attempt by that count (``JobRecord.attempts`` replaced), so
+``JobRecord.max_attempts`` bounds the runs of both copies together and the last attempt's
+failure is final wherever it runs (visible there with its error; the other copy is then a
+duplicate). A retry *releases* the claim until its retry time (``JobRecord.retry_delay``, the
+rule the worker applies on every backend; the time is the database's ``now()`` plus the
+delay): neither copy claims it before, so the other copy waits (its thread polls, as for a
+held lease, no attempt consumed) and either claims it after, counting on. A takeover after a
+lease expired does not charge the dead run to the other copy (the backend's recovery of the dead
+copy charges it there; the count goes by the greater).
 
 ``off`` at epoch 0 (no staged cut-over ever started: drains only) keeps today's behaviour on both
 sides, fence-free. After a rollback to ``off`` (epoch > 0) the target is idle: its copies of jobs
@@ -106,7 +137,8 @@ class PhaseGate:
         kwargs: dict[str, Any] = {} if refresh is None else {"refresh": refresh}
         self.watcher = PhaseWatcher(control, **kwargs).start()
         self._lock = threading.Lock()
-        self._held: set[str] = set()
+        #: The claims this worker holds: cutover id -> the enqueue's generation.
+        self._held: dict[str, int] = {}
         self._stop = threading.Event()
         self._acked = -1
         self._seen: dict[str, int] = {}
@@ -184,12 +216,15 @@ class PhaseGate:
 
     # -- the fence ---------------------------------------------------------------------------
     def claim(self, job: JobRecord, conn: Any = None) -> Claim:
-        """Try to claim ``job`` for this worker; a won claim is kept alive by the heartbeat.
-        ``conn``: the transaction that starts the job (:attr:`joined`), else the plane's."""
-        claim = self.control.claim(job.id, self.side, self.member, self.lease, conn=conn)
+        """Try to claim ``job`` for this worker: the claim of its enqueue (see the module's
+        doc); a won claim is kept alive by the heartbeat. ``conn``: the transaction that
+        starts the job (:attr:`joined`), else the plane's."""
+        claim = self.control.claim(job.id, self.side, self.member, self.lease, conn=conn,
+                                   stamp=job.created_at, attempts=job.attempts,
+                                   fresh=job.updated_at is None)
         if claim.won:
             with self._lock:
-                self._held.add(job.id)
+                self._held[job.id] = claim.generation
         return claim
 
     def wait(self, job: JobRecord, claim: Claim, stop: threading.Event) -> Claim | None:
@@ -207,8 +242,9 @@ class PhaseGate:
         """The job ran to its end here (before the backend records it, or in the transaction
         that records it, ``conn``: see the module's docstring)."""
         with self._lock:
-            self._held.discard(job.id)
-        if not self.control.finish(job.id, self.member, state, conn=conn):
+            generation = self._held.pop(job.id, None)
+        if not self.control.finish(job.id, self.member, state, conn=conn,
+                                   generation=generation):
             self._lost(job)
 
     def finish_in(self, job: JobRecord, state: ClaimState, conn: Any) -> Callable[[], None]:
@@ -216,8 +252,9 @@ class PhaseGate:
         (:attr:`joined`); call the returned function once it committed (it logs a claim that
         had been taken over, as :meth:`finish` does)."""
         with self._lock:
-            self._held.discard(job.id)
-        answer = self.control.finish_later(job.id, self.member, state, conn)
+            generation = self._held.pop(job.id, None)
+        answer = self.control.finish_later(job.id, self.member, state, conn,
+                                           generation=generation)
 
         def check() -> None:
             if not answer():
@@ -229,20 +266,25 @@ class PhaseGate:
                   "expired while it ran: a heartbeat was late); the other copy may run too",
                   job.id, self.side, extra={"job_id": job.id, "event": "claim_lost"})
 
-    def release(self, job: JobRecord, conn: Any = None) -> None:
-        """A retry: give the claim up so the next attempt, on either side, claims again
-        (``conn``: in the transaction that records the retry)."""
+    def release(self, job: JobRecord, conn: Any = None, *, delay: float = 0.0) -> None:
+        """A retry in ``delay`` seconds (``JobRecord.retry_delay``): give the claim up until
+        then, so that the next attempt, on either side, claims it at its retry time and not
+        before, counting on from this one (``conn``: in the transaction that records the
+        retry)."""
         with self._lock:
-            self._held.discard(job.id)
-        self.control.release(job.id, self.member, conn=conn)
+            generation = self._held.pop(job.id, None)
+        self.control.release(job.id, self.member, conn=conn, generation=generation,
+                             delay=delay)
 
     def held(self, job_id: str) -> bool:
         with self._lock:
             return job_id in self._held
 
-    def finished_claim(self, job_id: str) -> Claim | None:
-        """``job_id``'s claim if it ended (a copy ran to its end, here or on the other side)."""
-        claim = self.control.claim_of(job_id)
+    def finished_claim(self, job_id: str, job: JobRecord | None = None) -> Claim | None:
+        """``job_id``'s claim if it ended (a copy ran to its end, here or on the other side):
+        the claim of ``job``'s enqueue (its stamp) when given, else the id's newest."""
+        claim = (self.control.claim_of(job_id) if job is None else
+                 self.control.claim_of(job_id, job.created_at, any_stamp=False))
         return claim if claim is not None and claim.finished else None
 
     def duplicate(self, job: JobRecord, claim: Claim) -> None:

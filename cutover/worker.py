@@ -255,8 +255,8 @@ class Worker:
         whose fence claim ended (it ran on the other side, or here before the backend's
         record) is a duplicate: removed, as the fence removes one it claims."""
         for job_id in recovered:
-            claim = gate.finished_claim(job_id)
-            job = self.backend.get(job_id) if claim is not None else None
+            job = self.backend.get(job_id)
+            claim = gate.finished_claim(job_id, job) if job is not None else None
             if claim is None or job is None:
                 continue
             gate.duplicate(job, claim)
@@ -384,6 +384,11 @@ class Worker:
         if claim.takeovers:
             log.warning("job %s: took over the claim of a member whose lease expired", job.id,
                         extra={"job_id": job.id, "event": "takeover"})
+        if claim.attempts > 0:
+            # One budget across both copies: the claim counts this enqueue's attempts on
+            # either side (this one included); the run and its record go by that count, so
+            # the last one's failure is final wherever it runs.
+            job = job.replace(attempts=max(job.attempts, claim.attempts - 1))
         self._execute(job, index)
 
     def _accept(self, record: JobRecord) -> str | None:
@@ -437,19 +442,21 @@ class Worker:
         extra = {"job_id": job.id, "task": task.name, "backend": self.backend.name}
         gate = self.gate if self.gate is not None and self.gate.held(job.id) else None
         attempts_made = job.attempts + 1
+        final = outcome.ok or attempts_made >= job.max_attempts
+        delay = 0.0 if final else job.retry_delay(attempts_made)
         settle: TxHook | None = None
         checks: list[Callable[[], None]] = []  # read once the outcome committed
         if gate is not None:
             # The claim first: a crash before the backend's record leaves a finished claim,
             # so the other copy (or this one, recovered) is a duplicate, not a second run. Or,
             # where the backend's database holds the plane, in the record's own transaction.
-            final = outcome.ok or attempts_made >= job.max_attempts
+            # A retry releases the claim until its retry time: neither copy runs before it.
             state = ClaimState.DONE if outcome.ok else ClaimState.FAILED
             if gate.joined is None:  # the plane's own statements, before the record
                 if final:
                     gate.finish(job, state)
                 else:
-                    gate.release(job)
+                    gate.release(job, delay=delay)
             elif final:  # in the record's transaction; its answer read after the commit
                 joined_gate = gate
 
@@ -457,7 +464,7 @@ class Worker:
                     checks.append(joined_gate.finish_in(job, state, conn))
                 settle = finish_in
             else:
-                settle = functools.partial(gate.release, job)
+                settle = functools.partial(gate.release, job, delay=delay)
         if outcome.ok:
             if settle is not None and gate is not None and gate.joined is not None:
                 gate.joined.complete_tx(job, self.name, outcome.result, settle)
@@ -474,8 +481,7 @@ class Worker:
         error = outcome.traceback or outcome.error or "failed"
         extra["traceback"] = error
         retry_at = None
-        if attempts_made < job.max_attempts:
-            delay = job.retry_delay(attempts_made)
+        if not final:
             retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
         if settle is not None and gate is not None and gate.joined is not None:
             gate.joined.fail_tx(job, self.name, error, retry_at, settle)

@@ -43,3 +43,40 @@ def slow_first(key: str, seconds: float) -> str:
         time.sleep(seconds)
     _write(key, "done")
     return key
+
+
+def _runs_before(key: str) -> int:
+    """Count this execution of ``key`` ('run', written at its start) and say how many came
+    before it."""
+    with psycopg.connect(os.environ["FENCE_RUNS_URL"], autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM fence_runs WHERE key = %s AND what = 'run'",
+                           (key,)).fetchone()
+        conn.execute("INSERT INTO fence_runs (key, what, pid) VALUES (%s, 'run', %s)",
+                     (key, os.getpid()))
+    return int(row[0]) if row else 0
+
+
+def _fails(key: str, before: int) -> None:
+    _write(key, "failed")  # its time: the retry's backoff counts from here at the earliest
+    raise RuntimeError(f"{key}: planned failure of execution {before + 1}")
+
+
+@registry.task(name="fence.flaky", max_attempts=3, backoff=0.5)
+def flaky(key: str, failures: int) -> str:
+    """Fails its first ``failures`` executions of ``key``, then succeeds; 3 attempts, retried
+    after 0.5 s then 1 s. Every execution counted ('run'; 'failed' or 'done' at its end)."""
+    before = _runs_before(key)
+    if before < failures:
+        _fails(key, before)
+    _write(key, "done")
+    return key
+
+
+@registry.task(name="fence.fails_once")
+def fails_once(key: str) -> str:
+    """Fails its first execution of ``key`` (one attempt: failed for good), succeeds after."""
+    before = _runs_before(key)
+    if before == 0:
+        _fails(key, before)
+    _write(key, "done")
+    return key

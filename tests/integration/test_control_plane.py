@@ -3,6 +3,7 @@ the fence's claims."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 import uuid
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 
 from cutover.control import (
+    Claim,
     ClaimState,
     ControlPlane,
     MemberKind,
@@ -259,6 +261,86 @@ def test_control_claims_first_wins_expired_lease_is_taken_over_finish_is_final(
     assert plane.claim_of("nope") is None
 
 
+def test_control_claims_belong_to_one_enqueue_and_count_one_budget(
+        plane: ControlPlane) -> None:
+    """claim's decision table (migration 0004), copy by copy: S is an RQ worker, T a
+    procrastinate one; ``at`` the enqueue stamp both copies of one dual write carry."""
+    S, T = uuid.uuid4(), uuid.uuid4()
+    at = dt.datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
+
+    def claim(member: uuid.UUID, side: Side, attempts: int = 0, fresh: bool = False,
+              stamp: dt.datetime | None = at, job: str = "j") -> Claim:
+        return plane.claim(job, side, member, lease=30, stamp=stamp, attempts=attempts,
+                           fresh=fresh)
+
+    # A run on the source, finished: the target's copy of that enqueue is a duplicate.
+    first = claim(S, Side.SOURCE, fresh=True)
+    assert first.won and (first.generation, first.attempts) == (1, 1)
+    assert plane.finish("j", S, ClaimState.FAILED, generation=1)
+    twin = claim(T, Side.TARGET, fresh=True)
+    assert not twin.won and twin.finished and twin.generation == 1
+    # The source's copy recovered after a crash between finish and record: one attempt more,
+    # ended_at set (not fresh): a duplicate.
+    assert not claim(S, Side.SOURCE, attempts=1).won
+    # RQ's requeue of it: no run shown (fresh), the count the worker recorded: runs, gen 2.
+    requeued = claim(S, Side.SOURCE, attempts=1, fresh=True)
+    assert requeued.won and (requeued.generation, requeued.attempts) == (2, 2)
+    assert plane.finish("j", S, ClaimState.DONE, generation=2)
+    assert not claim(T, Side.TARGET, fresh=True).won  # the twin still: a duplicate
+    # A reused id (a new stamp): a new enqueue, whatever the earlier ones did.
+    other = claim(S, Side.SOURCE, stamp=at + dt.timedelta(hours=24), fresh=True)
+    assert other.won and (other.generation, other.attempts) == (3, 1)
+    newest, of_at = plane.claim_of("j"), plane.claim_of("j", at, any_stamp=False)
+    assert newest is not None and of_at is not None
+    assert (newest.generation, of_at.generation, of_at.state) == (3, 2, ClaimState.DONE)
+
+    # One budget: a retry releases until its time; nobody claims before, either copy after.
+    run1 = claim(S, Side.SOURCE, job="b", fresh=True)
+    assert run1.won and run1.attempts == 1
+    assert plane.release("b", S, generation=1, delay=0.6)
+    early = claim(T, Side.TARGET, job="b", fresh=True)
+    assert not early.won and not early.finished
+    assert not claim(S, Side.SOURCE, job="b", attempts=1).won  # its own copy neither
+    assert not plane.extend("b", S)  # released: no longer the holder's to extend
+    time.sleep(0.7)
+    run2 = claim(T, Side.TARGET, job="b", fresh=True)
+    assert run2.won and run2.attempts == 2 and run2.takeovers == 0  # the count goes on
+    assert plane.release("b", T, generation=1, delay=0)
+    run3 = claim(S, Side.SOURCE, job="b", attempts=1)
+    assert run3.won and run3.attempts == 3
+    assert plane.finish("b", S, ClaimState.FAILED, generation=1)
+    # The target's copy ran attempt 2 (procrastinate counts 1 on it), the last ran on the
+    # source: the target's copy is that enqueue's twin, not a retry, even with attempts.
+    assert not claim(T, Side.TARGET, job="b", attempts=1).won
+    # Two attempts on the source's copy, the last on the target: same, the other way.
+    for own in (0, 1):
+        assert claim(S, Side.SOURCE, job="c", attempts=own, fresh=own == 0).won
+        assert plane.release("c", S, delay=0)
+    last = claim(T, Side.TARGET, job="c", attempts=0, fresh=True)
+    assert last.won and last.attempts == 3
+    assert plane.finish("c", T, ClaimState.FAILED, generation=last.generation)
+    assert not claim(S, Side.SOURCE, job="c", attempts=2).won  # two own attempts: a twin
+    # procrastinate's retry_job_by_id on the target (its copy: 0 before, +1 run, +1 retry).
+    retried = claim(T, Side.TARGET, job="c", attempts=2)
+    assert retried.won and retried.generation == 2
+    # A takeover after an expired lease does not charge the dead run to the other copy.
+    plane.claim("d", Side.SOURCE, S, lease=0.2, stamp=at, fresh=True)
+    time.sleep(0.3)
+    taken = claim(T, Side.TARGET, job="d", fresh=True)
+    assert taken.won and taken.takeovers == 1 and taken.attempts == 1
+
+
+def test_control_claims_written_before_0004_keep_the_old_rule(plane: ControlPlane) -> None:
+    with plane.tx("t") as conn:
+        conn.execute("INSERT INTO cutover_ctl.claims (cutover_id, side, member, lease_until, "
+                     "state, finished_at, legacy) VALUES ('old', 'source', gen_random_uuid(), "
+                     "now(), 'done', now(), true)")
+    stamp = dt.datetime.now(dt.UTC)
+    for side, fresh in ((Side.TARGET, True), (Side.SOURCE, True), (Side.SOURCE, False)):
+        got = plane.claim("old", side, uuid.uuid4(), stamp=stamp, attempts=5, fresh=fresh)
+        assert not got.won and got.finished
+
+
 def test_control_claim_functions_probe_the_primary_key(plane: ControlPlane) -> None:
     with plane.tx("t") as conn:
         conn.execute("INSERT INTO cutover_ctl.claims (cutover_id, side, member, lease_until, "
@@ -269,16 +351,21 @@ def test_control_claim_functions_probe_the_primary_key(plane: ControlPlane) -> N
              "WHERE relid = 'cutover_ctl.claims'::regclass")
     with plane.tx("t") as conn:  # the table has no statistics yet: the worst case for a plan
         before = conn.execute(scans).fetchone()
+        new = {"stamp": None, "attempts": 0, "fresh": True}
         for verb in (plane.query("claim"), plane.query("claim_extend")):
-            conn.execute(verb, {"id": "j77", "side": "target", "member": member, "lease": 5.0})
+            conn.execute(verb, {"id": "j77", "side": "target", "member": member, "lease": 5.0,
+                                **new})
         conn.execute(plane.query("claim_finish"), {"id": "j77", "member": member,
-                                                   "state": "done"})
+                                                   "state": "done", "generation": None})
         conn.execute(plane.query("claim"), {"id": "fresh", "side": "target", "member": member,
-                                            "lease": 5.0})
+                                            "lease": 5.0, **new})
         after = conn.execute(scans).fetchone()
     assert before is not None and after is not None
     assert after[0] == before[0]  # not one sequential scan
-    assert after[1] - before[1] == 4  # one probe of the primary key per call
+    # Probes of the primary key: claim reads the id's rows (one scan) and writes the one it
+    # picked (one probe); extend and finish one each; a new id's claim reads (finds none) and
+    # inserts (ON CONFLICT's probe).
+    assert after[1] - before[1] == 6
 
 
 def test_control_shadow_rate_counts_the_latest_verdict(plane: ControlPlane) -> None:

@@ -198,7 +198,8 @@ def test_an_earlier_control_schema_is_upgraded_by_init_and_keeps_its_history(
         # ... and without what came after it: numbered migrations, the staged cut-over (0002).
         conn.execute("DROP TABLE cutover.migrations, cutover.phase_log, cutover.fleet, "
                      "cutover.claims, cutover.shadow_results, cutover.events")
-        conn.execute("DROP FUNCTION cutover.claim, cutover.claim_extend, cutover.claim_finish")
+        conn.execute("DROP FUNCTION cutover.claim, cutover.claim_extend, cutover.claim_finish, "
+                     "cutover.claim_release")  # 0004's too
         conn.execute("ALTER TABLE cutover.phase DROP COLUMN source_key, DROP COLUMN source_url, "
                      "DROP COLUMN target_key, DROP COLUMN target_url, DROP COLUMN updated_at, "
                      "DROP CONSTRAINT phase_known")

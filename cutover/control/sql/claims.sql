@@ -1,26 +1,34 @@
--- The fence: claims that let each job run on one side only (functions in migration 0002).
+-- The fence: claims that let each enqueue of a job run on one side only (functions in
+-- migrations 0002 and 0004: a row per enqueue of a cutover id, see 0004).
 -- {schema} is the control schema, filled in as a quoted identifier.
 
 -- name: claim
-SELECT won, state, side, member, lease_until, takeovers
-FROM {schema}.claim(%(id)s, %(side)s, %(member)s, %(lease)s);
+SELECT won, state, side, member, lease_until, takeovers, generation, attempts
+FROM {schema}.claim(%(id)s, %(side)s, %(member)s, %(lease)s, %(stamp)s::timestamptz,
+                    %(attempts)s::integer, %(fresh)s::boolean);
 
 -- name: claim_extend
 SELECT {schema}.claim_extend(%(id)s, %(member)s, %(lease)s);
 
 -- name: claim_finish
-SELECT {schema}.claim_finish(%(id)s, %(member)s, %(state)s);
+SELECT {schema}.claim_finish(%(id)s, %(member)s, %(state)s,
+                             %(generation)s::integer);
 
 -- name: claim_get
-SELECT true, state, side, member, lease_until, takeovers FROM {schema}.claims
-WHERE cutover_id = %(id)s;
+-- The claim of the id's newest enqueue (with a stamp: of the newest enqueue with that stamp,
+-- or a claim written before 0004).
+SELECT true, state, side, member, lease_until, takeovers, generation, attempts
+FROM {schema}.claims
+WHERE cutover_id = %(id)s
+  AND (%(any)s OR enqueued_at IS NOT DISTINCT FROM %(stamp)s::timestamptz OR legacy)
+ORDER BY generation DESC
+LIMIT 1;
 
 -- name: claim_release
--- A retry gives the claim up: its lease ends now, so the next attempt (a copy on either side)
--- takes it over through claim(). The row stays (takeovers keeps counting).
-UPDATE {schema}.claims SET lease_until = now() - interval '1 millisecond'
-WHERE cutover_id = %(id)s AND member = %(member)s AND state = 'claimed'
-RETURNING true;
+-- A retry gives the claim up until its retry time (now + delay, the database's clock): the
+-- next attempt, a copy on either side, claims it then through claim(), counting on.
+SELECT {schema}.claim_release(%(id)s, %(member)s, %(generation)s::integer,
+                              %(delay)s::double precision);
 
 -- name: claims_finished_before
 -- A prune's candidates: finished claims (done or failed) whose end is older than the grace,
