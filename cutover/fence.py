@@ -247,6 +247,7 @@ class PhaseGate:
 
     def duplicate(self, job: JobRecord, claim: Claim) -> None:
         """The other copy ran (``claim`` finished): remove this one without running it."""
+        self.control.record_removal(job.id, self.side, "duplicate")  # verify's evidence
         self.backend.remove([job.id])
         if self.metrics is not None:
             self.metrics.duplicate_skipped(self.backend.name)
@@ -274,6 +275,7 @@ class PhaseGate:
         self.control.record_shadow(job.id, verdict.matched, verdict.detail)
         if self.metrics is not None:
             self.metrics.shadow_result(self.backend.name, verdict.matched)
+        self.control.record_removal(job.id, self.side, "dry_run")  # verify's evidence
         self.backend.remove([job.id])
         log.log(logging.INFO if verdict.matched else logging.WARNING,
                 "shadow: job %s %s", job.id,

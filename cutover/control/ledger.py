@@ -13,7 +13,10 @@ from psycopg import sql
 
 from cutover.control.plane import Plumbing
 from cutover.errors import UnsupportedValueError
-from cutover.record import JobRecord
+from cutover.record import JobRecord, JobState
+
+#: Final states: a copy in one of them has ended (run, or marked by hand).
+_FINAL = frozenset({JobState.FINISHED.value, JobState.FAILED.value, JobState.CANCELED.value})
 
 
 class LedgerState(enum.StrEnum):
@@ -151,16 +154,34 @@ class Ledger(Plumbing):
 
     # -- verification tables -----------------------------------------------------------------
     def copy_snapshot(self, conn: psycopg.Connection[Any], side: str,
-                      records: Iterable[JobRecord]) -> int:
-        """COPY a backend's snapshot into the transaction's temporary table."""
+                      records: Iterable[JobRecord], *, stamps_runs: bool = False) -> int:
+        """COPY a backend's snapshot into the transaction's temporary table (``verify_tables``).
+
+        Each copy keeps its content (compared with the ledger's where the digests differ) and
+        ``ended``: whether the backend stamped an end on a final copy (``stamps_runs``: RQ,
+        whose own worker counts no attempt but writes ``started_at``/``ended_at``, which a
+        status set by hand does not)."""
         n = 0
-        with conn.cursor().copy("COPY cutover_snap (side, id, queue, state, digest, attempts) "
-                                "FROM STDIN") as copy:
+        with conn.cursor().copy("COPY cutover_snap (side, id, queue, state, digest, attempts, "
+                                "content, ended) FROM STDIN") as copy:
             for r in records:
+                content: str | None = None
                 try:
                     digest = r.digest() if not r.problem else f"problem:{r.id}"
+                    content = r.content_json() if not r.problem else None
                 except UnsupportedValueError:
                     digest = f"unsupported:{r.id}"
-                copy.write_row((side, r.id, r.queue, r.state.value, digest, r.attempts))
+                ended = stamps_runs and r.state.value in _FINAL and r.updated_at is not None
+                copy.write_row((side, r.id, r.queue, r.state.value, digest, r.attempts,
+                                content, ended))
                 n += 1
         return n
+
+    def record_removal(self, cutover_id: str, side: str, why: str) -> None:
+        """A fenced worker is about to remove ``side``'s copy of a job without running it
+        (``why``: ``duplicate`` or ``dry_run``). Written before the removal: verify reads a
+        copy gone with this record as accounted for, and a copy gone without any record as
+        vanished (see ``verify_judge``)."""
+        with self.tx("recording a removal") as conn:
+            conn.execute(self.query("removal_record"), {"id": cutover_id, "side": side,
+                                                        "why": why})
