@@ -110,12 +110,16 @@ WITH spans AS (
     FROM j
 ), f AS (
     SELECT k.*,
-           claim_s OR (s_state IN ('finished', 'failed', 'canceled')
-                       AND (s_ended OR (s_digest <> digest AND s_attempts > s_base))) AS s_run,
-           claim_t OR (t_state IN ('finished', 'failed', 'canceled')
-                       AND (t_ended OR (t_digest <> digest AND t_attempts > t_base))) AS t_run,
-           s_state IN ('queued', 'scheduled', 'deferred', 'held', 'started') AS s_alive,
-           t_state IN ('queued', 'scheduled', 'deferred', 'held', 'started') AS t_alive,
+           claim_s OR COALESCE(s_state IN ('finished', 'failed', 'canceled')
+                               AND (s_ended OR (s_digest <> digest AND s_attempts > s_base)),
+                               false) AS s_run,
+           claim_t OR COALESCE(t_state IN ('finished', 'failed', 'canceled')
+                               AND (t_ended OR (t_digest <> digest AND t_attempts > t_base)),
+                               false) AS t_run,
+           COALESCE(s_state IN ('queued', 'scheduled', 'deferred', 'held', 'started'),
+                    false) AS s_alive,
+           COALESCE(t_state IN ('queued', 'scheduled', 'deferred', 'held', 'started'),
+                    false) AS t_alive,
            s_state IS NULL AND NOT claim_s AND NOT removed_s AND want_s AS s_ask,
            t_state IS NULL AND NOT claim_t AND NOT removed_t AND want_t AS t_ask,
            lstate = 'released' AND ((forward AND s_state IS NOT NULL)
