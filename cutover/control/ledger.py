@@ -158,9 +158,10 @@ class Ledger(Plumbing):
         """COPY a backend's snapshot into the transaction's temporary table (``verify_tables``).
 
         Each copy keeps its content (compared with the ledger's where the digests differ) and
-        ``ended``: whether the backend stamped an end on a final copy (``stamps_runs``: RQ,
-        whose own worker counts no attempt but writes ``started_at``/``ended_at``, which a
-        status set by hand does not)."""
+        ``ended``: whether a final copy carries a trace only a run leaves: a failed run's
+        error, or the end a backend stamps on a run (``stamps_runs``: RQ, whose own worker
+        counts no attempt but writes ``started_at``/``ended_at``). A status set by hand leaves
+        neither."""
         n = 0
         with conn.cursor().copy("COPY cutover_snap (side, id, queue, state, digest, attempts, "
                                 "content, ended) FROM STDIN") as copy:
@@ -171,7 +172,8 @@ class Ledger(Plumbing):
                     content = r.content_json() if not r.problem else None
                 except UnsupportedValueError:
                     digest = f"unsupported:{r.id}"
-                ended = stamps_runs and r.state.value in _FINAL and r.updated_at is not None
+                ended = r.state.value in _FINAL and (
+                    bool(r.error) or (stamps_runs and r.updated_at is not None))
                 copy.write_row((side, r.id, r.queue, r.state.value, digest, r.attempts,
                                 content, ended))
                 n += 1

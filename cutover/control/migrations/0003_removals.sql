@@ -7,7 +7,8 @@
 -- (PhaseGate.dry_run). Written before the copy is removed, so a removal is never seen without
 -- its record. shadow_results alone does not say this: it records a verdict, not a removal
 -- (a dry run may leave a copy in place), and says nothing of duplicates.
-CREATE TABLE {schema}.removals (
+-- (IF NOT EXISTS: a schema taken back to an earlier shape by hand may still hold it.)
+CREATE TABLE IF NOT EXISTS {schema}.removals (
     cutover_id text NOT NULL,
     side text NOT NULL CHECK (side IN ('source', 'target')),
     why text NOT NULL CHECK (why IN ('duplicate', 'dry_run')),
