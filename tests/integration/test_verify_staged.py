@@ -268,6 +268,25 @@ def test_a_staged_walk_with_both_fleets_running_verifies_clean_and_completes(
     assert removals == {"dry_run": 8, "duplicate": 8}
     report = check(pairing)
     assert report.clean and report.jobs == {"ran": 24}, report.summary()
+    # Retention at its harshest, on both sides: every finished job and every record of it
+    # deleted (RQ's result TTL and registry cleanup, cutover:ended evicted; a delete-on-success
+    # backend that keeps no departure record). The fence's claims and removals still account
+    # for every copy.
+    conn = redis.Redis.from_url(pairing.source_url)
+    finished = list(pairing.source.snapshot())
+    for record in finished:
+        assert record.state.value == "finished"
+        expire_like_rq(conn, record)
+    conn.delete("cutover:ended")
+    with psycopg.connect(pairing.target_url, autocommit=True) as pg:
+        deleted = pg.execute("DELETE FROM procrastinate_jobs WHERE status = 'succeeded'"
+                             ).rowcount
+        pg.execute("TRUNCATE cutover_departed")
+    assert len(finished) + deleted == 24  # one finished copy a job: the rest were removed
+    assert sum(1 for _ in pairing.source.snapshot()) == sum(
+        1 for _ in pairing.target.snapshot()) == 0
+    report = check(pairing)
+    assert report.clean and report.jobs == {"ran": 24}, report.summary()
     done = invoke(pairing.source_url, pairing.target_url, "complete", "--yes")
     assert done.exit_code == 0, done.output
     assert pairing.control.read_phase().phase is Phase.COMPLETE
