@@ -92,19 +92,23 @@ def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_u
                                                      stamps_runs=_stamps_runs(target))
             conn.execute(control.query("verify_index"))
             pair = {"source": skey, "target": tkey}
-            # Per queue, the released jobs' fingerprint against the target's copies: a summary
-            # for people (the judgement below covers every row whatever it says).
-            for queue, ln, ls, tn, ts in conn.execute(control.query("verify_fingerprints"),
-                                                      pair).fetchall():
-                report.queues[queue] = {"ledger": ln, "target": tn,
-                                        "fingerprint_equal": ln == tn and ls == ts}
             conn.execute(control.query("verify_judge"), {**pair, **where})
-            conn.execute(control.query("verify_judged_analyze"))
-            for verdict, n, ran_t in conn.execute(control.query("verify_verdicts")).fetchall():
+            fingerprints: dict[str, list[int]] = {}
+            for queue, verdict, n, ran_t, ln, ls, tn, ts in conn.execute(
+                    control.query("verify_verdicts")).fetchall():
                 report.verified += int(n)
                 report.ran_on_target += int(ran_t)
                 if verdict != "check":
                     report.jobs[verdict] = report.jobs.get(verdict, 0) + int(n)
+                sums = fingerprints.setdefault(queue, [0, 0, 0, 0])
+                for i, value in enumerate((ln, ls, tn, ts)):
+                    sums[i] += int(value)
+            # Per queue, the released jobs' fingerprint against the target's copies: a summary
+            # for people (the judgement covers every row whatever it says).
+            for queue, (ln, ls, tn, ts) in sorted(fingerprints.items()):
+                if ln or tn:
+                    report.queues[queue] = {"ledger": ln, "target": tn,
+                                            "fingerprint_equal": ln == tn and ls == ts}
             with conn.cursor(name="cutover_verify_checks") as cur:
                 cur.execute(control.query("verify_checks"))
                 while rows := cur.fetchmany(batch_size):

@@ -17,26 +17,6 @@ CREATE TEMPORARY TABLE cutover_snap (
 CREATE INDEX ON cutover_snap (id, side);
 ANALYZE cutover_snap;
 
--- name: verify_fingerprints
--- Per queue: count and sum of digest prefixes of the ledger's settled jobs, and of the copies
--- the target holds of those jobs. Equal fingerprints: nothing to compare id by id.
-WITH l AS (
-    SELECT queue, count(*) AS n,
-           sum(('x' || substr(digest, 1, 15))::bit(60)::bigint::numeric) AS s
-    FROM {schema}.ledger
-    WHERE source = %(source)s AND target = %(target)s AND state = 'released'
-    GROUP BY queue
-), t AS (
-    SELECT l2.queue, count(*) AS n,
-           sum(('x' || substr(s.digest, 1, 15))::bit(60)::bigint::numeric) AS s
-    FROM {schema}.ledger l2 JOIN cutover_snap s ON s.id = l2.cutover_id AND s.side = 't'
-    WHERE l2.source = %(source)s AND l2.target = %(target)s AND l2.state = 'released'
-    GROUP BY l2.queue
-)
-SELECT COALESCE(l.queue, t.queue), COALESCE(l.n, 0), COALESCE(l.s, 0), COALESCE(t.n, 0),
-       COALESCE(t.s, 0)
-FROM l FULL JOIN t ON l.queue = t.queue;
-
 -- name: removal_record
 -- A fenced worker removes a copy without running it (see migration 0003): before the removal.
 INSERT INTO {schema}.removals (cutover_id, side, why) VALUES (%(id)s, %(side)s, %(why)s)
@@ -150,7 +130,9 @@ WITH spans AS (
                     content::jsonb -> 'job_key'))) AS altered
     FROM k
 )
-SELECT f.*,
+SELECT id, queue, lstate, forward, digest, s_state, t_state, s_digest, t_digest, s_run, t_run,
+       s_alive, t_alive, s_ask, t_ask, stray, altered, claim_s, claim_t, claim_failed, finished,
+       how, s_ended, t_ended,
        GREATEST(s_run::int + t_run::int, finished) AS runs,
        (s_alive AND (%(ok_s)s OR s_state IN ('held', 'started')))
        OR (t_alive AND (%(ok_t)s OR t_state IN ('held', 'started'))) AS waits,
@@ -167,18 +149,28 @@ SELECT f.*,
        (t_run OR (t_alive AND t_digest <> digest AND t_attempts > t_base)) AS t_ran
 FROM f;
 
--- name: verify_judged_analyze
-ANALYZE cutover_judged;
-
 -- name: verify_verdicts
-SELECT verdict, count(*), count(*) FILTER (WHERE t_ran) FROM cutover_judged GROUP BY verdict;
+-- Per queue and verdict: how many jobs, how many ran on the target, and (released jobs moved
+-- to the target) the fingerprints of the ledger's digests and of the target copies' (count and
+-- sum of 60-bit digest prefixes): the report's per-queue summary.
+SELECT queue, verdict, count(*), count(*) FILTER (WHERE t_ran),
+       count(*) FILTER (WHERE lstate = 'released' AND forward),
+       COALESCE(sum(('x' || substr(digest, 1, 15))::bit(60)::bigint::numeric)
+                FILTER (WHERE lstate = 'released' AND forward), 0),
+       count(*) FILTER (WHERE lstate = 'released' AND forward AND t_state IS NOT NULL),
+       COALESCE(sum(('x' || substr(t_digest, 1, 15))::bit(60)::bigint::numeric)
+                FILTER (WHERE lstate = 'released' AND forward AND t_state IS NOT NULL
+                        AND t_digest ~ '^[0-9a-f]{15}'), 0)
+FROM cutover_judged GROUP BY queue, verdict;
 
 -- name: verify_checks
--- The rows the SQL could not settle alone, for verify.py (a server-side cursor: in batches).
-SELECT id, queue, lstate, forward, s_state, t_state, s_run, t_run, s_alive, t_alive,
+-- The rows the SQL could not settle alone, for verify.py (a server-side cursor: in batches),
+-- with the ledger's content (for the fields of an altered job).
+SELECT j.id, j.queue, lstate, forward, s_state, t_state, s_run, t_run, s_alive, t_alive,
        s_ask, t_ask, stray, altered, runs, waits, claim_s, claim_t, finished, how,
-       s_ended, t_ended, claim_failed, content
-FROM cutover_judged WHERE verdict = 'check' ORDER BY id;
+       s_ended, t_ended, claim_failed, l.content
+FROM cutover_judged j LEFT JOIN {schema}.ledger l ON l.cutover_id = j.id
+WHERE verdict = 'check' ORDER BY j.id;
 
 -- name: verify_unsettled
 SELECT l.cutover_id, l.state, ts.state, ss.state
