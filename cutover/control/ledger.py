@@ -17,6 +17,9 @@ from cutover.record import JobRecord, JobState
 
 #: Final states: a copy in one of them has ended (run, or marked by hand).
 _FINAL = frozenset({JobState.FINISHED.value, JobState.FAILED.value, JobState.CANCELED.value})
+#: Waiting states: a copy in one of them, never attempted, has not run.
+_UNRUN = frozenset({JobState.QUEUED.value, JobState.SCHEDULED.value, JobState.DEFERRED.value,
+                    JobState.HELD.value})
 
 
 class LedgerState(enum.StrEnum):
@@ -157,7 +160,8 @@ class Ledger(Plumbing):
                       records: Iterable[JobRecord], *, stamps_runs: bool = False) -> int:
         """COPY a backend's snapshot into the transaction's temporary table (``verify_tables``).
 
-        Each copy keeps its content (compared with the ledger's where the digests differ) and
+        Each copy keeps its content (compared with the ledger's where the digests differ;
+        left out for a waiting copy never attempted, which its digest alone judges) and
         ``ended``: whether a final copy carries a trace only a run leaves: a failed run's
         error, or the end a backend stamps on a run (``stamps_runs``: RQ, whose own worker
         counts no attempt but writes ``started_at``/``ended_at``). A status set by hand leaves
@@ -169,7 +173,11 @@ class Ledger(Plumbing):
                 content: str | None = None
                 try:
                     digest = r.digest() if not r.problem else f"problem:{r.id}"
-                    content = r.content_json() if not r.problem else None
+                    # A waiting copy never attempted is compared by digest alone (any difference
+                    # is an alteration): its content is not needed, and most of a backlog is
+                    # such copies.
+                    if not r.problem and (r.attempts or r.state.value not in _UNRUN):
+                        content = r.content_json()
                 except UnsupportedValueError:
                     digest = f"unsupported:{r.id}"
                 ended = r.state.value in _FINAL and (

@@ -107,9 +107,9 @@ WITH spans AS (
            -- Altered: a content field a run does not change differs, on any copy; or a copy
            -- that has not run (alive, no attempt since the ledger's) differs at all.
            (s_state IS NOT NULL AND s_digest <> digest AND (
-                s_content IS NULL
-                OR (s_state IN ('queued', 'scheduled', 'deferred', 'held')
-                    AND s_attempts <= s_base)
+                (s_state IN ('queued', 'scheduled', 'deferred', 'held')
+                 AND s_attempts <= s_base)
+                OR s_content IS NULL  -- undecodable, or never attempted (the line above)
                 OR (s_content::jsonb -> 'task', s_content::jsonb -> 'args',
                     s_content::jsonb -> 'kwargs', s_content::jsonb -> 'queue',
                     s_content::jsonb -> 'job_key')
@@ -118,9 +118,9 @@ WITH spans AS (
                     content::jsonb -> 'kwargs', content::jsonb -> 'queue',
                     content::jsonb -> 'job_key')))
            OR (t_state IS NOT NULL AND t_digest <> digest AND (
-                t_content IS NULL
-                OR (t_state IN ('queued', 'scheduled', 'deferred', 'held')
-                    AND t_attempts <= t_base)
+                (t_state IN ('queued', 'scheduled', 'deferred', 'held')
+                 AND t_attempts <= t_base)
+                OR t_content IS NULL  -- undecodable, or never attempted (the line above)
                 OR (t_content::jsonb -> 'task', t_content::jsonb -> 'args',
                     t_content::jsonb -> 'kwargs', t_content::jsonb -> 'queue',
                     t_content::jsonb -> 'job_key')
@@ -160,7 +160,7 @@ SELECT queue, verdict, count(*), count(*) FILTER (WHERE t_ran),
        count(*) FILTER (WHERE lstate = 'released' AND forward AND t_state IS NOT NULL),
        COALESCE(sum(('x' || substr(t_digest, 1, 15))::bit(60)::bigint::numeric)
                 FILTER (WHERE lstate = 'released' AND forward AND t_state IS NOT NULL
-                        AND t_digest ~ '^[0-9a-f]{15}'), 0)
+                        AND t_digest ~ '^[0-9a-f]{{15}}'), 0)
 FROM cutover_judged GROUP BY queue, verdict;
 
 -- name: verify_checks
