@@ -35,6 +35,8 @@ ON CONFLICT (cutover_id, side, why) DO UPDATE SET at = now();
 --         says why: no finished claim there, no removal by the fence: the backend's own
 --         departure record decides (verify.py), else it vanished;
 --   stray a released job back on the side it was moved away from.
+-- recent: the row was written from a few seconds before the snapshots were read on (since):
+-- a copy gone from a snapshot may have been written after it (verify.py looks again).
 -- ok_s / ok_t: a worker will run a waiting copy there in the current phase (verify.py passes
 -- them from cutover.phases.mode). A verdict is 'ran', 'failed' or 'waiting' when the SQL
 -- alone proves it; every other row is 'check', concluded in verify.py with the departures.
@@ -68,7 +70,8 @@ WITH spans AS (
            COALESCE(c.s, false) AS claim_s, COALESCE(c.t, false) AS claim_t,
            COALESCE(c.failed, false) AS claim_failed, COALESCE(c.finished, 0) AS finished,
            COALESCE(r.s, false) AS removed_s, COALESCE(r.t, false) AS removed_t, r.how,
-           l.state = 'accepted' AND COALESCE(p.phase, 'off') IN ('shadow', 'live') AS dual
+           l.state = 'accepted' AND COALESCE(p.phase, 'off') IN ('shadow', 'live') AS dual,
+           l.updated_at >= %(since)s AS recent
     FROM {schema}.ledger l
     LEFT JOIN cutover_snap ss ON ss.id = l.cutover_id AND ss.side = 's'
     LEFT JOIN cutover_snap ts ON ts.id = l.cutover_id AND ts.side = 't'
@@ -132,7 +135,7 @@ WITH spans AS (
 )
 SELECT id, queue, lstate, forward, digest, s_state, t_state, s_digest, t_digest, s_run, t_run,
        s_alive, t_alive, s_ask, t_ask, stray, altered, claim_s, claim_t, claim_failed, finished,
-       how, s_ended, t_ended,
+       how, s_ended, t_ended, recent,
        GREATEST(s_run::int + t_run::int, finished) AS runs,
        (s_alive AND (%(ok_s)s OR s_state IN ('held', 'started')))
        OR (t_alive AND (%(ok_t)s OR t_state IN ('held', 'started'))) AS waits,
@@ -148,6 +151,10 @@ SELECT id, queue, lstate, forward, digest, s_state, t_state, s_digest, t_digest,
        END AS verdict,
        (t_run OR (t_alive AND t_digest <> digest AND t_attempts > t_base)) AS t_ran
 FROM f;
+
+-- name: verify_clock
+-- The database's clock (the ledger's updated_at is its now()), read before the snapshots.
+SELECT clock_timestamp();
 
 -- name: verify_verdicts
 -- Per queue and verdict: how many jobs, how many ran on the target, and (released jobs moved
@@ -168,7 +175,7 @@ FROM cutover_judged GROUP BY queue, verdict;
 -- with the ledger's content (for the fields of an altered job).
 SELECT j.id, j.queue, lstate, forward, s_state, t_state, s_run, t_run, s_alive, t_alive,
        s_ask, t_ask, stray, altered, runs, waits, claim_s, claim_t, finished, how,
-       s_ended, t_ended, claim_failed, l.content
+       s_ended, t_ended, claim_failed, recent, l.content
 FROM cutover_judged j LEFT JOIN {schema}.ledger l ON l.cutover_id = j.id
 WHERE verdict = 'check' ORDER BY j.id;
 
