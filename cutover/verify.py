@@ -294,8 +294,9 @@ def _altered_fields(row: dict[str, Any], backends: dict[str, QueueBackend]
     run. Keyed by field, each with the ledger's value and each differing copy's."""
     expected = json.loads(row["content"]) if row["content"] else {}
     fields: dict[str, dict[str, Any]] = {}
+    left = "s" if row["forward"] else "t"  # the side a released job left
     for side in "st":
-        if row[f"{side}_state"] is None:
+        if row[f"{side}_state"] is None or (row["lstate"] == "released" and side == left):
             continue
         found = backends[side].get(row["id"])
         if found is None or found.problem:

@@ -109,7 +109,9 @@ WITH spans AS (
                                     OR (NOT forward AND t_state IS NOT NULL)) AS stray,
            -- Altered: a content field a run does not change differs, on any copy; or a copy
            -- that has not run (alive, no attempt since the ledger's) differs at all.
-           (s_state IS NOT NULL AND s_digest <> digest AND (
+           -- (Not on the side a released job left: a copy there is stray, another job.)
+           (s_state IS NOT NULL AND s_digest <> digest AND NOT (lstate = 'released' AND forward)
+            AND (
                 (s_state IN ('queued', 'scheduled', 'deferred', 'held')
                  AND s_attempts <= s_base)
                 OR s_content IS NULL  -- undecodable, or never attempted (the line above)
@@ -120,7 +122,8 @@ WITH spans AS (
                    (content::jsonb -> 'task', content::jsonb -> 'args',
                     content::jsonb -> 'kwargs', content::jsonb -> 'queue',
                     content::jsonb -> 'job_key')))
-           OR (t_state IS NOT NULL AND t_digest <> digest AND (
+           OR (t_state IS NOT NULL AND t_digest <> digest
+               AND NOT (lstate = 'released' AND NOT forward) AND (
                 (t_state IN ('queued', 'scheduled', 'deferred', 'held')
                  AND t_attempts <= t_base)
                 OR t_content IS NULL  -- undecodable, or never attempted (the line above)
