@@ -73,15 +73,17 @@ def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_u
     try:
         control.meet(sid, source_url)
         control.meet(tid, target_url)
+        state = control.read_phase()
         try:
-            _require_history(control, (skey, report.source), (tkey, report.target))
+            _require_history(control, (skey, report.source), (tkey, report.target),
+                             staged=state.pair is not None
+                             and {state.pair.source_key, state.pair.target_key} == {skey, tkey})
         except PreconditionError as exc:
             # Nothing moved, yet jobs may be held by a drain that died before moving any.
             stuck = stuck_on(control, {"s": (source, skey), "t": (target, tkey)})
             if stuck:
                 raise PreconditionError(f"{exc.message}; and {stuck_message(stuck)}") from exc
             raise
-        state = control.read_phase()
         where = _who_runs(state, skey, tkey)
         report.phase = state.phase.value
         backends = {"s": source, "t": target}
@@ -165,12 +167,13 @@ def _who_runs(state: PhaseState, skey: str, tkey: str) -> dict[str, Any]:
 
 
 def _require_history(control: ControlPlane, source: tuple[str, str],
-                     target: tuple[str, str]) -> None:
+                     target: tuple[str, str], *, staged: bool = False) -> None:
     """Refuse a pair the ledger never saw a job moved between (exit 3). ``source`` and
-    ``target`` are (identity key, name for people)."""
+    ``target`` are (identity key, name for people). ``staged``: the pair is the staged
+    cut-over's, whose rows go both ways (a rollback's move back): either direction will do."""
     (skey, sname), (tkey, tname) = source, target
     moved, reverse = control.pair_history(skey, tkey)
-    if moved:
+    if moved or (staged and reverse):
         return
     hint = ("check that --source and --target name the stores the drain used (host, port, "
             "database number)")

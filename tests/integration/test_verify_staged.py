@@ -290,3 +290,30 @@ def test_a_staged_walk_with_both_fleets_running_verifies_clean_and_completes(
     done = invoke(pairing.source_url, pairing.target_url, "complete", "--yes")
     assert done.exit_code == 0, done.output
     assert pairing.control.read_phase().phase is Phase.COMPLETE
+
+
+def test_a_rollback_to_off_that_moved_jobs_back_verifies_clean_before_and_after_they_ran(
+        pairing: Pairing) -> None:
+    """Rows moved back (released, target -> source) and live's rows whose target copy the move
+    back removed: waiting on the source, which runs in off; then run there once each."""
+    from click.testing import CliRunner
+
+    from cutover.cli.main import cli
+
+    pairing.set_phase(Phase.LIVE)
+    keys = [f"live{i}" for i in range(4)]
+    enqueue(pairing, keys)
+    pairing.set_phase(Phase.RAMPDOWN)
+    keys += [f"ramp{i}" for i in range(4)]
+    enqueue(pairing, keys[4:])
+    result = CliRunner().invoke(cli, ["--source", pairing.source_url, "--target",
+                                      pairing.target_url, "--app",
+                                      "tests.integration.fence_tasks:registry", "rollback",
+                                      "--yes", "--to", "off"])
+    assert result.exit_code == 0, result.output
+    report = check(pairing)
+    assert report.clean and report.jobs == {"waiting": 8}, report.summary()
+    run_all(pairing.worker(Side.SOURCE), pairing.worker(Side.TARGET))
+    assert pairing.runs() == dict.fromkeys(keys, 1)
+    report = check(pairing)
+    assert report.clean and report.jobs == {"ran": 8}, report.summary()
