@@ -289,6 +289,7 @@ class PhaseGate:
 
     def duplicate(self, job: JobRecord, claim: Claim) -> None:
         """The other copy ran (``claim`` finished): remove this one without running it."""
+        self.control.record_removal(job.id, self.side, "duplicate")  # verify's evidence
         self.backend.remove([job.id])
         if self.metrics is not None:
             self.metrics.duplicate_skipped(self.backend.name)
@@ -316,6 +317,7 @@ class PhaseGate:
         self.control.record_shadow(job.id, verdict.matched, verdict.detail)
         if self.metrics is not None:
             self.metrics.shadow_result(self.backend.name, verdict.matched)
+        self.control.record_removal(job.id, self.side, "dry_run")  # verify's evidence
         self.backend.remove([job.id])
         log.log(logging.INFO if verdict.matched else logging.WARNING,
                 "shadow: job %s %s", job.id,
@@ -473,9 +475,10 @@ def prune_claims(control: ControlPlane, source: QueueBackend, target: QueueBacke
     target copy ran: hence a long grace) and neither backend holds a live copy of the job
     (waiting, scheduled, started, or held by a drain), checked while the pair's drain locks
     (both directions) are held, so no drain moves a copy between the two reads. Claims that
-    are still claimed are never touched. Nothing else reads claims (verify reads the
-    backends and the ledger), so this deletes no evidence a proof relies on; run it after the
-    proofs of a walk. Refused (False lock) while a drain runs: try again later."""
+    are still claimed are never touched. Verify reads finished claims as evidence that a job
+    ran: prune after the walk's final verify (a job whose claim is gone and whose copies
+    retention removed leans on the backends' departure records alone, and without one is
+    reported, never assumed fine). Refused (False lock) while a drain runs: try again later."""
     if older_than < 0 or limit < 1:
         raise ValueError("older_than must be >= 0 and limit >= 1")
     skey, tkey = source.identity().key, target.identity().key

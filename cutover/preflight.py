@@ -221,4 +221,6 @@ class Preflight:
 
         report = verify(self.source, self.source_url, self.target, self.target_url,
                         self.control)
-        return report.clean, report.summary().splitlines()[0]
+        # The verdict, and the jobs it names (the summary's per-list lines, ids by list).
+        lines = report.summary().splitlines()
+        return report.clean, "; ".join([lines[0], *(line.strip() for line in lines[2:])])

@@ -1,4 +1,4 @@
-"""``cutover verify``: prove the moved jobs are on the target, unaltered, and nowhere else."""
+"""``cutover verify``: prove every job of the ledger ran once, waits to, or is named."""
 
 from __future__ import annotations
 
@@ -17,14 +17,17 @@ from cutover.verify import verify as run_verify
                                  "on stdout; nothing is written unless asked).")
 @click.pass_obj
 def verify(ctx: Context, report_path: Path | None) -> None:
-    """Prove that the jobs the ledger says moved from --source to --target are on the target,
-    unaltered, and nowhere else. Lists every lost, duplicated, mismatched (with the fields) and
-    pending job by id. A moved job the target has since deleted counts as "finished, since
-    deleted" only when the target's own records say it ended first; otherwise it is lost.
+    """Prove that every job of the ledger between --source and --target (moved by a drain, or
+    accepted by the Router in a staged cut-over) ran exactly once, failed for good, or waits
+    where a worker runs it in the current phase. Lists every lost, duplicated (ran twice),
+    mismatched (with the fields), unaccounted (a copy gone with no record of how) and pending
+    job by id. A job counts as run only on evidence (the fence's finished claim, the backend's
+    own record); a copy deleted since counts as "finished, since deleted" only when its
+    backend's records say it ended first.
 
-    Exit 0 only when clean; 1 when something was lost, duplicated or altered; 3 when moves are
-    still in flight (re-run the drain first), or when nothing was ever moved from --source to
-    --target (wrong URL, database number, or the two swapped).
+    Exit 0 only when clean; 1 when something was lost, duplicated, altered or unaccounted; 3
+    when moves are still in flight (re-run the drain first), or when nothing was ever moved
+    from --source to --target (wrong URL, database number, or the two swapped).
     """
     ctx.need("source", "target")
     assert ctx.source is not None and ctx.target is not None

@@ -13,7 +13,13 @@ from psycopg import sql
 
 from cutover.control.plane import Plumbing
 from cutover.errors import UnsupportedValueError
-from cutover.record import JobRecord
+from cutover.record import JobRecord, JobState
+
+#: Final states: a copy in one of them has ended (run, or marked by hand).
+_FINAL = frozenset({JobState.FINISHED.value, JobState.FAILED.value, JobState.CANCELED.value})
+#: Waiting states: a copy in one of them, never attempted, has not run.
+_UNRUN = frozenset({JobState.QUEUED.value, JobState.SCHEDULED.value, JobState.DEFERRED.value,
+                    JobState.HELD.value})
 
 
 class LedgerState(enum.StrEnum):
@@ -151,16 +157,41 @@ class Ledger(Plumbing):
 
     # -- verification tables -----------------------------------------------------------------
     def copy_snapshot(self, conn: psycopg.Connection[Any], side: str,
-                      records: Iterable[JobRecord]) -> int:
-        """COPY a backend's snapshot into the transaction's temporary table."""
+                      records: Iterable[JobRecord], *, stamps_runs: bool = False) -> int:
+        """COPY a backend's snapshot into the transaction's temporary table (``verify_tables``).
+
+        Each copy keeps its content (compared with the ledger's where the digests differ;
+        left out for a waiting copy never attempted, which its digest alone judges) and
+        ``ended``: whether a final copy carries a trace only a run leaves: a failed run's
+        error, or the end a backend stamps on a run (``stamps_runs``: RQ, whose own worker
+        counts no attempt but writes ``started_at``/``ended_at``). A status set by hand leaves
+        neither."""
         n = 0
-        with conn.cursor().copy("COPY cutover_snap (side, id, queue, state, digest, attempts) "
-                                "FROM STDIN") as copy:
+        with conn.cursor().copy("COPY cutover_snap (side, id, queue, state, digest, attempts, "
+                                "content, ended) FROM STDIN") as copy:
             for r in records:
+                content: str | None = None
                 try:
                     digest = r.digest() if not r.problem else f"problem:{r.id}"
+                    # A waiting copy never attempted is compared by digest alone (any difference
+                    # is an alteration): its content is not needed, and most of a backlog is
+                    # such copies.
+                    if not r.problem and (r.attempts or r.state.value not in _UNRUN):
+                        content = r.content_json()
                 except UnsupportedValueError:
                     digest = f"unsupported:{r.id}"
-                copy.write_row((side, r.id, r.queue, r.state.value, digest, r.attempts))
+                ended = r.state.value in _FINAL and (
+                    bool(r.error) or (stamps_runs and r.updated_at is not None))
+                copy.write_row((side, r.id, r.queue, r.state.value, digest, r.attempts,
+                                content, ended))
                 n += 1
         return n
+
+    def record_removal(self, cutover_id: str, side: str, why: str) -> None:
+        """A fenced worker is about to remove ``side``'s copy of a job without running it
+        (``why``: ``duplicate`` or ``dry_run``). Written before the removal: verify reads a
+        copy gone with this record as accounted for, and a copy gone without any record as
+        vanished (see ``verify_judge``)."""
+        with self.tx("recording a removal") as conn:
+            conn.execute(self.query("removal_record"), {"id": cutover_id, "side": side,
+                                                        "why": why})

@@ -112,10 +112,11 @@ def test_verify_is_clean_after_the_plain_workers_of_the_target_ran_the_moved_job
         run_plain_rq_worker(target)
     assert len(tasks.calls) == 3
     code, report = verify(source, target)
-    assert code == 0 and report["verified"] == 3
+    assert code == 0 and report["verified"] == 3, report
     assert report["mismatched"] == report["lost"] == []
-    # procrastinate's worker counts the attempt, RQ's leaves cutover's fields alone.
-    assert report["ran_on_target"] == (3 if direction == "rq->pg" else 0)
+    # procrastinate's worker counts the attempt; RQ's leaves cutover's fields alone but stamps
+    # the end (ended_at): both are evidence that the copy ran.
+    assert report["ran_on_target"] == 3 and report["jobs"] == {"ran": 3}
 
 
 def test_a_waiting_job_altered_on_the_target_is_still_mismatched(urls: tuple[str, str]) -> None:
@@ -196,10 +197,11 @@ def test_procrastinate_worker_deleting_jobs_as_they_finish_is_not_a_loss(
     with plain.open():
         assert plain.job_manager.cancel_job_by_id(cancel_id, delete_job=True)
     code, report = verify(rq_url, pg_url)
-    assert code == 0 and report["lost"] == [], report
     statuses = {i["id"]: i["status"] for i in report["finished_deleted"]}
-    assert statuses == {**{r.id: "succeeded or failed" for r in done},
-                        cancelled.id: "cancelled"}
+    assert statuses == {r.id: "succeeded or failed" for r in done}
+    # Cancelled before it ever ran: the job did not run, whatever the operator meant by it.
+    assert code == 1 and ids(report["lost"]) == [cancelled.id], report
+    assert "cancelled on the target before it ran" in report["lost"][0]["reason"]
 
 
 def test_rq_result_expiry_after_the_cutover_worker_ran_gives_finished_since_deleted(
