@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from cutover import stores
-from cutover.backend import StoreIdentity
+from cutover.backend import QueueBackend, StoreIdentity
 from cutover.cli.context import Context, DrainProgress, confirm, emit, from_settings, opened
 from cutover.control import ControlPlane
 from cutover.drain import Drain, DrainOptions
-from cutover.errors import ConfigurationError
+from cutover.errors import ConfigurationError, PreconditionError
 from cutover.held import release as run_release
+from cutover.phases import Side, drain_refusal
 
 
 @click.command()
@@ -64,6 +65,7 @@ def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | 
                            workers=ctx.settings.with_options(drain_workers=workers).drain_workers)
     with opened(ctx.source, ctx.target) as (source, target):
         if not dry_run:
+            _phase_allows(control, source, target)
             confirm(ctx, yes, f"Move jobs from {source.url} to {target.url}?")
         with DrainProgress() as progress:
             job = Drain(source, ctx.source, target, ctx.target, control, registry, options,
@@ -100,6 +102,20 @@ def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | 
         raise click.exceptions.Exit(1)
     if report.left_count or report.stopped:
         raise click.exceptions.Exit(3)
+
+
+def _phase_allows(control: ControlPlane, source: QueueBackend, target: QueueBackend) -> None:
+    """Refuse (exit 3, naming the command to use) a drain into a side of the staged cut-over
+    whose workers would dry-run or never run what it moves (cutover.phases.drain_refusal)."""
+    state = control.read_phase()
+    if state.pair is None:
+        return
+    key = target.identity().key
+    into = {state.pair.target_key: Side.TARGET, state.pair.source_key: Side.SOURCE}.get(key)
+    why = None if into is None else drain_refusal(state.phase, state.epoch, into, source.url,
+                                                  target.url)
+    if why is not None:
+        raise PreconditionError(f"drain refused: {why}")
 
 
 def _signal(control: ControlPlane, source: StoreIdentity, target: StoreIdentity,

@@ -4,8 +4,9 @@ phase machine (cutover.phases), recorded by the control plane (cutover.control).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -89,7 +90,8 @@ def advance_cmd(ctx: Context, frm: str | None, dry_run: bool, yes: bool, force: 
     Without --from, each run moves one step: re-running it after a run whose outcome you did
     not see (a killed terminal) can move a second step. Scripts and runbooks pass --from."""
     if frm is None:
-        _move(ctx, advance, "advance", dry_run, yes, force, why)
+        with _exclusive(ctx, "phase advance", dry_run):
+            _move(ctx, advance, "advance", dry_run, yes, force, why)
         return
     start = _parse(frm)
     goal = advance(start).to  # refuses --from complete: nothing follows it
@@ -100,7 +102,8 @@ def advance_cmd(ctx: Context, frm: str | None, dry_run: bool, yes: bool, force: 
                                      f"nothing moved")
         return advance(current)
 
-    _move(ctx, from_start, "advance", dry_run, yes, force, why, goal=goal)
+    with _exclusive(ctx, "phase advance", dry_run):
+        _move(ctx, from_start, "advance", dry_run, yes, force, why, goal=goal)
 
 
 @phase.command("set")
@@ -111,8 +114,9 @@ def set_cmd(ctx: Context, to: str, dry_run: bool, yes: bool, force: bool,
             why: str | None) -> None:
     """Move to PHASE: the next one, or an earlier one (a rollback)."""
     goal = _parse(to)
-    _move(ctx, lambda current: set_move(current, goal), "set", dry_run, yes, force, why,
-          goal=goal)
+    with _exclusive(ctx, "phase set", dry_run):
+        _move(ctx, lambda current: set_move(current, goal), "set", dry_run, yes, force, why,
+              goal=goal)
 
 
 @click.command()
@@ -124,10 +128,16 @@ def rollback(ctx: Context, to: str | None, dry_run: bool, yes: bool, force: bool
              why: str | None) -> None:
     """Step back one phase (or to --to PHASE). Out of rampdown or complete, the target's
     waiting jobs are moved back to the source once producers acknowledged the new epoch.
-    Leaving complete needs --force --why."""
+    Leaving complete needs --force --why.
+
+    One phase command at a time: a rollback run while another phase command (a rollback's
+    move back included) is under way is refused (exit 3), so two bare rollbacks never both
+    step back. A bare rollback steps back from the phase it read; the move is refused (exit 3)
+    if the phase moved on before it committed."""
     goal = _parse(to) if to else None
-    _move(ctx, lambda current: rollback_move(current, goal), "rollback", dry_run, yes, force,
-          why, goal=goal)
+    with _exclusive(ctx, "rollback", dry_run):
+        _move(ctx, lambda current: rollback_move(current, goal), "rollback", dry_run, yes,
+              force, why, goal=goal)
 
 
 @click.command()
@@ -141,6 +151,22 @@ def complete(ctx: Context, dry_run: bool, yes: bool, force: bool, why: str | Non
             raise ConfigurationError(f"complete follows rampdown; the phase is {current}")
         return advance(current)
     _move(ctx, into_complete, "advance", dry_run, yes, force, why)
+
+
+@contextlib.contextmanager
+def _exclusive(ctx: Context, command: str, dry_run: bool) -> Iterator[None]:
+    """Hold the control plane's phase-change lock for the whole command (its move back
+    included): a second phase command meanwhile is refused (ControlPlane.changing). A dry run
+    changes nothing and takes no lock."""
+    if dry_run:
+        yield
+        return
+    control = ctx.control_plane()
+    try:
+        with control.changing(command):
+            yield
+    finally:
+        control.close()
 
 
 def _parse(name: str) -> Phase:
