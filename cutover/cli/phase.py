@@ -122,10 +122,15 @@ def set_cmd(ctx: Context, to: str, dry_run: bool, yes: bool, force: bool,
 @click.command()
 @click.option("--to", "to", default=None, metavar="PHASE",
               help="Roll back to this earlier phase (default: the previous one).")
+@click.option("--from", "frm", default=None, metavar="PHASE",
+              help="Roll back only from PHASE (as `phase advance --from`). Safe to re-run: "
+                   "when the phase is already the goal (a first run finished, or was killed "
+                   "after its commit) nothing moves again and its move back is resumed (exit "
+                   "0); any other phase refuses (exit 2).")
 @_options
 @click.pass_obj
-def rollback(ctx: Context, to: str | None, dry_run: bool, yes: bool, force: bool,
-             why: str | None) -> None:
+def rollback(ctx: Context, to: str | None, frm: str | None, dry_run: bool, yes: bool,
+             force: bool, why: str | None) -> None:
     """Step back one phase (or to --to PHASE). Out of rampdown or complete, the target's
     waiting jobs are moved back to the source once producers acknowledged the new epoch.
     Leaving complete needs --force --why.
@@ -134,10 +139,20 @@ def rollback(ctx: Context, to: str | None, dry_run: bool, yes: bool, force: bool
     move back included) is under way is refused (exit 3), so two bare rollbacks never both
     step back. A bare rollback steps back from the phase it read; the move is refused (exit 3)
     if the phase moved on before it committed."""
-    goal = _parse(to) if to else None
+    named = _parse(to) if to else None
+    start = _parse(frm) if frm else None
+    # --from: the goal is known before the phase is read (one back from it, or --to), so a
+    # re-run finds the phase there and resumes instead of stepping back again.
+    goal = named if start is None else rollback_move(start, named).to
+
+    def build(current: Phase) -> Transition:
+        if start is not None and current is not start:
+            raise ConfigurationError(f"the phase is {current}, not {start} (--from {start}); "
+                                     f"nothing moved")
+        return rollback_move(current, named)
+
     with _exclusive(ctx, "rollback", dry_run):
-        _move(ctx, lambda current: rollback_move(current, goal), "rollback", dry_run, yes,
-              force, why, goal=goal)
+        _move(ctx, build, "rollback", dry_run, yes, force, why, goal=goal)
 
 
 @click.command()

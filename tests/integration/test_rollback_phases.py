@@ -305,3 +305,34 @@ def test_two_bare_rollbacks_at_once_one_steps_back_the_other_is_refused(
             w.stop()
         for t in threads:
             t.join(30)
+
+
+def test_rollback_from_names_the_phase_it_leaves_and_is_safe_to_run_again(
+        pairing: Pairing) -> None:
+    """`rollback --from PHASE` (as `phase advance --from`): a script's second run resumes the
+    move back instead of stepping back once more; from any other phase it refuses (exit 2)."""
+    pairing.set_phase(Phase.RAMPDOWN)
+    alone = target_only(pairing, 3, "from")
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, [
+            "--source", pairing.source_url, "--target", pairing.target_url, "--app", APP,
+            "--json", "rollback", "--yes", "--force", "--why", "test", *args])
+
+    first = run("--from", "rampdown")
+    assert first.exit_code == 0, first.output
+    doc = json.loads(first.stdout)
+    assert (doc["from"], doc["phase"], doc["moved"]) == ("rampdown", "live", True)
+    assert doc["moved_back"]["moved"] == 3
+    again = run("--from", "rampdown")
+    assert again.exit_code == 0, again.output
+    doc = json.loads(again.stdout)
+    assert (doc["phase"], doc["moved"], doc["rerun"]) == ("live", False, True)
+    assert pairing.control.read_phase().phase is Phase.LIVE  # not a second step back
+    assert all(pairing.source.get(r.id) is not None for r in alone)
+    pairing.set_phase(Phase.RAMPDOWN)
+    assert run("--from", "live").exit_code == 2  # the phase is rampdown: nothing moves
+    assert pairing.control.read_phase().phase is Phase.RAMPDOWN
+    skip = run("--from", "rampdown", "--to", "shadow")
+    assert skip.exit_code == 0, skip.output
+    assert json.loads(skip.stdout)["phase"] == "shadow"
