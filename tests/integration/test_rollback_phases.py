@@ -27,8 +27,9 @@ import pytest
 from click.testing import CliRunner
 
 from cutover.cli import cli
-from cutover.control import MemberKind
+from cutover.control import ControlPlane, MemberKind
 from cutover.control.ledger import LedgerState
+from cutover.fence import PhaseGate
 from cutover.phases import Phase, Side, decide
 from cutover.phases import rollback as rollback_move
 from cutover.record import JobRecord
@@ -336,3 +337,22 @@ def test_rollback_from_names_the_phase_it_leaves_and_is_safe_to_run_again(
     skip = run("--from", "rampdown", "--to", "shadow")
     assert skip.exit_code == 0, skip.output
     assert json.loads(skip.stdout)["phase"] == "shadow"
+
+
+def test_a_target_worker_without_the_source_removes_only_copies_whose_claim_finished(
+        pairing: Pairing) -> None:
+    """A dry run that cannot ask the source (the worker got no --source) cannot tell an only
+    copy from a twin: it leaves every copy in place, except one whose claim finished."""
+    pairing.set_phase(Phase.LIVE)
+    ran = pairing.dual("fence.count", "ran")
+    assert pairing.worker(Side.SOURCE).run(install_signal_handlers=False).succeeded == 1
+    pairing.set_phase(Phase.RAMPDOWN)
+    twin = pairing.dual("fence.count", "twin")
+    commit_rollback(pairing, Phase.SHADOW)
+    gate = PhaseGate(ControlPlane(pairing.target_url), pairing.target, Side.TARGET, refresh=0.2)
+    pairing.gates.append(gate)
+    report = Worker(pairing.target, registry, burst=True, isolation="thread",
+                    poll_interval=0.05, gate=gate).run(install_signal_handlers=False)
+    assert report.shadowed == 1 and pairing.target.get(ran.id) is None
+    assert list(report.skipped) == [twin.id] and "--source" in report.skipped[twin.id]
+    assert pairing.target.get(twin.id) is not None
