@@ -23,7 +23,12 @@ does (:func:`cutover.phases.mode`):
   copy (its ledger row's content, else the source backend's copy by the same cutover id), record
   the result (``shadow_results``) and remove the target copy without running it. A removal is no
   departure (neither backend's records say the job *ran*), so verify and drain read the target as
-  never having had the job, which is the truth: it ran on the source.
+  never having had the job, which is the truth: it ran on the source. Only a copy that is not
+  the only one is taken (:meth:`PhaseGate.foreign`): a target copy with no source copy and no
+  finished claim (a job written in ``rampdown`` or ``complete`` before a rollback into
+  ``shadow``, or by a producer that had not yet seen it) is left in place, whatever the order
+  of the rollback's move back and the dry run: the move back moves it, or the target runs it
+  once it runs again (the worker forgets the copies it left once its mode is no longer dry).
 - ``IDLE``: claim nothing (logged once per change); ``--burst`` exits 0.
 
 **A claim belongs to one enqueue of a job, not to its id** (migration 0004): ``claims`` has a
@@ -93,6 +98,10 @@ from cutover.record import JobRecord
 from cutover.registry import TaskRegistry
 
 log = logging.getLogger("cutover.fence")
+
+#: A dry run that finds no other copy of a job asks the source again after this long (seconds):
+#: a Router in shadow writes the target first and the source an instant later.
+SOURCE_RECHECK = 0.05
 
 #: Content fields a run of the source copy changes (attempts made, the next retry's time): a
 #: dry run compares them only while the source copy has not been attempted.
@@ -191,6 +200,13 @@ class PhaseGate:
             now = mode(state.phase, self.side)
             fenced = now in (Mode.FENCED, Mode.EXECUTE)
         if self._logged != (state.phase, now):
+            if self._logged is not None and self._logged[1] is Mode.DRY:
+                # The copies the dry run left in place (the only ones: see foreign) are the
+                # backend's skipped jobs: they run in this mode.
+                forget: Callable[[], None] | None = getattr(self.backend, "forget_skipped",
+                                                            None)
+                if forget is not None:
+                    forget()
             self._logged = (state.phase, now)
             how = {Mode.IDLE: "claims nothing (this side is not in service in this phase)",
                    Mode.DRY: "dry-runs jobs: compares them with the source copy, runs nothing",
@@ -300,16 +316,37 @@ class PhaseGate:
 
     # -- shadow --------------------------------------------------------------------------------
     def foreign(self, job: JobRecord) -> str | None:
-        """Why a dry run must leave ``job`` in place, or None: a job with no ledger row and no
-        copy on the source is no copy the Router or a drain wrote (plain procrastinate code
-        deferred it, for a task of the registry or not); the dry run would remove the only
-        copy. It stays for a worker that executes (live on, or a plain worker)."""
-        if self.control.content_of(job.id) is not None:
+        """Why a dry run must leave ``job`` in place, or None.
+
+        A dry run removes a target copy, so it may take only a copy that is not the only one:
+        one whose source copy exists (any state: the source runs it, or ran it) or whose claim
+        finished (a copy ran, here or on the other side). Any other copy is left in place,
+        whatever the ledger says: a job the Router wrote to the target alone (in ``rampdown``
+        or ``complete``, or by a producer that had not yet seen a rollback into ``shadow``, or
+        that died between its two writes), waiting for the move back of a rollback or for the
+        target to run again; or a job with no ledger row that plain procrastinate code
+        deferred. The source is asked twice, :data:`SOURCE_RECHECK` apart: a Router in
+        ``shadow`` writes the target first, and its source write may land just after."""
+        if self._has_other_copy(job):
             return None
+        time.sleep(SOURCE_RECHECK)
+        if self._has_other_copy(job):
+            return None
+        if self.source is None:
+            return ("no source backend to compare with (start the target's worker with "
+                    "--source): a dry run cannot tell whether this copy is the only one")
+        if self.control.content_of(job.id) is None:
+            return ("no copy of a source job (no ledger row, none on the source): a dry run "
+                    "would remove the only copy")
+        return ("the only copy (none on the source, no finished claim): left in place for "
+                "the move back of a rollback, or for the target's run in a later phase")
+
+    def _has_other_copy(self, job: JobRecord) -> bool:
         if self.source is not None and self.source.get(job.id) is not None:
-            return None
-        return ("no copy of a source job (no ledger row, none on the source): a dry run "
-                "would remove the only copy")
+            return True
+        # The claim of this copy's own enqueue (its stamp): a finished claim of an earlier job
+        # under the same id says nothing about this one.
+        return self.finished_claim(job.id, job) is not None
 
     def dry_run(self, job: JobRecord, registry: TaskRegistry) -> Verdict:
         """Decode, resolve, compare with the source copy, record; remove the target copy."""

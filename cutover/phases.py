@@ -222,3 +222,34 @@ def decide(move: Transition, outcomes: Mapping[Check, Outcome], *, force: bool =
         raise ConfigurationError("--force needs --why TEXT: a forced phase change is recorded "
                                  "with its reason")
     return Decision(transition=move, refusals=tuple(refusals), forced=force and bool(refusals))
+
+
+def drain_refusal(phase: Phase, epoch: int, into: Side, source_url: str,
+                  target_url: str) -> str | None:
+    """Why ``cutover drain`` must not move jobs into the pair's ``into`` side in ``phase``, or
+    None. A drain into a side whose workers dry-run (the target in ``shadow``: they compare a
+    copy and remove it, never run it) or take nothing (the target in ``off`` after a rollback,
+    the source in ``complete``) would strand or lose what it moves. ``off`` at epoch 0 (no
+    staged cut-over ever started: a plain drain) is never refused. ``source_url`` /
+    ``target_url``: the drain's own (redacted), to spell the command to use instead."""
+    if phase is Phase.OFF and epoch == 0:
+        return None
+    into = Side(into)
+    now = mode(phase, into)
+    if now not in (Mode.DRY, Mode.IDLE):
+        return None
+    back = f"`cutover drain --source {target_url} --target {source_url}`"
+    if into is Side.TARGET and now is Mode.DRY:
+        return (f"in {phase} the target's workers dry-run what they find (compare it with "
+                f"the source copy and remove it, never run it): jobs this drain moved there "
+                f"would never run. The staged cut-over moves work to the target by its phases: "
+                f"`cutover phase advance --from {phase}` (live), then `cutover phase advance "
+                f"--from live` (rampdown), where `cutover drain` moves the source's leftovers")
+    if into is Side.TARGET:
+        return (f"in {phase} (epoch {epoch}: the cut-over was rolled back) the target's workers "
+                f"take nothing: jobs this drain moved there would never run. Start the "
+                f"cut-over again with `cutover phase advance --from {phase}`; to move the "
+                f"target's jobs back to the source: {back}")
+    return (f"in {phase} the source's workers take nothing: jobs this drain moved there would "
+            f"never run. To step back, `cutover rollback --to rampdown --force --why TEXT` "
+            f"moves the target's waiting jobs back itself")

@@ -9,8 +9,12 @@ Where each phase writes is :func:`cutover.phases.writes`; this module only carri
   error is raised: the caller gets an error or a job on both sides, never a silent half. A process
   killed between the two writes leaves a target-only copy with its ledger row, an id the caller
   never received: at-least-once, like any enqueue whose answer is lost; the shadow dry run finds
-  no source copy to compare (a mismatch it reports), and in ``live`` the fence runs it once;
-- ``rampdown`` and ``complete``: the target only.
+  no source copy and no finished claim, so it leaves that copy in place (never compared, never
+  removed: it is the only one; see :meth:`cutover.fence.PhaseGate.foreign`), and the target runs
+  it once it executes (``live`` on: the fence runs it once) or a rollback's move back moves it;
+- ``rampdown`` and ``complete``: the target only. A rollback out of them into ``shadow`` leaves
+  these target-only copies in place too (the dry run removes only a copy that has another one)
+  until its move back moves them to the source.
 
 A job key held by a live job on either side returns that job's id and leaves nothing new on
 either side (a target copy written before the source said so is removed again); in ``rampdown``

@@ -398,23 +398,25 @@ class Worker:
         return self._skip(record, reason)
 
     def _dry_accept(self, record: JobRecord) -> str | None:
-        """A dry run takes every copy of a source job (an undecodable one, or one of an unknown
-        task, is recorded as a mismatch), and leaves in place a job that is none: removing it
-        would lose it (see :meth:`PhaseGate.foreign`)."""
+        """A dry run takes every copy of a source job that has another copy (an undecodable
+        one, or one of an unknown task, is recorded as a mismatch), and leaves in place the
+        only copy of a job: removing it would lose it (see :meth:`PhaseGate.foreign`). Logged
+        at INFO: after a rollback into shadow, these are the jobs the move back moves."""
         assert self.gate is not None
-        return self._skip(record, self.gate.foreign(record))
+        return self._skip(record, self.gate.foreign(record), logging.INFO, "left_in_place")
 
-    def _skip(self, record: JobRecord, reason: str | None) -> str | None:
+    def _skip(self, record: JobRecord, reason: str | None, level: int = logging.ERROR,
+              event: str = "quarantined") -> str | None:
         if reason is None:
             return None
         with self._lock:
             first = record.id not in self.report.skipped
             self.report.skipped[record.id] = reason
         if first:
-            log.error("skipped job %s on %s: %s (left in place)", record.id,
-                      self.backend.name, reason,
-                      extra={"job_id": record.id, "task": record.task,
-                             "backend": self.backend.name, "event": "quarantined"})
+            log.log(level, "skipped job %s on %s: %s (left in place)", record.id,
+                    self.backend.name, reason,
+                    extra={"job_id": record.id, "task": record.task,
+                           "backend": self.backend.name, "event": event})
         return reason
 
     def _execute(self, job: JobRecord, index: int) -> None:

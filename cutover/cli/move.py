@@ -6,12 +6,13 @@ import click
 
 from cutover import stores
 from cutover.audit import LEFT_BEHIND, JobClass
-from cutover.backend import StoreIdentity
+from cutover.backend import QueueBackend, StoreIdentity
 from cutover.cli.context import Context, DrainProgress, confirm, emit, from_settings, opened
 from cutover.control import ControlPlane
 from cutover.drain import Drain, DrainOptions
-from cutover.errors import ConfigurationError
+from cutover.errors import ConfigurationError, PreconditionError
 from cutover.held import release as run_release
+from cutover.phases import Side, drain_refusal
 
 #: The classes a drain can leave in place (what ``--allow`` takes).
 ALLOWABLE = sorted(c.value for c in LEFT_BEHIND)
@@ -75,6 +76,7 @@ def drain(ctx: Context, queues: tuple[str, ...], batch_size: int, rate: float | 
                            workers=ctx.settings.with_options(drain_workers=workers).drain_workers)
     with opened(ctx.source, ctx.target) as (source, target):
         if not dry_run:
+            _phase_allows(control, source, target)
             confirm(ctx, yes, f"Move jobs from {source.url} to {target.url}?")
         with DrainProgress() as progress:
             job = Drain(source, ctx.source, target, ctx.target, control, registry, options,
@@ -140,6 +142,20 @@ def left_lines(verb: str, left: dict[str, list[dict[str, str]]]) -> list[str]:
             lines.append(f"  ... {len(ranked) - SHOWN_REASONS} more reason(s), {rest} job(s) "
                          "(--json lists every job)")
     return lines
+
+
+def _phase_allows(control: ControlPlane, source: QueueBackend, target: QueueBackend) -> None:
+    """Refuse (exit 3, naming the command to use) a drain into a side of the staged cut-over
+    whose workers would dry-run or never run what it moves (cutover.phases.drain_refusal)."""
+    state = control.read_phase()
+    if state.pair is None:
+        return
+    key = target.identity().key
+    into = {state.pair.target_key: Side.TARGET, state.pair.source_key: Side.SOURCE}.get(key)
+    why = None if into is None else drain_refusal(state.phase, state.epoch, into, source.url,
+                                                  target.url)
+    if why is not None:
+        raise PreconditionError(f"drain refused: {why}")
 
 
 def _signal(control: ControlPlane, source: StoreIdentity, target: StoreIdentity,

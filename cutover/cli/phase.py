@@ -4,8 +4,9 @@ phase machine (cutover.phases), recorded by the control plane (cutover.control).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -90,7 +91,8 @@ def advance_cmd(ctx: Context, frm: str | None, dry_run: bool, yes: bool, force: 
     Without --from, each run moves one step: re-running it after a run whose outcome you did
     not see (a killed terminal) can move a second step. Scripts and runbooks pass --from."""
     if frm is None:
-        _move(ctx, advance, "advance", dry_run, yes, force, why)
+        with _exclusive(ctx, "phase advance", dry_run):
+            _move(ctx, advance, "advance", dry_run, yes, force, why)
         return
     start = _parse(frm)
     goal = advance(start).to  # refuses --from complete: nothing follows it
@@ -101,7 +103,8 @@ def advance_cmd(ctx: Context, frm: str | None, dry_run: bool, yes: bool, force: 
                                      f"nothing moved")
         return advance(current)
 
-    _move(ctx, from_start, "advance", dry_run, yes, force, why, goal=goal)
+    with _exclusive(ctx, "phase advance", dry_run):
+        _move(ctx, from_start, "advance", dry_run, yes, force, why, goal=goal)
 
 
 @phase.command("set")
@@ -112,23 +115,45 @@ def set_cmd(ctx: Context, to: str, dry_run: bool, yes: bool, force: bool,
             why: str | None) -> None:
     """Move to PHASE: the next one, or an earlier one (a rollback)."""
     goal = _parse(to)
-    _move(ctx, lambda current: set_move(current, goal), "set", dry_run, yes, force, why,
-          goal=goal)
+    with _exclusive(ctx, "phase set", dry_run):
+        _move(ctx, lambda current: set_move(current, goal), "set", dry_run, yes, force, why,
+              goal=goal)
 
 
 @click.command()
 @click.option("--to", "to", default=None, metavar="PHASE",
               help="Roll back to this earlier phase (default: the previous one).")
+@click.option("--from", "frm", default=None, metavar="PHASE",
+              help="Roll back only from PHASE (as `phase advance --from`). Safe to re-run: "
+                   "when the phase is already the goal (a first run finished, or was killed "
+                   "after its commit) nothing moves again and its move back is resumed (exit "
+                   "0); any other phase refuses (exit 2).")
 @_options
 @click.pass_obj
-def rollback(ctx: Context, to: str | None, dry_run: bool, yes: bool, force: bool,
-             why: str | None) -> None:
+def rollback(ctx: Context, to: str | None, frm: str | None, dry_run: bool, yes: bool,
+             force: bool, why: str | None) -> None:
     """Step back one phase (or to --to PHASE). Out of rampdown or complete, the target's
     waiting jobs are moved back to the source once producers acknowledged the new epoch.
-    Leaving complete needs --force --why."""
-    goal = _parse(to) if to else None
-    _move(ctx, lambda current: rollback_move(current, goal), "rollback", dry_run, yes, force,
-          why, goal=goal)
+    Leaving complete needs --force --why.
+
+    One phase command at a time: a rollback run while another phase command (a rollback's
+    move back included) is under way is refused (exit 3), so two bare rollbacks never both
+    step back. A bare rollback steps back from the phase it read; the move is refused (exit 3)
+    if the phase moved on before it committed."""
+    named = _parse(to) if to else None
+    start = _parse(frm) if frm else None
+    # --from: the goal is known before the phase is read (one back from it, or --to), so a
+    # re-run finds the phase there and resumes instead of stepping back again.
+    goal = named if start is None else rollback_move(start, named).to
+
+    def build(current: Phase) -> Transition:
+        if start is not None and current is not start:
+            raise ConfigurationError(f"the phase is {current}, not {start} (--from {start}); "
+                                     f"nothing moved")
+        return rollback_move(current, named)
+
+    with _exclusive(ctx, "rollback", dry_run):
+        _move(ctx, build, "rollback", dry_run, yes, force, why, goal=goal)
 
 
 @click.command()
@@ -142,7 +167,25 @@ def complete(ctx: Context, dry_run: bool, yes: bool, force: bool, why: str | Non
         if current is not Phase.RAMPDOWN:
             raise ConfigurationError(f"complete follows rampdown; the phase is {current}")
         return advance(current)
-    _move(ctx, into_complete, "advance", dry_run, yes, force, why, goal=Phase.COMPLETE)
+
+    with _exclusive(ctx, "complete", dry_run):
+        _move(ctx, into_complete, "advance", dry_run, yes, force, why, goal=Phase.COMPLETE)
+
+
+@contextlib.contextmanager
+def _exclusive(ctx: Context, command: str, dry_run: bool) -> Iterator[None]:
+    """Hold the control plane's phase-change lock for the whole command (its move back
+    included): a second phase command meanwhile is refused (ControlPlane.changing). A dry run
+    changes nothing and takes no lock."""
+    if dry_run:
+        yield
+        return
+    control = ctx.control_plane()
+    try:
+        with control.changing(command):
+            yield
+    finally:
+        control.close()
 
 
 def _parse(name: str) -> Phase:

@@ -4,12 +4,15 @@ the history of every transition, the shadow results and the audit trail. SQL in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import getpass
 import json
+import logging
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -18,6 +21,8 @@ from cutover import faults
 from cutover.control.plane import Plumbing
 from cutover.errors import ConfigurationError, PreconditionError
 from cutover.phases import Decision, Phase
+
+log = logging.getLogger("cutover.control")
 
 #: The channel PhaseWatcher listens on; the payload is JSON {schema, phase, epoch}.
 CHANNEL = "cutover_phase"
@@ -30,6 +35,10 @@ TRANSITION_LOCK_WAIT = 30.0
 
 class PhaseConflictError(PreconditionError):
     """The phase changed while this transition was being decided."""
+
+
+class PhaseBusyError(PreconditionError):
+    """Another phase command is under way on this control plane."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +193,43 @@ class Phases(Plumbing):
             faults.point("phase_in_tx")  # written, not committed: a kill here changes nothing
         return new
 
+    @contextlib.contextmanager
+    def changing(self, command: str) -> Iterator[None]:
+        """Hold the control plane's phase-change lock for one whole phase command (``command``:
+        how it is named to a second one), from its read of the phase to the end of its move
+        back: a second phase command meanwhile is refused (:class:`PhaseBusyError`, exit 3),
+        naming the first, instead of reading the phase the first one set and stepping on from
+        it (two bare ``rollback``s: rampdown -> live -> shadow). A session lock on a connection
+        of its own: a killed command's lock ends with its session. Behind a transaction pooler
+        (no session locks) only the transition's own epoch check guards (a warning says so)."""
+        if self.pooled():
+            log.warning("the control plane is behind a transaction pooler: a second phase "
+                        "command run meanwhile is not refused (only one that read the phase "
+                        "before this one's commit is)")
+            yield
+            return
+        label = f"cutover {command} by {operator()}@{socket.gethostname()} pid {os.getpid()}"
+        conn = self.connect("taking the phase-change lock")
+        try:
+            with self._errors("taking the phase-change lock"):
+                conn.execute("SELECT set_config('application_name', %s, false)", [label[:63]])
+                row = conn.execute(self.query("phase_change_lock"),
+                                   {"schema": self.schema}).fetchone()
+                holder = None if row and row[0] else conn.execute(
+                    self.query("phase_change_holder"), {"schema": self.schema}).fetchone()
+            if not (row and row[0]):
+                who = (f"{holder[0] or 'a session'} (connected {holder[1]:%Y-%m-%d %H:%M:%S})"
+                       if holder else "a command that has just ended")
+                raise PhaseBusyError(
+                    f"{command} refused: another phase command is under way on this control "
+                    f"plane: {who}. Nothing changed. Once it has finished, see `cutover phase "
+                    f"show` and run yours again if it is still needed, naming the phase (`cutover "
+                    f"rollback --to PHASE`, `cutover phase advance --from PHASE`)")
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
     def hold_phase(self, conn: Any, epoch: int) -> None:
         """In the caller's own transaction (``conn``): share-lock the phase row until that
         transaction ends (no transition commits meanwhile: it waits), and check that the phase
@@ -233,5 +279,5 @@ class Phases(Plumbing):
         return [(r[0], r[1]) for r in rows]
 
 
-__all__ = ["CHANNEL", "LogEntry", "Pair", "PhaseConflictError", "PhaseState", "Phases",
-           "ShadowRate", "operator"]
+__all__ = ["CHANNEL", "LogEntry", "Pair", "PhaseBusyError", "PhaseConflictError", "PhaseState",
+           "Phases", "ShadowRate", "operator"]

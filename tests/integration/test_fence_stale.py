@@ -19,15 +19,18 @@ from cutover.worker import Worker
 from tests.integration.control_db import control_database
 
 
+@pytest.mark.parametrize("concurrency", [1, 2])
 def test_a_worker_that_cannot_read_the_phase_stops(cutover_redis_url: str,
-                                                   cutover_database_url: str) -> None:
+                                                   cutover_database_url: str,
+                                                   concurrency: int) -> None:
     with control_database(cutover_database_url) as ctl:
         plane = ControlPlane(ctl.url)
         plane.init()
         source = adapters.open_backend(cutover_redis_url)
         gate = PhaseGate(ControlPlane(ctl.url), source, Side.SOURCE, refresh=0.2,
                          stale_after=1.5)
-        worker = Worker(source, registry, concurrency=2, burst=False, isolation="thread",
+        worker = Worker(source, registry, concurrency=concurrency, burst=False,
+                        isolation="thread",
                         poll_interval=0.05, gate=gate)
         raised: list[BaseException] = []
 

@@ -272,8 +272,11 @@ def test_concurrent_calls_with_a_key_held_on_the_source_all_get_the_source_job(
 def test_a_phase_that_moved_since_it_was_read_is_routed_again_in_the_callers_transaction(
         pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
     """connection=: the phase changed between the Router's read and the hold in the caller's
-    transaction: the first write is undone (the backend's savepoint), the call routes by the
-    phase read again, and one job with one ledger row commits."""
+    transaction: the first write is undone (the backend's savepoint) and the call routes by the
+    phase read again. Rolled back rampdown -> shadow, where the routes differ: routed again,
+    the call is refused (shadow writes both sides, which connection= cannot), and nothing is
+    left, where a call that kept the old route would have committed a target-only job in
+    shadow (no source copy: the source's workers never see it)."""
     pair.control.init()
     move_to(pair.control, Phase.RAMPDOWN)
     with pair.router() as router, psycopg.connect(pair.target_url) as conn:
@@ -281,13 +284,22 @@ def test_a_phase_that_moved_since_it_was_read_is_routed_again_in_the_callers_tra
         member = router._membership
         assert member is not None
         stale = member.watcher.state()
-        move_to(pair.control, Phase.COMPLETE)
+        move_to(pair.control, Phase.SHADOW)
+        # The Router routes by the watcher's fresh() (the state and its age in one read):
+        # the first read is the stale one.
         reads = iter([stale])
-        real = member.watcher.state
-        monkeypatch.setattr(member.watcher, "state", lambda: next(reads, None) or real())
-        job_id = router.enqueue(tasks.add, 1, 2, connection=conn)
+        real = member.watcher.fresh
+        monkeypatch.setattr(member.watcher, "fresh",
+                            lambda *a, **k: next(reads, None) or real(*a, **k))
+        holds: list[int] = []
+        hold = member.plane.hold_phase
+        monkeypatch.setattr(member.plane, "hold_phase",
+                            lambda conn, epoch: (holds.append(epoch), hold(conn, epoch)))
+        with pytest.raises(ConfigurationError, match="refused in shadow"):
+            router.enqueue(tasks.add, 1, 2, connection=conn)
         conn.commit()
-    assert pair.on(job_id) == (False, True)
+    assert holds == [stale.epoch]  # routed by the stale phase first, then refused
     ones = [r for r in pair.target.snapshot() if r.kwargs.get("a") == 1 or r.args[:1] == (1,)]
-    assert [r.id for r in ones] == [job_id]
-    assert pair.ledger(job_id) is LedgerState.ACCEPTED
+    assert ones == []
+    assert [r for r in pair.source.snapshot() if r.kwargs.get("a") == 1
+            or r.args[:1] == (1,)] == []

@@ -14,6 +14,7 @@ from cutover.phases import (
     Side,
     advance,
     decide,
+    drain_refusal,
     mode,
     rollback,
     transition,
@@ -127,3 +128,19 @@ def test_mode_takes_a_side_by_its_name_and_refuses_an_unknown_one() -> None:
     assert mode(Phase.SHADOW, "target") is Mode.DRY  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sideways"):
         mode(Phase.SHADOW, "sideways")  # type: ignore[arg-type]
+
+
+def test_drain_refusal_follows_what_the_receiving_sides_workers_do() -> None:
+    def refused(phase: Phase, epoch: int, into: Side) -> bool:
+        return drain_refusal(phase, epoch, into, "redis://s", "postgresql://t") is not None
+
+    # No staged cut-over ever started: a plain drain either way.
+    assert not refused(Phase.OFF, 0, Side.TARGET) and not refused(Phase.OFF, 0, Side.SOURCE)
+    # Into the target: refused where it dry-runs (shadow) or idles (off after a rollback).
+    assert [p for p in ORDER if refused(p, 5, Side.TARGET)] == [Phase.OFF, Phase.SHADOW]
+    # Into the source: refused only where it idles (complete).
+    assert [p for p in ORDER if refused(p, 5, Side.SOURCE)] == [Phase.COMPLETE]
+    why = drain_refusal(Phase.OFF, 5, Side.TARGET, "redis://s", "postgresql://t") or ""
+    assert "cutover drain --source postgresql://t --target redis://s" in why
+    assert "cutover phase advance --from shadow" in (
+        drain_refusal(Phase.SHADOW, 2, Side.TARGET, "redis://s", "postgresql://t") or "")

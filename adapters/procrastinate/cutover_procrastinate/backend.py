@@ -741,6 +741,12 @@ class ProcrastinateBackend:
             self._workers[worker] = int(row[0])
         return int(row[0])
 
+    def forget_skipped(self) -> None:
+        """Offer the jobs this worker refused again (the phase gate calls it when its mode
+        changes: a copy a dry run left in place runs in the next mode)."""
+        with self._lock:
+            self._skipped.clear()
+
     def claim(self, queues: Sequence[str] | None, worker: str,
               accept: Acceptor) -> JobRecord | None:
         """One statement starts the next runnable job and reads it (claim_one): one round

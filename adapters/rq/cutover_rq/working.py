@@ -68,6 +68,12 @@ class RQWorking(RQConnection):
     _CLAIM_FIELDS = (b"status", b"started_at", b"worker_name", b"cutover_worker",
                      b"cutover_execution")
 
+    def forget_skipped(self) -> None:
+        """Offer the jobs this worker refused again (the phase gate calls it when its mode
+        changes: a copy a dry run left in place runs in the next mode)."""
+        with self._lock:
+            self._skipped.clear()
+
     def claim(self, queues: Sequence[str] | None, worker: str,
               accept: Acceptor) -> JobRecord | None:
         """One Lua call picks, takes and reads the next runnable job (claim_next.lua): threads

@@ -70,3 +70,20 @@ SELECT count(*), count(*) FILTER (WHERE matched) FROM {schema}.shadow_results;
 -- name: shadow_mismatches
 SELECT cutover_id, detail FROM {schema}.shadow_results WHERE NOT matched
 ORDER BY at DESC LIMIT %(limit)s;
+
+-- name: phase_change_lock
+-- A phase command's session lock, held on its own connection from its read of the phase to the
+-- end of its move back: a second phase command on this control plane meanwhile is refused
+-- (two bare rollbacks would otherwise both step back). A killed command's session ends, and
+-- its lock with it.
+SELECT pg_try_advisory_lock(hashtext('cutover.phase_change'), hashtext(%(schema)s));
+
+-- name: phase_change_holder
+-- Who holds phase_change_lock: the application_name its command set, and since when.
+SELECT a.application_name, a.backend_start
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = hashtext('cutover.phase_change')::oid
+  AND l.objid = hashtext(%(schema)s)::oid
+LIMIT 1;
