@@ -52,6 +52,7 @@ from cutover.control.fleet import HEARTBEAT
 from cutover.control.phase import PhaseState
 from cutover.control.watcher import REFRESH, STALE_AFTER, check_bounds
 from cutover.errors import (
+    BackendUnavailableError,
     ConfigurationError,
     CutoverError,
     PreconditionError,
@@ -62,6 +63,11 @@ from cutover.record import JobRecord
 from cutover.registry import TaskRegistry
 
 log = logging.getLogger("cutover.fence")
+
+#: How long (seconds) a worker keeps trying to finish the claim of a job it ran while the control
+#: plane cannot be reached (the lease is extended meanwhile whenever the plane answers), before
+#: it gives up and stops with the job's outcome unrecorded (see :meth:`PhaseGate.finish`).
+FINISH_PATIENCE = 300.0
 
 #: Content fields a run of the source copy changes (attempts made, the next retry's time): a
 #: dry run compares them only while the source copy has not been attempted.
@@ -107,6 +113,9 @@ class PhaseGate:
         self.watcher = PhaseWatcher(control, **kwargs).start()
         self._lock = threading.Lock()
         self._held: set[str] = set()
+        self._finishing: set[str] = set()  # held, their finish under way (no "lost" alarm)
+        #: How long :meth:`finish` keeps trying while the plane is unreachable.
+        self.finish_patience = FINISH_PATIENCE
         self._stop = threading.Event()
         self._acked = -1
         self._seen: dict[str, int] = {}
@@ -205,11 +214,52 @@ class PhaseGate:
 
     def finish(self, job: JobRecord, state: ClaimState, conn: Any = None) -> None:
         """The job ran to its end here (before the backend records it, or in the transaction
-        that records it, ``conn``: see the module's docstring)."""
+        that records it, ``conn``: see the module's docstring).
+
+        On the plane's own connection a lost connection is survived: the plane retries the
+        statement (cutover.control.plane), and while it still cannot be reached this keeps
+        trying for :attr:`finish_patience` seconds with the claim kept held, so the heartbeat
+        extends its lease whenever the plane answers and the other copy cannot take it over
+        meanwhile (it cannot claim either while the plane is down; a worker cut off alone
+        loses it when the lease runs out, as a killed one does). Only then
+        :class:`BackendUnavailableError`, with the job's outcome not recorded: its copy stays
+        started, recovered as stalled once this worker is gone."""
+        if conn is not None:
+            with self._lock:
+                self._held.discard(job.id)
+            if not self.control.finish(job.id, self.member, state, conn=conn):
+                self._lost(job)
+            return
+        with self._lock:
+            self._held.add(job.id)  # (again, after a joined finish that failed)
+            self._finishing.add(job.id)
+        try:
+            ok = self._patiently(f"finishing the claim of job {job.id}", lambda: (
+                self.control.finish(job.id, self.member, state)))
+        finally:
+            with self._lock:
+                self._finishing.discard(job.id)
         with self._lock:
             self._held.discard(job.id)
-        if not self.control.finish(job.id, self.member, state, conn=conn):
+        if not ok:
             self._lost(job)
+
+    def _patiently(self, doing: str, verb: Callable[[], bool]) -> bool:
+        """``verb()``, tried again while the plane is unreachable, for up to
+        :attr:`finish_patience` seconds (waits of up to 5 s between tries)."""
+        deadline = time.monotonic() + self.finish_patience
+        wait = 0.5
+        while True:
+            try:
+                return verb()
+            except BackendUnavailableError as exc:
+                if time.monotonic() + wait > deadline:
+                    raise
+                log.error("%s: the control plane is unreachable (%s); trying again in %.1fs "
+                          "(the claim stays held, its lease extended while the plane answers)",
+                          doing, exc, wait, extra={"event": "control_unreachable"})
+                time.sleep(wait)
+                wait = min(wait * 2, 5.0)
 
     def finish_in(self, job: JobRecord, state: ClaimState, conn: Any) -> Callable[[], None]:
         """:meth:`finish` queued in the pipelined transaction that records the job's outcome
@@ -231,10 +281,20 @@ class PhaseGate:
 
     def release(self, job: JobRecord, conn: Any = None) -> None:
         """A retry: give the claim up so the next attempt, on either side, claims again
-        (``conn``: in the transaction that records the retry)."""
+        (``conn``: in the transaction that records the retry). On the plane's own connection,
+        a plane still unreachable after its retries is logged, not raised: the lease, no
+        longer extended, ends on its own, and the retry claims then (later, never twice)."""
         with self._lock:
             self._held.discard(job.id)
-        self.control.release(job.id, self.member, conn=conn)
+        if conn is not None:
+            self.control.release(job.id, self.member, conn=conn)
+            return
+        try:
+            self.control.release(job.id, self.member)
+        except BackendUnavailableError as exc:
+            log.warning("job %s: could not release its claim (%s); its retry claims it once "
+                        "the lease ends", job.id, exc, extra={"job_id": job.id,
+                                                             "event": "release_late"})
 
     def held(self, job_id: str) -> bool:
         with self._lock:
@@ -341,7 +401,7 @@ class PhaseGate:
                 try:
                     if not self.control.extend(job_id, self.member, self.lease):
                         with self._lock:
-                            ours = job_id in self._held
+                            ours = job_id in self._held and job_id not in self._finishing
                         if ours:
                             log.error("lost the claim of running job %s (taken over)", job_id)
                 except CutoverError as exc:

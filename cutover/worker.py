@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 from cutover.backend import Acceptor, QueueBackend, TxHook
 from cutover.control.claims import Claim, ClaimState
-from cutover.errors import CutoverError
+from cutover.control.plane import RETRY_WAITS
+from cutover.errors import BackendUnavailableError, CutoverError
 from cutover.fence import GateConfig, PhaseGate
 from cutover.metrics import METRICS, Metrics
 from cutover.phases import Mode
@@ -338,14 +339,20 @@ class Worker:
                         with self._lock:
                             self.report.shadowed += 1
                     elif self.gate is not None and fenced:
+                        if claim is None:
+                            claim = self._fence_claim(self.gate, job)
                         self._fenced(self.gate, job, index, claim)
                     else:
                         self._execute(job, index)
                 finally:
                     self.metrics.released(self.backend.name)
         except CutoverError as exc:
-            # The backend went away: stop every thread and report it; jobs that were running
-            # stay "started" and are recovered as stalled by the next worker.
+            # The backend or the control plane went away (the plane's statements are retried
+            # first: cutover.control.plane): stop taking work, every thread, and report it. The
+            # jobs other threads run are finished and recorded (a claim's finish is retried
+            # with its lease extended: PhaseGate.finish); a job whose fence claim could not be
+            # made was given back to its queue (_fence_claim); one whose outcome could not be
+            # recorded stays "started", recovered as stalled by the next worker.
             log.error("worker %s stops: %s", self.name, exc)
             with self._lock:
                 self._error = self._error or exc
@@ -354,12 +361,49 @@ class Worker:
     def _claim_joined(self, gate: PhaseGate, accept: Acceptor
                       ) -> tuple[JobRecord | None, Claim | None]:
         """The job and its fence claim in one transaction of the backend's (its database
-        holds the control plane: cutover.fence)."""
+        holds the control plane: cutover.fence). A connection lost in it rolls both back (the
+        job stays waiting, no attempt used): the claim is tried again, as the plane's own
+        statements are (bounded, :data:`~cutover.control.plane.RETRY_WAITS`)."""
         assert gate.joined is not None
+        waits = iter(RETRY_WAITS)
         claims: list[Claim] = []
-        job = gate.joined.claim_tx(self.queues, self.name, accept,
-                                   lambda conn, j: claims.append(gate.claim(j, conn)))
-        return job, claims[0] if claims else None
+        while True:
+            claims.clear()
+            try:
+                job = gate.joined.claim_tx(self.queues, self.name, accept,
+                                           lambda conn, j: claims.append(gate.claim(j, conn)))
+            except BackendUnavailableError as exc:
+                wait = next(waits, None)
+                if wait is None or self._stop.is_set():
+                    raise
+                log.warning("claiming a job with its fence claim failed (%s): nothing was "
+                            "claimed; trying again in %.2fs", exc, wait,
+                            extra={"event": "control_retry"})
+                time.sleep(wait)
+                continue
+            return job, claims[0] if claims else None
+
+    def _fence_claim(self, gate: PhaseGate, job: JobRecord) -> Claim:
+        """``job``'s fence claim (the backend claimed it already). When the control plane
+        cannot be reached (after the plane's retries) the job is given back to its queue as it
+        was, without using an attempt (the backend's optional ``unclaim(job, worker)``), and
+        the error stops the worker: a claim that could not be made never fails a job."""
+        try:
+            return gate.claim(job)
+        except CutoverError as exc:
+            unclaim: Callable[[JobRecord, str], bool] | None = getattr(self.backend,
+                                                                       "unclaim", None)
+            back = False
+            if unclaim is not None:
+                try:
+                    back = unclaim(job, self.name)
+                except CutoverError as again:
+                    log.error("job %s: could not give it back either: %s", job.id, again)
+            log.error("job %s: its fence claim could not be made (%s); %s", job.id, exc,
+                      "given back to its queue, waiting (no attempt used)" if back else
+                      "it stays started, recovered as stalled by the next worker",
+                      extra={"job_id": job.id, "event": "claim_unreachable"})
+            raise
 
     def _fenced(self, gate: PhaseGate, job: JobRecord, index: int,
                 claim: Claim | None = None) -> None:
@@ -432,6 +476,33 @@ class Worker:
                 self._deadlines.pop(me, None)
         self._record(job, task, outcome)
 
+    def _unjoined(self, gate: PhaseGate, job: JobRecord, final: bool, state: ClaimState,
+                  exc: CutoverError, record: Callable[[], None]) -> None:
+        """The outcome's transaction, with the fence's finish or release in it, lost its
+        connection (rolled back): the claim is settled on the plane's own connection (retried
+        while the lease is kept: PhaseGate.finish; idempotent, should the transaction have
+        committed after all), then the outcome is recorded alone, tried again while the
+        backend cannot be reached (bounded)."""
+        log.warning("job %s: recording its outcome with its claim failed (%s); settling the "
+                    "claim, then recording it alone", job.id, exc,
+                    extra={"job_id": job.id, "event": "control_retry"})
+        if final:
+            gate.finish(job, state)
+        else:
+            gate.release(job)
+        waits = iter(RETRY_WAITS)
+        while True:
+            try:
+                record()
+                return
+            except BackendUnavailableError as again:
+                wait = next(waits, None)
+                if wait is None:
+                    raise
+                log.warning("job %s: recording its outcome failed (%s); trying again in "
+                            "%.2fs", job.id, again, wait, extra={"job_id": job.id})
+                time.sleep(wait)
+
     def _record(self, job: JobRecord, task: Task, outcome: Outcome) -> None:
         """Store the outcome: complete, schedule the retry, or fail for good."""
         extra = {"job_id": job.id, "task": task.name, "backend": self.backend.name}
@@ -460,9 +531,13 @@ class Worker:
                 settle = functools.partial(gate.release, job)
         if outcome.ok:
             if settle is not None and gate is not None and gate.joined is not None:
-                gate.joined.complete_tx(job, self.name, outcome.result, settle)
-                for check in checks:
-                    check()
+                try:
+                    gate.joined.complete_tx(job, self.name, outcome.result, settle)
+                    for check in checks:
+                        check()
+                except BackendUnavailableError as exc:
+                    self._unjoined(gate, job, final, state, exc, functools.partial(
+                        self.backend.complete, job, self.name, outcome.result))
             else:
                 self.backend.complete(job, self.name, outcome.result)
             with self._lock:
@@ -478,9 +553,13 @@ class Worker:
             delay = job.retry_delay(attempts_made)
             retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
         if settle is not None and gate is not None and gate.joined is not None:
-            gate.joined.fail_tx(job, self.name, error, retry_at, settle)
-            for check in checks:
-                check()
+            try:
+                gate.joined.fail_tx(job, self.name, error, retry_at, settle)
+                for check in checks:
+                    check()
+            except BackendUnavailableError as exc:
+                self._unjoined(gate, job, final, state, exc, functools.partial(
+                    self.backend.fail, job, self.name, error, retry_at))
         else:
             self.backend.fail(job, self.name, error, retry_at)
         if retry_at is not None:

@@ -9,7 +9,14 @@ FROM {schema}.claim(%(id)s, %(side)s, %(member)s, %(lease)s);
 SELECT {schema}.claim_extend(%(id)s, %(member)s, %(lease)s);
 
 -- name: claim_finish
-SELECT {schema}.claim_finish(%(id)s, %(member)s, %(state)s);
+-- Idempotent for the holder: run again after an unknown outcome (its connection lost after the
+-- commit: the plane's statements are retried, cutover.control.plane), it finds the claim
+-- finished by this member in this state and answers true again. (The EXISTS reads the
+-- statement's snapshot, from before the function's update: true only for an earlier finish.)
+-- claim (the holder's own again), claim_extend and claim_release are so already.
+SELECT {schema}.claim_finish(%(id)s, %(member)s, %(state)s)
+    OR EXISTS (SELECT 1 FROM {schema}.claims WHERE cutover_id = %(id)s
+               AND member = %(member)s AND state = %(state)s);
 
 -- name: claim_get
 SELECT true, state, side, member, lease_until, takeovers FROM {schema}.claims
