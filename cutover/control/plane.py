@@ -317,6 +317,30 @@ class Plumbing:
                 f"{where} is at version {version}, older than this queue-cutover's ({latest}): "
                 f"run `cutover init` to upgrade it (additive, safe while jobs run)")
 
+    def identity(self) -> str:
+        """The database this plane lives in, whatever the URL's spelling (``127.0.0.1`` or
+        ``localhost``, a Unix socket, options, credentials): ``postgresql:<system
+        identifier>/<database>``, or ``postgresql-db:<database oid>/<database>`` where
+        ``pg_control_system()`` is not allowed (the cluster then unknown: two clusters with a
+        database of the same name and oid would look alike). The schema is not in it: the
+        cut-over marker compares it apart. Read once."""
+        found: str | None = getattr(self, "_identity", None)
+        if found is not None:
+            return found
+        with self.tx("reading the control plane's database") as conn:
+            place = conn.execute(self.query("plane_place")).fetchone()
+        assert place is not None
+        try:
+            with self.tx("reading the control plane's cluster") as conn:
+                row = conn.execute(self.query("plane_system")).fetchone()
+            found = f"postgresql:{row[0] if row else '?'}/{place[0]}"
+        except BackendError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.InsufficientPrivilege):
+                raise
+            found = f"postgresql-db:{place[1]}/{place[0]}"
+        self._identity = found
+        return found
+
     @functools.lru_cache(maxsize=64)  # noqa: B019 (few stores, one control plane a command)
     def describe(self, key: str) -> str:
         """A store key as a person reads it: the redacted URL it was last reached by (the key
