@@ -34,11 +34,11 @@ from typing import Any, Literal
 from cutover.backend import Acceptor, QueueBackend, TxHook
 from cutover.control.claims import Claim, ClaimState
 from cutover.control.plane import RETRY_WAITS
-from cutover.errors import BackendUnavailableError, CutoverError
+from cutover.errors import BackendUnavailableError, CutoverError, PhaseUnknownError
 from cutover.fence import GateConfig, PhaseGate
 from cutover.metrics import METRICS, Metrics
 from cutover.phases import Mode
-from cutover.record import JobRecord
+from cutover.record import JobRecord, JobState
 from cutover.registry import Task, TaskRegistry
 from cutover.runner import Outcome, ProcessSlot, call_task, timed_out
 
@@ -135,6 +135,7 @@ class Worker:
             self.gate.metrics = self.metrics
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._local = threading.local()  # each loop thread's job, and whether it ran
         self._signals = 0
         self._error: CutoverError | None = None
         self.timeout = timeout
@@ -311,52 +312,94 @@ class Worker:
         self._stop.wait(wait)
 
     def _loop(self, index: int) -> None:
+        failures = 0  # in a row: connections lost (the backend's, or the plane's after its
+        # own retries) while this thread held no job it had run
         try:
             while not self._stop.is_set():
-                # The mode is read between jobs: a job runs to its end in the mode it was
-                # claimed in.
-                mode, fenced = (Mode.EXECUTE, False) if self.gate is None else self.gate.mode()
-                if mode is Mode.IDLE:
-                    if self.burst:
-                        return
-                    self._idle_wait()
-                    continue
-                accept = self._accept if mode is not Mode.DRY else self._dry_accept
-                claim: Claim | None = None
-                if self.gate is not None and fenced and self.gate.joined is not None:
-                    job, claim = self._claim_joined(self.gate, accept)
-                else:
-                    job = self.backend.claim(self.queues, self.name, accept)
-                if job is None:
-                    if self.burst:
-                        return
-                    self._idle_wait()
-                    continue
-                self.metrics.claimed(self.backend.name)
+                self._local.job, self._local.ran = None, False
                 try:
-                    if self.gate is not None and mode is Mode.DRY:
-                        self.gate.dry_run(job, self.registry)
-                        with self._lock:
-                            self.report.shadowed += 1
-                    elif self.gate is not None and fenced:
-                        if claim is None:
-                            claim = self._fence_claim(self.gate, job)
-                        self._fenced(self.gate, job, index, claim)
-                    else:
-                        self._execute(job, index)
-                finally:
-                    self.metrics.released(self.backend.name)
+                    if not self._one(index):
+                        return
+                    failures = 0
+                except BackendUnavailableError as exc:
+                    # A blip is survived: a job claimed and not run yet is given back (waiting,
+                    # no attempt used) and the loop goes on after a wait, a few times in a row.
+                    # Not a job that ran (its outcome could not be recorded, after retries: it
+                    # stays started for recovery, which needs this worker gone), nor a phase
+                    # unread for too long, nor a plane that stays away: the worker stops.
+                    failures += 1
+                    if (self._local.ran or isinstance(exc, PhaseUnknownError)
+                            or failures > len(RETRY_WAITS)):
+                        raise
+                    job: JobRecord | None = self._local.job
+                    back = job is not None and self._give_back(job)
+                    wait = RETRY_WAITS[failures - 1]
+                    log.warning("worker %s: %s%s; going on in %.2fs", self.name, exc,
+                                f" (job {job.id} given back, waiting)"
+                                if back and job is not None else "", wait,
+                                extra={"event": "blip"})
+                    self._stop.wait(wait)
         except CutoverError as exc:
             # The backend or the control plane went away (the plane's statements are retried
-            # first: cutover.control.plane): stop taking work, every thread, and report it. The
-            # jobs other threads run are finished and recorded (a claim's finish is retried
-            # with its lease extended: PhaseGate.finish); a job whose fence claim could not be
-            # made was given back to its queue (_fence_claim); one whose outcome could not be
-            # recorded stays "started", recovered as stalled by the next worker.
+            # first: cutover.control.plane; then the loop above): stop taking work, every
+            # thread, and report it. The jobs other threads run are finished and recorded (a
+            # claim's finish is retried with its lease extended: PhaseGate.finish); a job whose
+            # fence claim could not be made was given back to its queue; one whose outcome
+            # could not be recorded stays "started", recovered as stalled by the next worker.
             log.error("worker %s stops: %s", self.name, exc)
             with self._lock:
                 self._error = self._error or exc
             self._stop.set()
+
+    def _one(self, index: int) -> bool:
+        """One job (or none): False when a burst worker is done."""
+        # The mode is read between jobs: a job runs to its end in the mode it was claimed in.
+        mode, fenced = (Mode.EXECUTE, False) if self.gate is None else self.gate.mode()
+        if mode is Mode.IDLE:
+            if self.burst:
+                return False
+            self._idle_wait()
+            return True
+        accept = self._accept if mode is not Mode.DRY else self._dry_accept
+        claim: Claim | None = None
+        if self.gate is not None and fenced and self.gate.joined is not None:
+            job, claim = self._claim_joined(self.gate, accept)
+        else:
+            job = self.backend.claim(self.queues, self.name, accept)
+        if job is None:
+            if self.burst:
+                return False
+            self._idle_wait()
+            return True
+        self._local.job = job
+        self.metrics.claimed(self.backend.name)
+        try:
+            if self.gate is not None and mode is Mode.DRY:
+                self.gate.dry_run(job, self.registry)
+                with self._lock:
+                    self.report.shadowed += 1
+            elif self.gate is not None and fenced:
+                if claim is None:
+                    claim = self._fence_claim(self.gate, job)
+                self._fenced(self.gate, job, index, claim)
+            else:
+                self._execute(job, index)
+        finally:
+            self.metrics.released(self.backend.name)
+        return True
+
+    def _give_back(self, job: JobRecord) -> bool:
+        """Put a job this worker claimed and has not run back to waiting, no attempt used (the
+        backend's optional ``unclaim(job, worker)``); False when it could not."""
+        unclaim: Callable[[JobRecord, str], bool] | None = getattr(self.backend, "unclaim",
+                                                                   None)
+        if unclaim is None:
+            return False
+        try:
+            return unclaim(job, self.name)
+        except CutoverError as exc:
+            log.error("job %s: could not give it back: %s", job.id, exc)
+            return False
 
     def _claim_joined(self, gate: PhaseGate, accept: Acceptor
                       ) -> tuple[JobRecord | None, Claim | None]:
@@ -391,14 +434,7 @@ class Worker:
         try:
             return gate.claim(job)
         except CutoverError as exc:
-            unclaim: Callable[[JobRecord, str], bool] | None = getattr(self.backend,
-                                                                       "unclaim", None)
-            back = False
-            if unclaim is not None:
-                try:
-                    back = unclaim(job, self.name)
-                except CutoverError as again:
-                    log.error("job %s: could not give it back either: %s", job.id, again)
+            back = self._give_back(job)
             log.error("job %s: its fence claim could not be made (%s); %s", job.id, exc,
                       "given back to its queue, waiting (no attempt used)" if back else
                       "it stays started, recovered as stalled by the next worker",
@@ -457,6 +493,7 @@ class Worker:
         return reason
 
     def _execute(self, job: JobRecord, index: int) -> None:
+        self._local.ran = True  # (the watchdog's thread never gets here)
         task = self.registry.resolve(job.task, job_id=job.id)
         log.info("started job %s (%s) attempt %d/%d", job.id, task.name, job.attempts + 1,
                  job.max_attempts, extra={"job_id": job.id, "task": task.name,
@@ -490,18 +527,36 @@ class Worker:
             gate.finish(job, state)
         else:
             gate.release(job)
+        self._recording(job, record, recorded_first=True)
+
+    def _recording(self, job: JobRecord, record: Callable[[], None], *,
+                   recorded_first: bool = False) -> None:
+        """Record an outcome in the backend, tried again (bounded: RETRY_WAITS) while the
+        backend cannot be reached. A lost connection leaves the outcome unknown (a pipelined
+        transaction's COMMIT may have run before the connection went): before each try again
+        (and before the first, ``recorded_first``) the job is read, and one no longer started
+        was recorded already."""
         waits = iter(RETRY_WAITS)
+        check = recorded_first
         while True:
             try:
+                if check and self._recorded(job):
+                    return
                 record()
                 return
-            except BackendUnavailableError as again:
+            except BackendUnavailableError as exc:
                 wait = next(waits, None)
                 if wait is None:
                     raise
                 log.warning("job %s: recording its outcome failed (%s); trying again in "
-                            "%.2fs", job.id, again, wait, extra={"job_id": job.id})
+                            "%.2fs", job.id, exc, wait, extra={"job_id": job.id})
                 time.sleep(wait)
+                check = True
+
+    def _recorded(self, job: JobRecord) -> bool:
+        """Whether ``job``'s outcome is recorded: it is no longer started (or gone)."""
+        current = self.backend.get(job.id)
+        return current is None or current.state is not JobState.STARTED
 
     def _record(self, job: JobRecord, task: Task, outcome: Outcome) -> None:
         """Store the outcome: complete, schedule the retry, or fail for good."""
@@ -539,7 +594,8 @@ class Worker:
                     self._unjoined(gate, job, final, state, exc, functools.partial(
                         self.backend.complete, job, self.name, outcome.result))
             else:
-                self.backend.complete(job, self.name, outcome.result)
+                self._recording(job, functools.partial(self.backend.complete, job, self.name,
+                                                       outcome.result))
             with self._lock:
                 self.report.succeeded += 1
             self.metrics.outcome(self.backend.name, "succeeded")
@@ -561,7 +617,8 @@ class Worker:
                 self._unjoined(gate, job, final, state, exc, functools.partial(
                     self.backend.fail, job, self.name, error, retry_at))
         else:
-            self.backend.fail(job, self.name, error, retry_at)
+            self._recording(job, functools.partial(self.backend.fail, job, self.name, error,
+                                                   retry_at))
         if retry_at is not None:
             self.metrics.outcome(self.backend.name, "retried")
             with self._lock:

@@ -1,0 +1,251 @@
+"""Control-plane blips are survived, not escalated (issue 13, item 4).
+
+Before: the fence ran each verb once. A connection terminated at the end of a job made its
+``finish`` fail, the worker stop, the claim's lease expire and the other copy run the job again
+(6 of 36 with one ``pg_terminate_backend`` per round), both copies recorded as failed; a blip
+right after an RQ claim failed the job for good without running it ("its worker died while
+running it"). Now the plane's statements are retried on a new connection (the fence's verbs
+answer the same when run again), a finish is retried with the claim kept, and a claim that
+could not be made gives the job back to its queue, waiting, no attempt used.
+
+Executions are counted from the task's side: ``blip_runs``, written by the task
+(tests/integration/blip_tasks.py), in a database of its own that no kill touches."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from cutover_rq import RQBackend
+
+from cutover import Router
+from cutover.control import ControlPlane
+from cutover.errors import CutoverError
+from cutover.fence import PhaseGate
+from cutover.phases import Phase, Side
+from cutover.record import JobState
+from cutover.worker import Worker
+from tests.integration import blip_tasks
+from tests.integration.blip_tasks import registry
+from tests.integration.control_db import ControlDatabase, control_database
+from tests.integration.drain_helpers import invoke
+
+pytestmark = [pytest.mark.rq, pytest.mark.pg]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MINE = "blip_test"  # the application_name of the test's own sessions: never killed
+
+
+def _mine(url: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}application_name={MINE}"
+
+
+def _kill(database: str) -> int:
+    """Terminate every client session of ``database`` but the test's own: how many."""
+    with psycopg.connect(_mine(ROOT_URL[0]), autocommit=True) as conn:
+        row = conn.execute(blip_tasks.KILL, (database,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+ROOT_URL: list[str] = []  # a URL of the server, set by the fixtures (for _kill)
+
+
+def _runs(url: str) -> dict[str, int]:
+    with psycopg.connect(_mine(url)) as conn:
+        rows = conn.execute("SELECT key, count(*) FROM blip_runs GROUP BY key").fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def _walk(source: str, target: str, *control: str) -> None:
+    assert invoke(source, target, *control, "init", "--yes").exit_code == 0
+    for _ in range(2):  # off -> shadow -> live (forced: no workers needed to move)
+        result = invoke(source, target, *control, "phase", "advance", "--yes", "--force",
+                        "--why", "test")
+        assert result.exit_code == 0, result.output
+
+
+@pytest.fixture
+def runs_db(cutover_database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The tasks' own table, in a database of its own (no kill reaches it)."""
+    ROOT_URL[:] = [cutover_database_url]
+    with control_database(cutover_database_url) as db:
+        with psycopg.connect(db.url, autocommit=True) as conn:
+            conn.execute(blip_tasks.SCHEMA)
+        monkeypatch.setenv("BLIP_RUNS_URL", db.url)
+        yield db.url
+
+
+def _db_name(url: str) -> str:
+    return url.split("?", 1)[0].rsplit("/", 1)[1]
+
+
+def _live_and_failed(source: str, target: str) -> tuple[int, int]:
+    """(live copies, failed jobs) on both backends, read by the test's own sessions."""
+    backend = RQBackend(source)
+    try:
+        counts = backend.counts()
+    finally:
+        backend.close()
+    live = sum(n for per in counts.values() for s, n in per.items() if s.live)
+    failed = sum(per.get(JobState.FAILED, 0) for per in counts.values())
+    with psycopg.connect(_mine(target)) as conn:
+        rows = conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs "
+                            "GROUP BY status").fetchall()
+    by = {str(r[0]): int(r[1]) for r in rows}
+    return live + by.get("todo", 0) + by.get("doing", 0), failed + by.get("failed", 0)
+
+
+def _workers(target: str) -> int:
+    """Workers of the fleet that heartbeat a mode (their start-up is behind them)."""
+    with psycopg.connect(_mine(target)) as conn:
+        row = conn.execute("SELECT count(*) FROM cutover.fleet WHERE kind = 'worker' "
+                           "AND mode IS NOT NULL").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _spawn(source: str, target: str, side: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": ROOT, "BLIP_KILL_DB": _db_name(target)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cutover", "--source", source, "--target", target, "--app",
+         "tests.integration.blip_tasks:registry", "worker", "--backend", side,
+         "--concurrency", "2", "--isolation", "thread", "--poll-interval", "0.05",
+         "--lease", "5"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+
+
+def test_control_sessions_terminated_at_the_end_of_jobs_and_mid_run_in_live(
+        cutover_redis_url: str, cutover_database_url: str, runs_db: str,
+        tmp_path: Path) -> None:
+    """Both fleets (real worker processes) in live, the control plane in the target's
+    database; every sixth job terminates every control-plane session of both fleets as it
+    ends (just before its finish), and a killer does so every 3 s besides. Every job runs
+    exactly once, none is recorded as failed, and no worker stops."""
+    source, target = cutover_redis_url, cutover_database_url
+    _walk(source, target)
+    n = 60
+    logs = {side: tmp_path / f"{side}.log" for side in ("source", "target")}
+    procs = {side: _spawn(source, target, side, log) for side, log in logs.items()}
+    deadline = time.monotonic() + 60
+    while _workers(target) < 2:  # both fleets up (the blips are for running workers)
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs.values())
+        time.sleep(0.2)
+    # The Router's sessions are the test's own (never killed): the jobs are written once.
+    with Router(registry, source=source, target=_mine(target)) as router:
+        assert router.phase is Phase.LIVE
+        for i in range(n):  # both copies of each, its ledger row
+            router.enqueue("blip.count", f"k{i}", kill=(i % 6 == 0), pause=0.2)
+    stop = threading.Event()
+    kills: list[int] = []
+
+    def killer() -> None:
+        while not stop.wait(3.0):
+            kills.append(_kill(_db_name(target)))
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            for side, proc in procs.items():
+                assert proc.poll() is None, (
+                    f"the {side} worker stopped (exit {proc.returncode}):\n"
+                    + logs[side].read_text()[-3000:])
+            runs = _runs(runs_db)
+            live, failed = _live_and_failed(source, target)
+            if len(runs) == n and live == 0:
+                break
+            assert time.monotonic() < deadline, (runs, live, failed)
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join(5)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            proc.wait(60)
+    assert sum(kills) > 0  # the killer did cut sessions
+    text = "".join(log.read_text() for log in logs.values())
+    assert "connection lost while finishing a claim" in text or "settling the claim" in text, \
+        "no finish met a terminated connection: the test proved nothing"
+    assert _runs(runs_db) == {f"k{i}": 1 for i in range(n)}
+    assert _live_and_failed(source, target) == (0, 0)
+    assert all(proc.returncode == 0 for proc in procs.values()), text[-3000:]
+
+
+def _gate(control_url: str, backend: Any) -> PhaseGate:
+    return PhaseGate(ControlPlane(control_url), backend, Side.SOURCE, refresh=0.2)
+
+
+@pytest.mark.parametrize("fault", ["terminated", "unreachable"])
+def test_a_connection_lost_right_after_a_claim_leaves_the_job_waiting(
+        cutover_redis_url: str, cutover_database_url: str, runs_db: str, fault: str) -> None:
+    """An RQ worker (the control plane in a database of its own) claims a job, and its control
+    connection is terminated at once (``terminated``: the claim is made on a new connection,
+    the job runs once) or the plane stays unreachable (``unreachable``: the job is given back
+    to its queue, waiting, no attempt used; the worker stops; once the plane is back the job
+    runs once). Never failed (max_attempts=1: before, it was failed for good unrun)."""
+    source, target = cutover_redis_url, cutover_database_url
+    with control_database(target) as ctl:
+        _walk(source, target, "--control", ctl.url)
+        backend = RQBackend(source)
+        job = backend.enqueue([registry.make_record("blip.count", ("c1",), {})])[0]
+        real = backend.claim
+        fired: list[bool] = []
+
+        def claim_then_cut(*args: Any, **kwargs: Any) -> Any:
+            got = real(*args, **kwargs)
+            if got is not None and not fired:
+                fired.append(True)
+                _cut(ctl, fault)
+            return got
+
+        backend.claim = claim_then_cut  # type: ignore[method-assign]
+        gate = _gate(ctl.url, backend)
+        try:
+            worker = Worker(backend, registry, burst=True, isolation="thread",
+                            poll_interval=0.05, gate=gate)
+            if fault == "terminated":
+                report = worker.run(install_signal_handlers=False)
+                assert report.succeeded == 1 and report.failed == 0
+            else:
+                with pytest.raises(CutoverError):
+                    worker.run(install_signal_handlers=False)
+                waiting = backend.get(job)
+                assert waiting is not None and waiting.state is JobState.QUEUED, waiting
+                assert waiting.attempts == 0
+                assert _runs(runs_db) == {}
+                ctl.restore()
+        finally:
+            gate.close()
+            gate.control.close()
+        assert fired
+        if fault == "unreachable":  # the plane is back: the job runs, once
+            again = _gate(ctl.url, backend)
+            try:
+                report = Worker(backend, registry, burst=True, isolation="thread",
+                                poll_interval=0.05, stalled_after=1.0, gate=again).run(
+                    install_signal_handlers=False)
+            finally:
+                again.close()
+                again.control.close()
+            assert report.succeeded == 1 and report.failed == 0 and not report.recovered
+        done = backend.get(job)
+        backend.close()
+        assert done is not None and done.state is JobState.FINISHED
+        assert _runs(runs_db) == {"c1": 1}
+
+
+def _cut(ctl: ControlDatabase, fault: str) -> None:
+    if fault == "terminated":
+        assert _kill(ctl.name) > 0
+    else:
+        ctl.cut()
