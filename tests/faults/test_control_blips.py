@@ -176,6 +176,9 @@ def test_control_sessions_terminated_at_the_end_of_jobs_and_mid_run_in_live(
     text = "".join(log.read_text() for log in logs.values())
     assert "connection lost while finishing a claim" in text or "settling the claim" in text, \
         "no finish met a terminated connection: the test proved nothing"
+    # A finish run again after an unknown outcome (a pipelined outcome transaction that
+    # committed as its connection went) answers true: never "taken over".
+    assert "claim had been taken over" not in text
     assert _runs(runs_db) == {f"k{i}": 1 for i in range(n)}
     assert _live_and_failed(source, target) == (0, 0)
     assert all(proc.returncode == 0 for proc in procs.values()), text[-3000:]
@@ -249,3 +252,33 @@ def _cut(ctl: ControlDatabase, fault: str) -> None:
         assert _kill(ctl.name) > 0
     else:
         ctl.cut()
+
+
+def test_each_fence_verb_run_again_by_its_holder_gives_the_same_answer(
+        cutover_database_url: str) -> None:
+    """What a retry after an unknown outcome (the statement committed, its answer lost) meets:
+    the same verb run again by the same member. It must answer as the first run did; a finish
+    that answered False would be logged as a takeover and, worse, read as one."""
+    import uuid
+
+    from cutover.control.claims import ClaimState
+
+    plane = ControlPlane(cutover_database_url)
+    try:
+        plane.init()
+        me, other = uuid.uuid4(), uuid.uuid4()
+        first = plane.claim("v1", Side.SOURCE, me, 30.0)
+        again = plane.claim("v1", Side.SOURCE, me, 30.0)
+        assert first.won and again.won and again.takeovers == 0
+        assert not plane.claim("v1", Side.TARGET, other, 30.0).won
+        assert plane.extend("v1", me) and plane.extend("v1", me)
+        assert plane.finish("v1", me, ClaimState.DONE)
+        assert plane.finish("v1", me, ClaimState.DONE)  # run again: still true
+        assert not plane.finish("v1", other, ClaimState.DONE)  # never held: false
+        assert not plane.claim("v1", Side.SOURCE, me, 30.0).won  # finished: never again
+        assert plane.claim("v2", Side.SOURCE, me, 30.0).won
+        assert plane.release("v2", me) and plane.release("v2", me)
+        claim = plane.claim_of("v2")
+        assert claim is not None and claim.state is ClaimState.CLAIMED
+    finally:
+        plane.close()
