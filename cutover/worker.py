@@ -451,7 +451,9 @@ class Worker:
             log.info("job %s is claimed on the %s until %s: waiting", job.id, claim.side,
                      claim.lease_until.isoformat(), extra={"job_id": job.id, "event": "fenced"})
             waited = gate.wait(job, claim, self._stop)
-            if waited is None:  # stopping: the job is retried after the lease (an attempt)
+            if waited is None:  # stopping: given back (no attempt), else retried after the
+                if self._give_back(job):  # lease (an attempt)
+                    return
                 self.backend.fail(job, self.name, "fence: the worker stopped while the other "
                                   "copy's claim was held", claim.lease_until)
                 return

@@ -282,3 +282,38 @@ def test_each_fence_verb_run_again_by_its_holder_gives_the_same_answer(
         assert claim is not None and claim.state is ClaimState.CLAIMED
     finally:
         plane.close()
+
+
+def test_a_worker_stopped_while_waiting_on_the_other_copys_claim_gives_the_job_back(
+        cutover_redis_url: str, cutover_database_url: str, runs_db: str) -> None:
+    """A worker stopped (a blip's stop, a SIGTERM) while its copy waits on a claim the other
+    side holds gives the copy back, waiting, no attempt used: before, it was failed (for good
+    with max_attempts=1) while the other copy ran."""
+    import uuid
+
+    source, target = cutover_redis_url, cutover_database_url
+    _walk(source, target)
+    backend = RQBackend(source)
+    plane = ControlPlane(target)
+    job = backend.enqueue([registry.make_record("blip.count", ("w1",), {})])[0]
+    assert plane.claim(job, Side.TARGET, uuid.uuid4(), 120.0).won  # the other side holds it
+    gate = _gate(target, backend)
+    worker = Worker(backend, registry, isolation="thread", poll_interval=0.05, gate=gate)
+    thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while (got := backend.get(job)) is None or got.state is not JobState.STARTED:
+            assert time.monotonic() < deadline, "the worker never took the job"
+            time.sleep(0.05)
+        time.sleep(0.3)  # waiting on the claim
+    finally:
+        worker.stop()
+        thread.join(30)
+        gate.close()
+        gate.control.close()
+        plane.close()
+    back = backend.get(job)
+    backend.close()
+    assert back is not None and back.state is JobState.QUEUED and back.attempts == 0, back
+    assert _runs(runs_db) == {}
