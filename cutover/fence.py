@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cutover import codec, fleet_metrics
+from cutover import codec, fleet_metrics, marker
 from cutover.backend import QueueBackend, TransactionalWork
 from cutover.control import Claim, ControlPlane, MemberKind, PhaseWatcher
 from cutover.control.claims import LEASE, ClaimState
@@ -441,6 +441,9 @@ class GateConfig:
     stale_after: float = STALE_AFTER
 
     def open(self, backend: QueueBackend, metrics: Metrics | None = None) -> PhaseGate:
+        """The gate; refused (exit 2) when ``backend``'s store carries a cut-over marker that
+        names another control plane (cutover.marker.check_control)."""
+        marker.check_control(backend, self.control, "refusing to start")
         return PhaseGate(self.control, backend, self.side, source=self.source,
                          lease=self.lease, heartbeat=self.heartbeat, refresh=self.refresh,
                          metrics=metrics, stale_after=self.stale_after)

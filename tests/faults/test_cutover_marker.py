@@ -362,3 +362,25 @@ def test_a_router_following_another_control_plane_than_the_markers_is_refused(
         assert backend.get(job) is not None
     finally:
         backend.close()
+
+
+def test_a_worker_built_in_python_on_another_control_plane_is_refused(
+        live: tuple[str, str]) -> None:
+    """The API's way (Worker(gate=GateConfig(...))) compares the marker too."""
+    from cutover.fence import GateConfig
+    from cutover.phases import Side
+    from cutover.worker import Worker
+
+    source, target = live
+    _leftover(target, "cutover_old")
+    job = _one_job(source)
+    backend = RQBackend(source)
+    control = ControlPlane(target, "cutover_old")
+    try:
+        worker = Worker(backend, registry, burst=True, gate=GateConfig(control, Side.SOURCE))
+        with pytest.raises(ConfigurationError, match="CUTOVER_SCHEMA=cutover_old"):
+            worker.run(install_signal_handlers=False)
+    finally:
+        control.close()
+        backend.close()
+    assert _waiting(source, job)
