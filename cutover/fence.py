@@ -222,8 +222,8 @@ class PhaseGate:
         extends its lease whenever the plane answers and the other copy cannot take it over
         meanwhile (it cannot claim either while the plane is down; a worker cut off alone
         loses it when the lease runs out, as a killed one does). Only then
-        :class:`BackendUnavailableError`, with the job's outcome not recorded: its copy stays
-        started, recovered as stalled once this worker is gone."""
+        :class:`BackendUnavailableError` (the worker records the outcome all the same, the
+        truth on its side, and stops; the claim's lease lapses once it is gone)."""
         if conn is not None:
             with self._lock:
                 self._held.discard(job.id)

@@ -317,6 +317,7 @@ class Worker:
         try:
             while not self._stop.is_set():
                 self._local.job, self._local.ran = None, False
+                self._local.unfinished = None
                 try:
                     if not self._one(index):
                         return
@@ -386,6 +387,13 @@ class Worker:
                 self._execute(job, index)
         finally:
             self.metrics.released(self.backend.name)
+        unfinished: CutoverError | None = getattr(self._local, "unfinished", None)
+        if unfinished is not None:
+            log.error("job %s: its outcome is recorded, but its fence claim could not be "
+                      "finished (%s): the worker stops; the other copy may run the job again "
+                      "once the claim's lease lapses", job.id, unfinished,
+                      extra={"job_id": job.id, "event": "claim_unfinished"})
+            raise unfinished
         return True
 
     def _give_back(self, job: JobRecord) -> bool:
@@ -575,7 +583,11 @@ class Worker:
             state = ClaimState.DONE if outcome.ok else ClaimState.FAILED
             if gate.joined is None:  # the plane's own statements, before the record
                 if final:
-                    gate.finish(job, state)
+                    try:
+                        gate.finish(job, state)
+                    except BackendUnavailableError as exc:  # after its patience: the outcome
+                        self._local.unfinished = exc  # is recorded all the same, then the
+                        # worker stops (_one)
                 else:
                     gate.release(job)
             elif final:  # in the record's transaction; its answer read after the commit

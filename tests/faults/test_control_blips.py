@@ -317,3 +317,66 @@ def test_a_worker_stopped_while_waiting_on_the_other_copys_claim_gives_the_job_b
     backend.close()
     assert back is not None and back.state is JobState.QUEUED and back.attempts == 0, back
     assert _runs(runs_db) == {}
+
+
+@pytest.mark.parametrize("outage", [3.0, 12.0])
+def test_a_plane_unreachable_as_a_job_ends_finishes_it_when_back_or_records_it_anyway(
+        cutover_redis_url: str, cutover_database_url: str, runs_db: str,
+        outage: float) -> None:
+    """The task cuts the control plane off as it ends (every connection refused) and it comes
+    back ``outage`` seconds later. The worker keeps the claim and tries the finish again for
+    its patience (5 s here, plus the last try's own ~4 s of retries): back within it (3 s), the
+    claim is finished and the outcome recorded, nothing stops; not back (12 s), the outcome is
+    recorded all the same (succeeded, never "its worker died") and the worker stops, its claim
+    still held."""
+    from cutover.control.claims import ClaimState
+    from cutover.registry import TaskRegistry
+
+    source, target = cutover_redis_url, cutover_database_url
+    with control_database(target) as ctl:
+        _walk(source, target, "--control", ctl.url)
+        local = TaskRegistry()
+
+        @local.task(name="blip.cut")
+        def cut(key: str) -> str:
+            blip_tasks.count(key)
+            ctl.cut()
+            threading.Timer(outage, ctl.restore).start()
+            return key
+
+        backend = RQBackend(source)
+        job = backend.enqueue([local.make_record("blip.cut", ("o1",), {})])[0]
+        gate = _gate(ctl.url, backend)
+        gate.finish_patience = 5.0
+        worker = Worker(backend, local, burst=True, isolation="thread", poll_interval=0.05,
+                        gate=gate)
+        try:
+            if outage < 5.0:
+                report = worker.run(install_signal_handlers=False)
+                assert report.succeeded == 1
+            else:
+                with pytest.raises(CutoverError):
+                    worker.run(install_signal_handlers=False)
+                assert worker.report.succeeded == 1
+        finally:
+            gate.close()
+            gate.control.close()
+        deadline = time.monotonic() + outage + 5.0
+        while True:  # the plane is back
+            try:
+                with psycopg.connect(ctl.url):
+                    break
+            except psycopg.OperationalError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        done = backend.get(job)
+        backend.close()
+        assert done is not None and done.state is JobState.FINISHED, done
+        plane = ControlPlane(ctl.url)
+        try:
+            claim = plane.claim_of(job)
+        finally:
+            plane.close()
+        assert claim is not None and claim.member == gate.member
+        assert claim.state is (ClaimState.DONE if outage < 5.0 else ClaimState.CLAIMED)
+        assert _runs(runs_db) == {"o1": 1}
