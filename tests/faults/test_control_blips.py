@@ -380,3 +380,62 @@ def test_a_plane_unreachable_as_a_job_ends_finishes_it_when_back_or_records_it_a
         assert claim is not None and claim.member == gate.member
         assert claim.state is (ClaimState.DONE if outage < 5.0 else ClaimState.CLAIMED)
         assert _runs(runs_db) == {"o1": 1}
+
+
+@pytest.mark.parametrize("where", ["start", "outcome"])
+def test_a_connection_lost_in_a_joined_transaction_is_survived(
+        cutover_redis_url: str, cutover_database_url: str, runs_db: str, where: str) -> None:
+    """The target (Procrastinate, the control plane in its database: PhaseGate.joined) claims
+    a job with its fence claim in one transaction and records the outcome with the claim's
+    finish in another. Its own session is terminated in the first (``start``: both roll back,
+    the job stays waiting; the claim is tried again) or in the second (``outcome``: the claim
+    is finished on the plane's own connection, then the outcome recorded): the job runs once,
+    succeeds, and the worker goes on. Before, the worker stopped either way."""
+    from cutover_procrastinate import ProcrastinateBackend
+
+    from cutover.control.claims import ClaimState
+
+    source, target = cutover_redis_url, cutover_database_url
+    _walk(source, target)
+    with Router(registry, source=source, target=target) as router:
+        job = router.enqueue("blip.count", "j1")
+    backend = ProcrastinateBackend(target)
+    gate = PhaseGate(ControlPlane(target), backend, Side.TARGET, refresh=0.2)
+    assert gate.joined is backend
+    suicide = "SELECT pg_terminate_backend(pg_backend_pid())"
+    fired: list[str] = []
+    real_claim, real_complete = backend.claim_tx, backend.complete_tx
+
+    def claim_tx(queues: Any, worker: str, accept: Any, hook: Any) -> Any:
+        def dying(conn: Any, j: Any) -> None:
+            if not fired:
+                fired.append("start")
+                conn.execute(suicide)
+            hook(conn, j)
+        return real_claim(queues, worker, accept, dying if where == "start" else hook)
+
+    def complete_tx(j: Any, worker: str, result: Any, hook: Any) -> None:
+        def dying(conn: Any) -> None:
+            hook(conn)
+            if not fired:
+                fired.append("outcome")
+                conn.execute(suicide)
+        real_complete(j, worker, result, dying if where == "outcome" else hook)
+
+    backend.claim_tx = claim_tx  # type: ignore[method-assign]
+    backend.complete_tx = complete_tx  # type: ignore[method-assign]
+    try:
+        report = Worker(backend, registry, burst=True, isolation="thread", poll_interval=0.05,
+                        gate=gate).run(install_signal_handlers=False)
+        assert fired == [where]
+        assert report.succeeded == 1 and report.failed == 0
+        claim = gate.control.claim_of(job)
+        assert claim is not None and claim.state is ClaimState.DONE
+        assert claim.member == gate.member and claim.takeovers == 0
+        done = backend.get(job)
+        assert done is not None and done.state is JobState.FINISHED
+    finally:
+        gate.close()
+        gate.control.close()
+        backend.close()
+    assert _runs(runs_db) == {"j1": 1}
