@@ -564,9 +564,12 @@ class Worker:
                 check = True
 
     def _recorded(self, job: JobRecord) -> bool:
-        """Whether ``job``'s outcome is recorded: it is no longer started (or gone)."""
+        """Whether ``job``'s outcome is recorded: it is no longer started (or gone), or it
+        counts more attempts than when this worker took it (a retry recorded, and started
+        again by another worker since)."""
         current = self.backend.get(job.id)
-        return current is None or current.state is not JobState.STARTED
+        return (current is None or current.state is not JobState.STARTED
+                or current.attempts > job.attempts)
 
     def _record(self, job: JobRecord, task: Task, outcome: Outcome) -> None:
         """Store the outcome: complete, schedule the retry, or fail for good."""
