@@ -121,13 +121,14 @@ def _spawn(source: str, target: str, side: str, log: Path) -> subprocess.Popen[b
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
-def test_control_sessions_terminated_at_the_end_of_jobs_and_mid_run_in_live(
+def test_control_sessions_terminated_at_the_end_of_jobs_and_mid_walk(
         cutover_redis_url: str, cutover_database_url: str, runs_db: str,
         tmp_path: Path) -> None:
     """Both fleets (real worker processes) in live, the control plane in the target's
     database; every sixth job terminates every control-plane session of both fleets as it
-    ends (just before its finish), and a killer does so every 3 s besides. Every job runs
-    exactly once, none is recorded as failed, and no worker stops."""
+    ends (just before its finish), and a killer does so every 3 s besides. Mid-run the walk
+    goes on to rampdown (forced) and more jobs come, the target's only. Every job runs exactly
+    once, none is recorded as failed, and no worker stops."""
     source, target = cutover_redis_url, cutover_database_url
     _walk(source, target)
     n = 60
@@ -152,6 +153,15 @@ def test_control_sessions_terminated_at_the_end_of_jobs_and_mid_run_in_live(
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
+        time.sleep(1.5)  # live jobs running: the walk goes on (the command's sessions are ours)
+        result = invoke(source, _mine(target), "phase", "advance", "--yes", "--force", "--why",
+                        "blip walk")
+        assert result.exit_code == 0, result.output
+        with Router(registry, source=source, target=_mine(target)) as router:
+            assert router.phase is Phase.RAMPDOWN
+            for i in range(n, n + 30):  # the target's only
+                router.enqueue("blip.count", f"k{i}", kill=(i % 6 == 0), pause=0.1)
+        n += 30
         deadline = time.monotonic() + 150
         while True:
             for side, proc in procs.items():
