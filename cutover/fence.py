@@ -80,7 +80,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cutover import codec, fleet_metrics
+from cutover import codec, fleet_metrics, marker
 from cutover.backend import QueueBackend, TransactionalWork
 from cutover.control import Claim, ControlPlane, MemberKind, PhaseWatcher
 from cutover.control.claims import LEASE, ClaimState
@@ -88,6 +88,7 @@ from cutover.control.fleet import HEARTBEAT
 from cutover.control.phase import PhaseState
 from cutover.control.watcher import REFRESH, STALE_AFTER, check_bounds
 from cutover.errors import (
+    BackendUnavailableError,
     ConfigurationError,
     CutoverError,
     PreconditionError,
@@ -102,6 +103,10 @@ log = logging.getLogger("cutover.fence")
 #: A dry run that finds no other copy of a job asks the source again after this long (seconds):
 #: a Router in shadow writes the target first and the source an instant later.
 SOURCE_RECHECK = 0.05
+#: How long (seconds) a worker keeps trying to finish the claim of a job it ran while the control
+#: plane cannot be reached (the lease is extended meanwhile whenever the plane answers), before
+#: it gives up and stops with the job's outcome unrecorded (see :meth:`PhaseGate.finish`).
+FINISH_PATIENCE = 300.0
 
 #: Content fields a run of the source copy changes (attempts made, the next retry's time): a
 #: dry run compares them only while the source copy has not been attempted.
@@ -146,8 +151,13 @@ class PhaseGate:
         kwargs: dict[str, Any] = {} if refresh is None else {"refresh": refresh}
         self.watcher = PhaseWatcher(control, **kwargs).start()
         self._lock = threading.Lock()
-        #: The claims this worker holds: cutover id -> the enqueue's generation.
-        self._held: dict[str, int] = {}
+        #: The claims this worker holds: cutover id -> the enqueue's generation (None: not
+        #: known here any more, after a joined finish or release that failed; the plane then
+        #: settles the one claim this member holds of the id).
+        self._held: dict[str, int | None] = {}
+        self._finishing: set[str] = set()  # held, their finish under way (no "lost" alarm)
+        #: How long :meth:`finish` keeps trying while the plane is unreachable.
+        self.finish_patience = FINISH_PATIENCE
         self._stop = threading.Event()
         self._acked = -1
         self._seen: dict[str, int] = {}
@@ -256,12 +266,55 @@ class PhaseGate:
 
     def finish(self, job: JobRecord, state: ClaimState, conn: Any = None) -> None:
         """The job ran to its end here (before the backend records it, or in the transaction
-        that records it, ``conn``: see the module's docstring)."""
+        that records it, ``conn``: see the module's docstring).
+
+        On the plane's own connection a lost connection is survived: the plane retries the
+        statement (cutover.control.plane), and while it still cannot be reached this keeps
+        trying for :attr:`finish_patience` seconds with the claim kept held, so the heartbeat
+        extends its lease whenever the plane answers and the other copy cannot take it over
+        meanwhile (it cannot claim either while the plane is down; a worker cut off alone
+        loses it when the lease runs out, as a killed one does). Only then
+        :class:`BackendUnavailableError` (the worker records the outcome all the same, the
+        truth on its side, and stops; the claim's lease lapses once it is gone)."""
+        if conn is not None:
+            with self._lock:
+                generation = self._held.pop(job.id, None)
+            if not self.control.finish(job.id, self.member, state, conn=conn,
+                                       generation=generation):
+                self._lost(job)
+            return
         with self._lock:
-            generation = self._held.pop(job.id, None)
-        if not self.control.finish(job.id, self.member, state, conn=conn,
-                                   generation=generation):
+            # Held (again, after a joined finish that failed: the heartbeat extends the lease
+            # while this retries).
+            generation = self._held.setdefault(job.id, None)
+            self._finishing.add(job.id)
+        try:
+            ok = self._patiently(f"finishing the claim of job {job.id}", lambda: (
+                self.control.finish(job.id, self.member, state, generation=generation)))
+        finally:
+            with self._lock:
+                self._finishing.discard(job.id)
+        with self._lock:
+            self._held.pop(job.id, None)
+        if not ok:
             self._lost(job)
+
+    def _patiently(self, doing: str, verb: Callable[[], bool]) -> bool:
+        """``verb()``, tried again while the plane is unreachable, for up to
+        :attr:`finish_patience` seconds (waits of up to 5 s between tries)."""
+        deadline = time.monotonic() + self.finish_patience
+        wait = 0.5
+        while True:
+            try:
+                return verb()
+            except BackendUnavailableError as exc:
+                if time.monotonic() + wait > deadline:
+                    raise
+                log.error("%s: the control plane is unreachable (%s); trying again in %.1fs "
+                          "(the claim stays held, its lease extended while the plane answers)",
+                          doing, exc, wait, extra={"event": "control_unreachable"})
+                time.sleep(wait)
+                wait = min(wait * 2, 5.0)
 
     def finish_in(self, job: JobRecord, state: ClaimState, conn: Any) -> Callable[[], None]:
         """:meth:`finish` queued in the pipelined transaction that records the job's outcome
@@ -286,11 +339,21 @@ class PhaseGate:
         """A retry in ``delay`` seconds (``JobRecord.retry_delay``): give the claim up until
         then, so that the next attempt, on either side, claims it at its retry time and not
         before, counting on from this one (``conn``: in the transaction that records the
-        retry)."""
+        retry). On the plane's own connection, a plane still unreachable after its retries is
+        logged, not raised: the lease, no longer extended, ends on its own, and the retry
+        claims then (later, never twice)."""
         with self._lock:
             generation = self._held.pop(job.id, None)
-        self.control.release(job.id, self.member, conn=conn, generation=generation,
-                             delay=delay)
+        if conn is not None:
+            self.control.release(job.id, self.member, conn=conn, generation=generation,
+                                 delay=delay)
+            return
+        try:
+            self.control.release(job.id, self.member, generation=generation, delay=delay)
+        except BackendUnavailableError as exc:
+            log.warning("job %s: could not release its claim (%s); its retry claims it once "
+                        "the lease ends", job.id, exc, extra={"job_id": job.id,
+                                                             "event": "release_late"})
 
     def held(self, job_id: str) -> bool:
         with self._lock:
@@ -422,7 +485,7 @@ class PhaseGate:
                 try:
                     if not self.control.extend(job_id, self.member, self.lease):
                         with self._lock:
-                            ours = job_id in self._held
+                            ours = job_id in self._held and job_id not in self._finishing
                         if ours:
                             log.error("lost the claim of running job %s (taken over)", job_id)
                 except CutoverError as exc:
@@ -462,6 +525,9 @@ class GateConfig:
     stale_after: float = STALE_AFTER
 
     def open(self, backend: QueueBackend, metrics: Metrics | None = None) -> PhaseGate:
+        """The gate; refused (exit 2) when ``backend``'s store carries a cut-over marker that
+        names another control plane (cutover.marker.check_control)."""
+        marker.check_control(backend, self.control, "refusing to start")
         return PhaseGate(self.control, backend, self.side, source=self.source,
                          lease=self.lease, heartbeat=self.heartbeat, refresh=self.refresh,
                          metrics=metrics, stale_after=self.stale_after)

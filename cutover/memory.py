@@ -296,6 +296,18 @@ class InMemoryBackend:
                 return started
         return None
 
+    def unclaim(self, job: JobRecord, worker: str) -> bool:
+        """Give back a job ``worker`` claimed and has not run: waiting again as it was."""
+        with self._store.lock:
+            current = self._store.jobs.get(job.id)
+            if (current is None or current.state is not JobState.STARTED
+                    or self._store.claims.get(job.id) != worker):
+                return False
+            del self._store.claims[job.id]
+            waiting = JobState.SCHEDULED if current.run_at is not None else JobState.QUEUED
+            self._store.jobs[job.id] = current.replace(state=waiting)
+            return True
+
     def complete(self, job: JobRecord, worker: str, result: Any) -> None:
         self._finish(job, JobState.FINISHED, result=result, error=None)
 

@@ -146,6 +146,7 @@ class Router:
         self._keys: tuple[str, str] | None = None
         self._shared = False
         self._marker_at = 0.0  # when to read the source's cut-over marker again
+        self._refused: ConfigurationError | None = None  # another control plane than the marker's
         self._marked: marker.CutoverMarker | None = None
 
     @classmethod
@@ -198,12 +199,24 @@ class Router:
         if member is not None or self.control_url is None:
             return member
         if time.monotonic() < self._probe_at:
+            if self._refused is not None:
+                raise self._refused
             return None
         with self._lock:
             if self._membership is None and time.monotonic() >= self._probe_at:
+                self._refused = None
                 plane = ControlPlane(self.control_url, self.schema, pooling=self.pooling)
                 try:
                     absent = plane.schema_version() is None
+                    if not absent:
+                        # Not the control plane the source's marker names (a leftover
+                        # schema, another database): refused, whatever phase it holds.
+                        marker.check_control(self.source, plane, "refusing to enqueue")
+                except ConfigurationError as exc:
+                    plane.close()  # asked again in ``refresh`` seconds
+                    self._refused = exc
+                    self._probe_at = time.monotonic() + self.refresh
+                    raise
                 except BaseException:
                     plane.close()  # unreachable: refuse (the phase is unknown), ask again next call
                     raise

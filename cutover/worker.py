@@ -33,11 +33,12 @@ from typing import Any, Literal
 
 from cutover.backend import Acceptor, QueueBackend, TxHook
 from cutover.control.claims import Claim, ClaimState
-from cutover.errors import CutoverError
+from cutover.control.plane import RETRY_WAITS
+from cutover.errors import BackendUnavailableError, CutoverError, PhaseUnknownError
 from cutover.fence import GateConfig, PhaseGate
 from cutover.metrics import METRICS, Metrics
 from cutover.phases import Mode
-from cutover.record import JobRecord
+from cutover.record import JobRecord, JobState
 from cutover.registry import Task, TaskRegistry
 from cutover.runner import Outcome, ProcessSlot, call_task, timed_out
 
@@ -134,6 +135,7 @@ class Worker:
             self.gate.metrics = self.metrics
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._local = threading.local()  # each loop thread's job, and whether it ran
         self._signals = 0
         self._error: CutoverError | None = None
         self.timeout = timeout
@@ -310,56 +312,142 @@ class Worker:
         self._stop.wait(wait)
 
     def _loop(self, index: int) -> None:
+        failures = 0  # in a row: connections lost (the backend's, or the plane's after its
+        # own retries) while this thread held no job it had run
         try:
             while not self._stop.is_set():
-                # The mode is read between jobs: a job runs to its end in the mode it was
-                # claimed in.
-                mode, fenced = (Mode.EXECUTE, False) if self.gate is None else self.gate.mode()
-                if mode is Mode.IDLE:
-                    if self.burst:
-                        return
-                    self._idle_wait()
-                    continue
-                accept = self._accept if mode is not Mode.DRY else self._dry_accept
-                claim: Claim | None = None
-                if self.gate is not None and fenced and self.gate.joined is not None:
-                    job, claim = self._claim_joined(self.gate, accept)
-                else:
-                    job = self.backend.claim(self.queues, self.name, accept)
-                if job is None:
-                    if self.burst:
-                        return
-                    self._idle_wait()
-                    continue
-                self.metrics.claimed(self.backend.name)
+                self._local.job, self._local.ran = None, False
+                self._local.unfinished = None
                 try:
-                    if self.gate is not None and mode is Mode.DRY:
-                        self.gate.dry_run(job, self.registry)
-                        with self._lock:
-                            self.report.shadowed += 1
-                    elif self.gate is not None and fenced:
-                        self._fenced(self.gate, job, index, claim)
-                    else:
-                        self._execute(job, index)
-                finally:
-                    self.metrics.released(self.backend.name)
+                    if not self._one(index):
+                        return
+                    failures = 0
+                except BackendUnavailableError as exc:
+                    # A blip is survived: a job claimed and not run yet is given back (waiting,
+                    # no attempt used) and the loop goes on after a wait, a few times in a row.
+                    # Not a job that ran (its outcome could not be recorded, after retries: it
+                    # stays started for recovery, which needs this worker gone), nor a phase
+                    # unread for too long, nor a plane that stays away: the worker stops.
+                    failures += 1
+                    if (self._local.ran or isinstance(exc, PhaseUnknownError)
+                            or failures > len(RETRY_WAITS)):
+                        raise
+                    job: JobRecord | None = self._local.job
+                    back = job is not None and self._give_back(job)
+                    wait = RETRY_WAITS[failures - 1]
+                    log.warning("worker %s: %s%s; going on in %.2fs", self.name, exc,
+                                f" (job {job.id} given back, waiting)"
+                                if back and job is not None else "", wait,
+                                extra={"event": "blip"})
+                    self._stop.wait(wait)
         except CutoverError as exc:
-            # The backend went away: stop every thread and report it; jobs that were running
-            # stay "started" and are recovered as stalled by the next worker.
+            # The backend or the control plane went away (the plane's statements are retried
+            # first: cutover.control.plane; then the loop above): stop taking work, every
+            # thread, and report it. The jobs other threads run are finished and recorded (a
+            # claim's finish is retried with its lease extended: PhaseGate.finish); a job whose
+            # fence claim could not be made was given back to its queue; one whose outcome
+            # could not be recorded stays "started", recovered as stalled by the next worker.
             log.error("worker %s stops: %s", self.name, exc)
             with self._lock:
                 self._error = self._error or exc
             self._stop.set()
 
+    def _one(self, index: int) -> bool:
+        """One job (or none): False when a burst worker is done."""
+        # The mode is read between jobs: a job runs to its end in the mode it was claimed in.
+        mode, fenced = (Mode.EXECUTE, False) if self.gate is None else self.gate.mode()
+        if mode is Mode.IDLE:
+            if self.burst:
+                return False
+            self._idle_wait()
+            return True
+        accept = self._accept if mode is not Mode.DRY else self._dry_accept
+        claim: Claim | None = None
+        if self.gate is not None and fenced and self.gate.joined is not None:
+            job, claim = self._claim_joined(self.gate, accept)
+        else:
+            job = self.backend.claim(self.queues, self.name, accept)
+        if job is None:
+            if self.burst:
+                return False
+            self._idle_wait()
+            return True
+        self._local.job = job
+        self.metrics.claimed(self.backend.name)
+        try:
+            if self.gate is not None and mode is Mode.DRY:
+                self.gate.dry_run(job, self.registry)
+                with self._lock:
+                    self.report.shadowed += 1
+            elif self.gate is not None and fenced:
+                if claim is None:
+                    claim = self._fence_claim(self.gate, job)
+                self._fenced(self.gate, job, index, claim)
+            else:
+                self._execute(job, index)
+        finally:
+            self.metrics.released(self.backend.name)
+        unfinished: CutoverError | None = getattr(self._local, "unfinished", None)
+        if unfinished is not None:
+            log.error("job %s: its outcome is recorded, but its fence claim could not be "
+                      "finished (%s): the worker stops; the other copy may run the job again "
+                      "once the claim's lease lapses", job.id, unfinished,
+                      extra={"job_id": job.id, "event": "claim_unfinished"})
+            raise unfinished
+        return True
+
+    def _give_back(self, job: JobRecord) -> bool:
+        """Put a job this worker claimed and has not run back to waiting, no attempt used (the
+        backend's optional ``unclaim(job, worker)``); False when it could not."""
+        unclaim: Callable[[JobRecord, str], bool] | None = getattr(self.backend, "unclaim",
+                                                                   None)
+        if unclaim is None:
+            return False
+        try:
+            return unclaim(job, self.name)
+        except CutoverError as exc:
+            log.error("job %s: could not give it back: %s", job.id, exc)
+            return False
+
     def _claim_joined(self, gate: PhaseGate, accept: Acceptor
                       ) -> tuple[JobRecord | None, Claim | None]:
         """The job and its fence claim in one transaction of the backend's (its database
-        holds the control plane: cutover.fence)."""
+        holds the control plane: cutover.fence). A connection lost in it rolls both back (the
+        job stays waiting, no attempt used): the claim is tried again, as the plane's own
+        statements are (bounded, :data:`~cutover.control.plane.RETRY_WAITS`)."""
         assert gate.joined is not None
+        waits = iter(RETRY_WAITS)
         claims: list[Claim] = []
-        job = gate.joined.claim_tx(self.queues, self.name, accept,
-                                   lambda conn, j: claims.append(gate.claim(j, conn)))
-        return job, claims[0] if claims else None
+        while True:
+            claims.clear()
+            try:
+                job = gate.joined.claim_tx(self.queues, self.name, accept,
+                                           lambda conn, j: claims.append(gate.claim(j, conn)))
+            except BackendUnavailableError as exc:
+                wait = next(waits, None)
+                if wait is None or self._stop.is_set():
+                    raise
+                log.warning("claiming a job with its fence claim failed (%s): nothing was "
+                            "claimed; trying again in %.2fs", exc, wait,
+                            extra={"event": "control_retry"})
+                time.sleep(wait)
+                continue
+            return job, claims[0] if claims else None
+
+    def _fence_claim(self, gate: PhaseGate, job: JobRecord) -> Claim:
+        """``job``'s fence claim (the backend claimed it already). When the control plane
+        cannot be reached (after the plane's retries) the job is given back to its queue as it
+        was, without using an attempt (the backend's optional ``unclaim(job, worker)``), and
+        the error stops the worker: a claim that could not be made never fails a job."""
+        try:
+            return gate.claim(job)
+        except CutoverError as exc:
+            back = self._give_back(job)
+            log.error("job %s: its fence claim could not be made (%s); %s", job.id, exc,
+                      "given back to its queue, waiting (no attempt used)" if back else
+                      "it stays started, recovered as stalled by the next worker",
+                      extra={"job_id": job.id, "event": "claim_unreachable"})
+            raise
 
     def _fenced(self, gate: PhaseGate, job: JobRecord, index: int,
                 claim: Claim | None = None) -> None:
@@ -371,7 +459,9 @@ class Worker:
             log.info("job %s is claimed on the %s until %s: waiting", job.id, claim.side,
                      claim.lease_until.isoformat(), extra={"job_id": job.id, "event": "fenced"})
             waited = gate.wait(job, claim, self._stop)
-            if waited is None:  # stopping: the job is retried after the lease (an attempt)
+            if waited is None:  # stopping: given back (no attempt), else retried after the
+                if self._give_back(job):  # lease (an attempt)
+                    return
                 self.backend.fail(job, self.name, "fence: the worker stopped while the other "
                                   "copy's claim was held", claim.lease_until)
                 return
@@ -420,6 +510,7 @@ class Worker:
         return reason
 
     def _execute(self, job: JobRecord, index: int) -> None:
+        self._local.ran = True  # (the watchdog's thread never gets here)
         task = self.registry.resolve(job.task, job_id=job.id)
         log.info("started job %s (%s) attempt %d/%d", job.id, task.name, job.attempts + 1,
                  job.max_attempts, extra={"job_id": job.id, "task": task.name,
@@ -439,6 +530,54 @@ class Worker:
                 self._deadlines.pop(me, None)
         self._record(job, task, outcome)
 
+    def _unjoined(self, gate: PhaseGate, job: JobRecord, final: bool, state: ClaimState,
+                  exc: CutoverError, record: Callable[[], None], delay: float = 0.0) -> None:
+        """The outcome's transaction, with the fence's finish or release in it, lost its
+        connection (rolled back): the claim is settled on the plane's own connection (retried
+        while the lease is kept: PhaseGate.finish; idempotent, should the transaction have
+        committed after all), then the outcome is recorded alone, tried again while the
+        backend cannot be reached (bounded)."""
+        log.warning("job %s: recording its outcome with its claim failed (%s); settling the "
+                    "claim, then recording it alone", job.id, exc,
+                    extra={"job_id": job.id, "event": "control_retry"})
+        if final:
+            gate.finish(job, state)
+        else:
+            gate.release(job, delay=delay)
+        self._recording(job, record, recorded_first=True)
+
+    def _recording(self, job: JobRecord, record: Callable[[], None], *,
+                   recorded_first: bool = False) -> None:
+        """Record an outcome in the backend, tried again (bounded: RETRY_WAITS) while the
+        backend cannot be reached. A lost connection leaves the outcome unknown (a pipelined
+        transaction's COMMIT may have run before the connection went): before each try again
+        (and before the first, ``recorded_first``) the job is read, and one no longer started
+        was recorded already."""
+        waits = iter(RETRY_WAITS)
+        check = recorded_first
+        while True:
+            try:
+                if check and self._recorded(job):
+                    return
+                record()
+                return
+            except BackendUnavailableError as exc:
+                wait = next(waits, None)
+                if wait is None:
+                    raise
+                log.warning("job %s: recording its outcome failed (%s); trying again in "
+                            "%.2fs", job.id, exc, wait, extra={"job_id": job.id})
+                time.sleep(wait)
+                check = True
+
+    def _recorded(self, job: JobRecord) -> bool:
+        """Whether ``job``'s outcome is recorded: it is no longer started (or gone), or it
+        counts more attempts than when this worker took it (a retry recorded, and started
+        again by another worker since)."""
+        current = self.backend.get(job.id)
+        return (current is None or current.state is not JobState.STARTED
+                or current.attempts > job.attempts)
+
     def _record(self, job: JobRecord, task: Task, outcome: Outcome) -> None:
         """Store the outcome: complete, schedule the retry, or fail for good."""
         extra = {"job_id": job.id, "task": task.name, "backend": self.backend.name}
@@ -456,7 +595,11 @@ class Worker:
             state = ClaimState.DONE if outcome.ok else ClaimState.FAILED
             if gate.joined is None:  # the plane's own statements, before the record
                 if final:
-                    gate.finish(job, state)
+                    try:
+                        gate.finish(job, state)
+                    except BackendUnavailableError as exc:  # after its patience: the outcome
+                        self._local.unfinished = exc  # is recorded all the same, then the
+                        # worker stops (_one)
                 else:
                     gate.release(job, delay=delay)
             elif final:  # in the record's transaction; its answer read after the commit
@@ -469,11 +612,16 @@ class Worker:
                 settle = functools.partial(gate.release, job, delay=delay)
         if outcome.ok:
             if settle is not None and gate is not None and gate.joined is not None:
-                gate.joined.complete_tx(job, self.name, outcome.result, settle)
-                for check in checks:
-                    check()
+                try:
+                    gate.joined.complete_tx(job, self.name, outcome.result, settle)
+                    for check in checks:
+                        check()
+                except BackendUnavailableError as exc:
+                    self._unjoined(gate, job, final, state, exc, functools.partial(
+                        self.backend.complete, job, self.name, outcome.result))
             else:
-                self.backend.complete(job, self.name, outcome.result)
+                self._recording(job, functools.partial(self.backend.complete, job, self.name,
+                                                       outcome.result))
             with self._lock:
                 self.report.succeeded += 1
             self.metrics.outcome(self.backend.name, "succeeded")
@@ -486,11 +634,16 @@ class Worker:
         if not final:
             retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
         if settle is not None and gate is not None and gate.joined is not None:
-            gate.joined.fail_tx(job, self.name, error, retry_at, settle)
-            for check in checks:
-                check()
+            try:
+                gate.joined.fail_tx(job, self.name, error, retry_at, settle)
+                for check in checks:
+                    check()
+            except BackendUnavailableError as exc:
+                self._unjoined(gate, job, final, state, exc, functools.partial(
+                    self.backend.fail, job, self.name, error, retry_at), delay)
         else:
-            self.backend.fail(job, self.name, error, retry_at)
+            self._recording(job, functools.partial(self.backend.fail, job, self.name, error,
+                                                   retry_at))
         if retry_at is not None:
             self.metrics.outcome(self.backend.name, "retried")
             with self._lock:

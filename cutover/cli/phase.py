@@ -267,7 +267,8 @@ def _mark(control: ControlPlane, source: QueueBackend, target: QueueBackend, pai
     """Write the cut-over marker into both stores of the pair (cutover.marker): a cutover
     worker on either without the control plane then refuses to start."""
     mark = marker.make(control.url, control.schema, pair.source_key, pair.source_url,
-                       pair.target_key, pair.target_url, phase.value, epoch)
+                       pair.target_key, pair.target_url, phase.value, epoch,
+                       control_key=control.identity())
     for backend in (source, target):
         marker.write(backend, mark)
 

@@ -105,6 +105,9 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
         if control is None:
             _check_unmarked(backend, why_none, why if unfenced else None)
         else:
+            # A control plane that is not the one the store's marker names (a leftover
+            # schema, another database) is refused, whatever phase it holds (exit 2).
+            marker.check_control(backend, control, "refusing to start")
             state = control.read_phase()
             side = side_of(backend, state, ctx.source, ctx.target, url)
             if state.epoch > 0 and state.pair is not None and marker.read(backend) is None:
@@ -113,7 +116,8 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
                 p = state.pair
                 marker.write(backend, marker.make(control.url, control.schema, p.source_key,
                                                   p.source_url, p.target_key, p.target_url,
-                                                  state.phase.value, state.epoch))
+                                                  state.phase.value, state.epoch,
+                                                  control_key=control.identity()))
             if side is Side.TARGET and ctx.source:
                 source = adapters.open_backend(ctx.source)
             gate = GateConfig(control, side, source=source, lease=s.claim_lease)

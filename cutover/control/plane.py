@@ -14,9 +14,10 @@ import functools
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from importlib import resources
-from typing import Any, LiteralString, cast
+from typing import Any, LiteralString, Protocol, cast
 
 import psycopg
 from psycopg import sql
@@ -40,6 +41,44 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 PG_SCHEMES = ("postgresql", "postgres")
 #: The families whose named blocks ``ControlPlane.query`` serves (cutover/control/sql/*.sql).
 FAMILIES = ("plane", "ledger", "runs", "verify", "phase", "fleet", "claims")
+#: :meth:`Plumbing.statement` on the plane's own connection: the waits (seconds) between its
+#: tries when the connection is lost or refused (a new connection each try): 6 tries over ~4 s.
+RETRY_WAITS = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+
+class Executes(Protocol):
+    """What a :meth:`Plumbing.statement` body runs its one statement on."""
+
+    def execute(self, query: Any, params: Any = None) -> psycopg.Cursor[Any]: ...
+
+
+class _Retrying:
+    """The plane's own connection for one statement: :meth:`execute` runs it, and when the
+    connection is lost (terminated, reset) or cannot be made, runs it again on a new
+    connection after a wait (:data:`RETRY_WAITS`), then gives up with the last error. Only for
+    statements that give the same answer when run again after an unknown outcome (the fence's
+    verbs, keyed by job and member: see sql/claims.sql)."""
+
+    def __init__(self, plane: Plumbing, doing: str) -> None:
+        self.plane = plane
+        self.doing = doing
+
+    def execute(self, query: Any, params: Any = None) -> psycopg.Cursor[Any]:
+        waits = iter(RETRY_WAITS)
+        while True:
+            try:
+                return self.plane.connection().execute(query, params)
+            except (psycopg.OperationalError, psycopg.InterfaceError,
+                    BackendUnavailableError) as exc:
+                self.plane._drop()
+                wait = next(waits, None)
+                if wait is None:
+                    raise
+                log.warning("control plane at %s: connection lost while %s (%s); trying "
+                            "again in %.2fs on a new connection", self.plane.redacted_url,
+                            self.doing, self.plane.scrub(str(exc)).strip(), wait,
+                            extra={"event": "control_retry"})
+                time.sleep(wait)
 
 
 def parse_blocks(text: str) -> dict[str, str]:
@@ -197,13 +236,19 @@ class Plumbing:
                 yield own
 
     @contextlib.contextmanager
-    def statement(self, doing: str, conn: Any = None) -> Iterator[psycopg.Connection[Any]]:
+    def statement(self, doing: str, conn: Any = None) -> Iterator[Executes]:
         """For one statement: the given connection (a backend's transaction, to share its
         commit), or our own autocommit connection, where the statement is its own transaction:
         one round trip, where :meth:`tx` adds BEGIN and COMMIT (two more). Only for a single
-        statement: two on it would commit one by one."""
+        statement: two on it would commit one by one.
+
+        On our own connection a lost connection is survived: the statement runs again on a
+        new one (:class:`_Retrying`, bounded: :data:`RETRY_WAITS`), so it must be one that
+        answers the same when run twice (each fence verb is, by job and member); only then
+        :class:`BackendUnavailableError`. In the caller's transaction it is not retried (the
+        transaction is lost with its connection: the caller's to retry)."""
         with self._errors(doing):
-            yield self.connection() if conn is None else conn
+            yield _Retrying(self, doing) if conn is None else conn
 
     def close_thread(self) -> None:
         """Close the calling thread's connection, if it has one: a thread that used this plane
@@ -281,6 +326,30 @@ class Plumbing:
             raise ConfigurationError(
                 f"{where} is at version {version}, older than this queue-cutover's ({latest}): "
                 f"run `cutover init` to upgrade it (additive, safe while jobs run)")
+
+    def identity(self) -> str:
+        """The database this plane lives in, whatever the URL's spelling (``127.0.0.1`` or
+        ``localhost``, a Unix socket, options, credentials): ``postgresql:<system
+        identifier>/<database>``, or ``postgresql-db:<database oid>/<database>`` where
+        ``pg_control_system()`` is not allowed (the cluster then unknown: two clusters with a
+        database of the same name and oid would look alike). The schema is not in it: the
+        cut-over marker compares it apart. Read once."""
+        found: str | None = getattr(self, "_identity", None)
+        if found is not None:
+            return found
+        with self.tx("reading the control plane's database") as conn:
+            place = conn.execute(self.query("plane_place")).fetchone()
+        assert place is not None
+        try:
+            with self.tx("reading the control plane's cluster") as conn:
+                row = conn.execute(self.query("plane_system")).fetchone()
+            found = f"postgresql:{row[0] if row else '?'}/{place[0]}"
+        except BackendError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.InsufficientPrivilege):
+                raise
+            found = f"postgresql-db:{place[1]}/{place[0]}"
+        self._identity = found
+        return found
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 (few stores, one control plane a command)
     def describe(self, key: str) -> str:

@@ -184,6 +184,10 @@ class PhaseWatcher:
                         self._conn.execute(f"LISTEN {CHANNEL}")
                     self.listening = bool(self._listen)
                     pid = self.backend_pid = backend_pid(self._conn)
+                    # Read at once on a new connection: notifications were missed while it was
+                    # down, and connections cut more often than every ``refresh`` would
+                    # otherwise never read the phase (the worker stops when it goes stale).
+                    self._update(self.plane.read_phase(self._conn))
                 if self.listening:
                     for _ in self._conn.notifies(timeout=self.refresh, stop_after=1):
                         pass

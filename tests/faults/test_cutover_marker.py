@@ -27,6 +27,7 @@ from cutover.errors import ConfigurationError
 from cutover.phases import Phase
 from cutover.testing import tasks
 from cutover.testing.tasks import registry
+from tests.integration.control_db import control_database
 from tests.integration.drain_helpers import APP, invoke, run_cli
 
 pytestmark = [pytest.mark.rq, pytest.mark.pg]
@@ -283,3 +284,103 @@ def test_a_phase_command_killed_out_of_off_leaves_no_unmarked_store_in_a_cutover
         backend.close()
     code, _, err = _worker("--source", source)
     assert code == (2 if marked else 0), err
+
+
+def _leftover(target: str, schema: str) -> None:
+    """A control schema that is not the cut-over's (an earlier one's, a copy): it exists, at
+    phase off epoch 0, where a worker would run unfenced and a Router write the source only."""
+    plane = ControlPlane(target, schema)
+    try:
+        plane.init()
+        assert plane.read_phase().phase is Phase.OFF
+    finally:
+        plane.close()
+
+
+def _respell(url: str) -> str:
+    """The same database by another name (host name for address, an option that changes
+    nothing; a Unix socket's URL gets the option only)."""
+    other = url.replace("127.0.0.1", "localhost")
+    return f"{other}{'&' if '?' in other else '?'}connect_timeout=7"
+
+
+def test_a_worker_following_another_control_plane_than_the_markers_is_refused(
+        live: tuple[str, str]) -> None:
+    """The marker is compared, not only read: a leftover schema in the marker's database, or a
+    control schema of the marker's name in another database, is refused (exit 2, both named,
+    no password); the marker's own database spelled another way is not."""
+    source, target = live
+    _leftover(target, "cutover_old")
+    job = _one_job(source)
+    code, doc, err = _worker("--source", source, "--target", _with_password(target),
+                             env={"CUTOVER_SCHEMA": "cutover_old"})
+    assert code == 2, err
+    assert "refusing to start" in err and "CUTOVER_SCHEMA=cutover_old" in err
+    assert "CUTOVER_SCHEMA=cutover)" in err or "CUTOVER_SCHEMA=cutover;" in err, err
+    assert SECRET not in err and "succeeded" not in doc
+    assert _waiting(source, job), "a refused worker ran the job"
+    with control_database(target) as other:
+        _leftover(other.url, "cutover")
+        code, doc, err = _worker("--source", source, "--control", _with_password(other.url))
+        assert code == 2, err
+        assert "another database" in err and other.name in err
+        assert target.rsplit("/", 1)[1] in err and SECRET not in err
+        assert _waiting(source, job), "a refused worker ran the job"
+    code, doc, err = _worker("--source", source, "--control", _respell(target))
+    assert code == 0, err
+    assert doc["succeeded"] == 1 and not _waiting(source, job)
+
+
+def test_a_router_following_another_control_plane_than_the_markers_is_refused(
+        live: tuple[str, str]) -> None:
+    """After complete, a Router on a leftover schema (phase off there) would write the source
+    only, where no worker runs: refused, nothing written; the marker's plane spelled another
+    way writes the target."""
+    source, target = live
+    for _ in range(2):  # live -> rampdown -> complete
+        result = invoke(source, target, "phase", "advance", "--yes", "--force", "--why", "t")
+        assert result.exit_code == 0, result.output
+    _leftover(target, "cutover_old")
+    before = _source_ids(source)
+    router = Router(registry, source=source, target=_with_password(target),
+                    schema="cutover_old")
+    try:
+        for _ in range(2):  # refused again on the next call (not only the first)
+            with pytest.raises(ConfigurationError, match="refusing to enqueue") as refused:
+                router.enqueue(tasks.add, 1, 1)
+            text = str(refused.value)
+            assert "CUTOVER_SCHEMA=cutover_old" in text and "CUTOVER_SCHEMA=cutover" in text
+            assert SECRET not in text
+    finally:
+        router.close()
+    assert _source_ids(source) == before  # nothing written
+    with Router(registry, source=source, target=_respell(target)) as right:
+        job = right.enqueue(tasks.add, 1, 2)
+    assert job not in _source_ids(source)
+    backend = ProcrastinateBackend(target)
+    try:
+        assert backend.get(job) is not None
+    finally:
+        backend.close()
+
+
+def test_a_worker_built_in_python_on_another_control_plane_is_refused(
+        live: tuple[str, str]) -> None:
+    """The API's way (Worker(gate=GateConfig(...))) compares the marker too."""
+    from cutover.fence import GateConfig
+    from cutover.phases import Side
+    from cutover.worker import Worker
+
+    source, target = live
+    _leftover(target, "cutover_old")
+    job = _one_job(source)
+    backend = RQBackend(source)
+    control = ControlPlane(target, "cutover_old")
+    try:
+        worker = Worker(backend, registry, burst=True, gate=GateConfig(control, Side.SOURCE))
+        with pytest.raises(ConfigurationError, match="CUTOVER_SCHEMA=cutover_old"):
+            worker.run(install_signal_handlers=False)
+    finally:
+        control.close()
+        backend.close()
+    assert _waiting(source, job)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from typing import Any
 
 import psycopg
@@ -344,10 +345,14 @@ def test_the_fence_joins_the_transactions_of_a_backend_in_the_planes_database(
     assert claim is not None and claim.state is ClaimState.DONE
     done = pairing.target.get(job.id)
     assert done is not None and done.state is JobState.FINISHED
-    answers: list[Any] = []  # a claim no longer held: the answer says so after the commit
+    answers: list[Any] = []  # a claim not held: the answer says so after the commit
+    joined.run_tx(lambda conn: answers.append(pairing.control.finish_later(
+        job.id, uuid.uuid4(), ClaimState.DONE, conn)))
+    assert answers[0]() is False
+    answers.clear()  # the holder's finish run again (a retry after an unknown outcome): true
     joined.run_tx(lambda conn: answers.append(pairing.control.finish_later(
         job.id, target_gate.member, ClaimState.DONE, conn)))
-    assert answers[0]() is False
+    assert answers[0]() is True
 
 
 def test_prune_claims_deletes_only_finished_claims_no_copy_needs(pairing: Pairing) -> None:

@@ -761,6 +761,14 @@ class ProcrastinateBackend:
         its claim)."""
         return self._claim(queues, worker, accept, tx_hook)
 
+    def unclaim(self, job: JobRecord, worker: str) -> bool:
+        """Give back a job this worker claimed and has not run (the fence's claim could not be
+        made): waiting again, no attempt used. False when it was not this worker's any more."""
+        with self._tx(f"giving back job {job.id}") as conn:
+            worker_id = self._worker_id(conn, worker)
+            return conn.execute(sql.query("unclaim"), {"id": int(job.native_id or 0),
+                                                       "worker_id": worker_id}).rowcount > 0
+
     def _claim(self, queues: Sequence[str] | None, worker: str, accept: Acceptor,
                tx_hook: ClaimHook | None) -> JobRecord | None:
         with self._errors("claiming a job"), self.pool.connection() as conn:

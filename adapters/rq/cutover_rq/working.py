@@ -42,6 +42,9 @@ class Claim:
     member: str  # the rq:wip member, "{id}:{execution id}"
     serializer: Any  # the job's own (its payload's) serializer: results are written with it
     started: float
+    #: unclaim.lua's arguments after id and member: where the job was and the hash fields the
+    #: claim overwrote (empty for a claim made by recovery: nothing to give back to)
+    before: tuple[Any, ...] = ()
 
 
 class RQWorking(RQConnection):
@@ -98,21 +101,38 @@ class RQWorking(RQConnection):
                 h = {raw[i]: raw[i + 1] for i in range(5, len(raw) - 1, 2)}
                 member = f"{job_id}:{execution}"
                 record = jobhash.record(job_id, h)
+                restore = [x for f in self._CLAIM_FIELDS if f in h for x in (f, h[f])]
+                gone = [f for f in self._CLAIM_FIELDS if f not in h]
+                before: tuple[Any, ...] = (origin_place, score, prev, nxt, len(restore) // 2,
+                                           *restore, *gone)
                 if accept(record) is not None or record.problem:
                     with self._lock:
                         self._skipped.add(job_id)
-                    restore = [x for f in self._CLAIM_FIELDS if f in h for x in (f, h[f])]
-                    gone = [f for f in self._CLAIM_FIELDS if f not in h]
-                    self._script("unclaim")(args=[job_id, member, origin_place, score, prev,
-                                                  nxt, len(restore) // 2, *restore, *gone])
+                    self._script("unclaim")(args=[job_id, member, *before])
                     continue
                 serializer = (rq.serializers.JSONSerializer
                               if payload_kind(h.get(b"data", b"")) == "json"
                               else rq.serializers.DefaultSerializer)
                 with self._lock:
-                    self._claims[job_id] = Claim(member, serializer, now)
+                    self._claims[job_id] = Claim(member, serializer, now, before)
                 return record.replace(state=JobState.STARTED)
         return None
+
+    def unclaim(self, job: JobRecord, worker: str) -> bool:
+        """Give back a job this worker claimed and has not run (the fence's claim could not be
+        made): it goes back where it was, waiting, its hash as before the claim, no attempt
+        used (unclaim.lua, only while the claim is still this execution's). False when it
+        was not this worker's claim any more."""
+        with self._lock:
+            claim = self._claims.get(job.id)
+        if claim is None or not claim.before:
+            return False
+        with self._errors(f"giving back job {job.id}"):
+            done = bool(self._script("unclaim")(args=[job.id, claim.member, *claim.before]))
+        if done:
+            with self._lock:
+                self._claims.pop(job.id, None)
+        return done
 
     def _finish(self, job: JobRecord, worker: str, placement: str, score: float,
                 fields: dict[str, Any], entry: dict[str, Any] | None) -> None:

@@ -11,8 +11,15 @@ FROM {schema}.claim(%(id)s, %(side)s, %(member)s, %(lease)s, %(stamp)s::timestam
 SELECT {schema}.claim_extend(%(id)s, %(member)s, %(lease)s);
 
 -- name: claim_finish
-SELECT {schema}.claim_finish(%(id)s, %(member)s, %(state)s,
-                             %(generation)s::integer);
+-- Idempotent for the holder: run again after an unknown outcome (its connection lost after the
+-- commit: the plane's statements are retried, cutover.control.plane), it finds the claim of
+-- this enqueue finished by this member in this state and answers true again. (The EXISTS reads
+-- the statement's snapshot, from before the function's update: true only for an earlier
+-- finish.) claim (the holder's own again), claim_extend and claim_release are so already.
+SELECT {schema}.claim_finish(%(id)s, %(member)s, %(state)s, %(generation)s::integer)
+    OR EXISTS (SELECT 1 FROM {schema}.claims WHERE cutover_id = %(id)s
+               AND (%(generation)s::integer IS NULL OR generation = %(generation)s::integer)
+               AND member = %(member)s AND state = %(state)s);
 
 -- name: claim_get
 -- The claim of the id's newest enqueue (with a stamp: of the newest enqueue with that stamp,

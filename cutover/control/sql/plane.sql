@@ -23,3 +23,14 @@ WITH gone AS (DELETE FROM {schema}.legacy_keys WHERE key = %(legacy)s RETURNING 
      r2 AS (UPDATE {schema}.runs SET target = %(key)s WHERE target IN (SELECT key FROM gone)
             RETURNING 1)
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM l1) + (SELECT count(*) FROM l2);
+
+-- name: plane_system
+-- Which database the plane is in, whatever the URL's spelling (cutover.marker compares it):
+-- the cluster (system_identifier; pg_control_system() is executable by PUBLIC unless an
+-- administrator revoked it: then plane_place alone, see Plumbing.identity)...
+SELECT system_identifier::text FROM pg_control_system();
+
+-- name: plane_place
+-- ... and the database (its name, and its oid for the fallback).
+SELECT current_database(), (SELECT oid::text FROM pg_catalog.pg_database
+                            WHERE datname = current_database());
