@@ -305,8 +305,10 @@ def test_a_worker_stopped_while_waiting_on_the_other_copys_claim_gives_the_job_b
     _walk(source, target)
     backend = RQBackend(source)
     plane = ControlPlane(target)
-    job = backend.enqueue([registry.make_record("blip.count", ("w1",), {})])[0]
-    assert plane.claim(job, Side.TARGET, uuid.uuid4(), 120.0).won  # the other side holds it
+    record = registry.make_record("blip.count", ("w1",), {})
+    job = backend.enqueue([record])[0]
+    # The other side's copy of this enqueue (the same stamp) holds the claim.
+    assert plane.claim(job, Side.TARGET, uuid.uuid4(), 120.0, stamp=record.created_at).won
     gate = _gate(target, backend)
     worker = Worker(backend, registry, isolation="thread", poll_interval=0.05, gate=gate)
     thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False})
