@@ -331,7 +331,7 @@ class Worker:
                         return
                     self._idle_wait()
                     continue
-                self.metrics.claimed(self.backend.name)
+                self.metrics.claimed(self.backend.name, job)  # timed until released
                 try:
                     if self.gate is not None and mode is Mode.DRY:
                         self.gate.dry_run(job, self.registry)

@@ -101,6 +101,8 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
         registry = ctx.registry()
         url = ctx.backend_url(backend_name)
         backend = adapters.open_backend(url)
+        if server is not None:  # jobs per queue and state, read when scraped (not per job)
+            metrics.METRICS.track_counts(backend)
         control, why_none = _control_plane(ctx)
         if control is None:
             _check_unmarked(backend, why_none, why if unfenced else None)
