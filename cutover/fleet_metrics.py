@@ -17,9 +17,7 @@ from __future__ import annotations
 import base64
 import math
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -39,6 +37,8 @@ from cutover.metrics import (
 from cutover.urls import redact, redact_text, secrets_of
 
 if TYPE_CHECKING:
+    import urllib.request
+
     from cutover.control.fleet import Fleet
 
 _LATENCY = m.LATENCY
@@ -137,6 +137,9 @@ def scrape(url: str, timeout: float = 5.0) -> dict[str, Any]:
     """The snapshot served at ``url`` (a worker's ``http://host:port/metrics``). A userinfo
     (``http://user:pass@host:port/metrics``) is sent as HTTP basic auth, never as part of the
     host name, and never shown."""
+    import urllib.error  # here: http.client and email cost a worker's start-up 15 ms
+    import urllib.request
+
     shown = redact(url)
     if not url.startswith(("http://", "https://")):
         raise ConfigurationError(f"metrics endpoint {shown!r}: expected "
@@ -157,6 +160,8 @@ def scrape(url: str, timeout: float = 5.0) -> dict[str, Any]:
 def _request(url: str, shown: str) -> urllib.request.Request:
     """The request for ``url``: its userinfo taken out of the URL, into an Authorization
     header (basic auth)."""
+    import urllib.request
+
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +16,9 @@ from cutover.fence import PRUNE_GRACE, GateConfig, prune_claims, side_of
 from cutover.phases import Side
 from cutover.urls import redact
 from cutover.worker import Worker
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger("cutover.worker")
 

@@ -1,0 +1,25 @@
+"""A worker's start-up, pinned without timing: a cutover worker on the procrastinate side of a
+cut-over (control plane, source opened for the fence) runs without importing procrastinate,
+rich or prometheus_client (no --metrics-port); with --metrics-port it imports
+prometheus_client."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.test_startup_imports import imported
+
+APP = "cutover.testing.tasks:registry"
+
+
+@pytest.mark.parametrize("port", [None, "0"])
+def test_a_worker_start_imports_only_what_it_needs(urls: tuple[str, str],
+                                                   port: str | None) -> None:
+    redis_url, pg_url = urls
+    args = ["--source", redis_url, "--target", pg_url, "--app", APP, "worker", "--backend",
+            "target", "--burst", *(["--metrics-port", port] if port else [])]
+    found = imported(*args)
+    assert "cutover.worker" in found and "cutover_procrastinate" in found  # it did start
+    assert not found & {"procrastinate", "rich", "cutover.cli.inspect", "cutover.cli.move",
+                        "cutover.cli.phase", "cutover.router"}
+    assert ("prometheus_client" in found) is (port is not None)
