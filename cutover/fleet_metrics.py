@@ -6,8 +6,8 @@ A worker's endpoint speaks Prometheus text; :func:`from_exposition` reads it bac
 (the exposition carries every bucket, sum and counter, so nothing is lost on the way).
 
 One source of truth per process: every snapshot carries its :class:`~cutover.metrics.Metrics`
-instance id (an exposition too, ``cutover_metrics_instance``), and :func:`gather` keeps one
-snapshot per instance: a worker that heartbeats as a fleet member and is scraped at its
+instance id (an exposition too, ``cutover_process_info{metrics_instance}``), and :func:`gather`
+keeps one snapshot per instance: a worker that heartbeats as a fleet member and is scraped at its
 ``/metrics`` is counted once (the scrape, the fresher), and so is a process whose Router and
 worker are two members heartbeating one :data:`~cutover.metrics.METRICS`.
 """
@@ -90,7 +90,7 @@ def from_exposition(text: str) -> dict[str, Any]:
             elif family.name == m.EPOCH:
                 epoch = int(sample.value)
             elif family.name == m.INSTANCE:
-                snap["instance"] = labels["instance"]
+                snap["instance"] = labels["metrics_instance"]
             elif family.name == m.MEMBER:
                 members.append(labels["member"])
             elif (backend := labels.get("backend")) is None:

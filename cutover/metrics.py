@@ -432,8 +432,8 @@ JOB_DURATION: Final = "cutover_job_duration_seconds"
 QUEUE_JOBS: Final = "cutover_queue_jobs"
 PHASE: Final = "cutover_phase"
 EPOCH: Final = "cutover_epoch"
-INSTANCE: Final = "cutover_metrics_instance"
-MEMBER: Final = "cutover_fleet_member"
+INSTANCE: Final = "cutover_process_info"
+MEMBER: Final = "cutover_fleet_member_info"
 
 _HELPS: Final = {
     "enqueued": "Jobs the Router enqueued per backend",
@@ -525,8 +525,9 @@ class SnapshotCollector:
             yield GaugeMetricFamily(EPOCH, "The staged cut-over's epoch (each phase change adds "
                                     "one)", value=phase["epoch"])
         if snap.get("instance"):  # one process's: its id, and the members it heartbeats as
-            instance = GaugeMetricFamily(INSTANCE, "This process's metrics instance (status "
-                                         "counts each instance once)", labels=["instance"])
+            # (label metrics_instance: Prometheus owns "instance", the scraped target's)
+            instance = GaugeMetricFamily(INSTANCE, "This process's metrics instance id (status "
+                                         "counts each once)", labels=["metrics_instance"])
             instance.add_metric([snap["instance"]], 1.0)
             yield instance
             members = GaugeMetricFamily(MEMBER, "The fleet member ids whose heartbeats carry "

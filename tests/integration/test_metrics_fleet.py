@@ -160,7 +160,7 @@ def test_status_counts_each_process_once_and_the_producer(fleet: dict[str, objec
         phase = {s.labels["phase"]: s.value for s in families["cutover_phase"].samples}
         assert phase["off"] == 1 and sum(phase.values()) == 1
         assert families["cutover_epoch"].samples[0].value == 0
-        assert len(families["cutover_fleet_member"].samples) == 1
+        assert len(families["cutover_fleet_member_info"].samples) == 1
         labels = {v for f in families.values() for s in f.samples for v in s.labels.values()}
         assert not labels & set(ids)
     assert durations == JOBS
