@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -120,7 +121,7 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
                                                   p.source_url, p.target_key, p.target_url,
                                                   state.phase.value, state.epoch))
             if side is Side.TARGET and ctx.source:
-                source = adapters.open_backend(ctx.source)
+                source = cast(QueueBackend, _SourceOnDemand(ctx.source))
             gate = GateConfig(control, side, source=source, lease=s.claim_lease)
         report = Worker(backend, registry, queues=queues or None,
                         concurrency=s.worker_concurrency, burst=burst,
@@ -149,6 +150,35 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
          + "".join(f"\n  timed out, thread still running: {k}" for k in report.abandoned))
     if report.abandoned:
         raise SystemExit(3)
+
+
+class _SourceOnDemand:
+    """The source a target-side worker compares its shadow dry runs with (the fence reads a
+    job's source copy, ``get``), opened at its first use: a worker that never dry-runs (every
+    phase but shadow) never opens it, nor imports its driver (rq and redis: ~0.2 s of a
+    procrastinate-side worker's start-up). A malformed URL is refused at once; an unreachable
+    source fails the first dry run that needs it, as a source lost later would."""
+
+    def __init__(self, url: str) -> None:
+        adapters.split(url)  # a malformed URL or an unknown scheme: exit 2 now
+        self._url = url
+        self._lock = threading.Lock()
+        self._backend: QueueBackend | None = None
+
+    def _open(self) -> QueueBackend:
+        with self._lock:
+            if self._backend is None:
+                self._backend = adapters.open_backend(self._url)
+            return self._backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._open(), name)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
 
 
 def _serve_metrics(port: int, host: str) -> WSGIServer:

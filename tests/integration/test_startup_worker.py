@@ -1,7 +1,7 @@
 """A worker's start-up, pinned without timing: a cutover worker on the procrastinate side of a
-cut-over (control plane, source opened for the fence) runs without importing procrastinate,
-rich or prometheus_client (no --metrics-port); with --metrics-port it imports
-prometheus_client."""
+cut-over (control plane; the source given) runs without importing procrastinate, rich, rq,
+redis (the source is opened for a shadow dry run only) or prometheus_client (no
+--metrics-port); with --metrics-port it imports prometheus_client."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def test_a_worker_start_imports_only_what_it_needs(urls: tuple[str, str],
             "target", "--burst", *(["--metrics-port", port] if port else [])]
     found = imported(*args)
     assert "cutover.worker" in found and "cutover_procrastinate" in found  # it did start
+    # Nor the source's driver: it is opened for the first shadow dry run only (phase off here).
     assert not found & {"procrastinate", "rich", "cutover.cli.inspect", "cutover.cli.move",
-                        "cutover.cli.phase", "cutover.router"}
+                        "cutover.cli.phase", "cutover.router", "rq", "redis", "cutover_rq"}
     assert ("prometheus_client" in found) is (port is not None)
