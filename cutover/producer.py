@@ -26,22 +26,28 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 
+from cutover import fleet_metrics
 from cutover.control import ControlPlane, MemberKind, PhaseState, PhaseWatcher
 from cutover.control.fleet import HEARTBEAT, LEASE
 from cutover.control.watcher import REFRESH, STALE_AFTER, check_bounds
 from cutover.errors import CutoverError, PhaseUnknownError
+from cutover.metrics import METRICS, Metrics
 
 log = logging.getLogger("cutover.producer")
 assert STALE_AFTER < LEASE
 
 
 class Membership:
-    """One Router's watcher, fleet registration and ack thread (thread-safe)."""
+    """One Router's watcher, fleet registration and ack thread (thread-safe). Each heartbeat
+    carries ``metrics``' snapshot (the Router's enqueue counters and latency: what ``cutover
+    status`` merges over the fleet)."""
 
     def __init__(self, plane: ControlPlane, *, refresh: float = REFRESH,
-                 heartbeat: float = HEARTBEAT, stale_after: float = STALE_AFTER) -> None:
+                 heartbeat: float = HEARTBEAT, stale_after: float = STALE_AFTER,
+                 metrics: Metrics | None = None) -> None:
         check_bounds(refresh, stale_after)
         self.plane = plane
+        self.metrics = METRICS if metrics is None else metrics
         self.heartbeat = heartbeat
         self.stale_after = stale_after
         self.watcher = PhaseWatcher(plane, refresh, on_change=self._changed)
@@ -123,7 +129,9 @@ class Membership:
                     log.info("producer %s acknowledged epoch %d (%s)", self.member,
                              state.epoch, state.phase.value)
                 if time.monotonic() >= next_beat:
-                    if not self.plane.heartbeat(self.member, mode=state.phase.value):
+                    if not fleet_metrics.publish(self.plane, self.member, self.metrics,
+                                                 mode=state.phase.value,
+                                                 phase=(state.phase.value, state.epoch)):
                         self._register(state, self.acked)
                     next_beat = time.monotonic() + self.heartbeat
             except CutoverError as exc:  # the plane is down: enqueues refuse past stale_after

@@ -226,7 +226,8 @@ class Router:
                     return None
                 self._membership = Membership(plane, refresh=self.refresh,
                                               heartbeat=self.heartbeat,
-                                              stale_after=self.stale_after).start()
+                                              stale_after=self.stale_after,
+                                              metrics=self.metrics).start()
             return self._membership
 
     @property

@@ -373,7 +373,7 @@ class Worker:
             self._idle_wait()
             return True
         self._local.job = job
-        self.metrics.claimed(self.backend.name)
+        self.metrics.claimed(self.backend.name, job)  # timed until released
         try:
             if self.gate is not None and mode is Mode.DRY:
                 self.gate.dry_run(job, self.registry)

@@ -19,22 +19,24 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from cutover import adapters, logs
-from cutover.backend import QueueBackend
-from cutover.control import ControlPlane, control_url
+from cutover import logs
 from cutover.errors import ConfigurationError, CutoverError
-from cutover.registry import TaskRegistry
 from cutover.settings import ENV, Settings
 from cutover.urls import hiding, redact, redact_text
 
+if TYPE_CHECKING:  # imported where used: `cutover --help` loads none of them (start-up time)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from cutover.backend import QueueBackend
+    from cutover.control import ControlPlane
+    from cutover.registry import TaskRegistry
+
 log = logging.getLogger("cutover.cli")
-stderr = Console(stderr=True)
 
 
 @dataclasses.dataclass
@@ -82,11 +84,15 @@ class Context:
 
     def control_url(self) -> str:
         """The control plane's PostgreSQL URL; refuses (exit 2) when there is none."""
+        from cutover.control import control_url
+
         return control_url(self.source, self.target, self.control)
 
     def control_plane(self) -> ControlPlane:
         """The control plane, in the configured schema and pooling (a malformed
         CUTOVER_SCHEMA or CUTOVER_CONTROL_POOLING refuses, exit 2, naming it)."""
+        from cutover.control import ControlPlane
+
         return ControlPlane(self.control_url(), self.settings.schema,
                             pooling=self.settings.control_pooling)
 
@@ -105,6 +111,8 @@ class Context:
             if not url:
                 raise ConfigurationError(f"--backend {name}: no --{name} URL given")
             return url
+        from cutover import adapters
+
         for url in (self.source, self.target):
             if url and adapters.split(url)[0] == name:
                 return url
@@ -126,6 +134,8 @@ def load_registry(spec: str) -> TaskRegistry:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ConfigurationError(f"--app {spec!r}: cannot import {module_name!r}: "
                                  f"{type(exc).__name__}: {first}") from exc
+    from cutover.registry import TaskRegistry
+
     registry = getattr(module, attr, None)
     if not isinstance(registry, TaskRegistry):
         raise ConfigurationError(f"--app {spec!r}: {attr!r} is not a cutover.TaskRegistry "
@@ -274,6 +284,8 @@ def console() -> Console:
 
     Text is printed as written: no markup (a queue named ``[/]`` or ``[bold]``), no emoji codes
     (``cutover:key:x``), no highlighting; styles are given as :class:`rich.text.Text` styles."""
+    from rich.console import Console
+
     plain: dict[str, Any] = {"markup": False, "emoji": False, "highlight": False}
     if _terminal():
         return Console(**plain)
@@ -283,6 +295,8 @@ def console() -> Console:
 @contextlib.contextmanager
 def opened(*urls: str) -> Iterator[list[QueueBackend]]:
     """Open a backend for each URL; close them all on the way out."""
+    from cutover import adapters
+
     backends: list[QueueBackend] = []
     try:
         for url in urls:
@@ -315,9 +329,18 @@ class DrainProgress:
 
     def __enter__(self) -> DrainProgress:
         if self.tty:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
             self._bar = Progress(TextColumn("draining"), BarColumn(), TaskProgressColumn(),
                                  TextColumn("{task.completed} jobs, {task.fields[rate]}/s"),
-                                 TimeRemainingColumn(), console=stderr)
+                                 TimeRemainingColumn(), console=Console(stderr=True))
             self._bar.__enter__()
             self._task = self._bar.add_task("drain", total=None, rate="0")
         return self

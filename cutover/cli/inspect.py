@@ -208,6 +208,8 @@ _METRIC_ROWS: dict[str, Any] = {
     "succeeded": lambda r: str(r["succeeded"]),
     "failed": lambda r: str(r["failed"]),
     "retried": lambda r: str(r["retried"]),
+    "job p50": lambda r: _ms(r["job_p50"]),
+    "job p99": lambda r: _ms(r["job_p99"]),
 }
 
 

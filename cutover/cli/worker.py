@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from wsgiref.simple_server import WSGIServer
+import threading
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -16,6 +17,9 @@ from cutover.fence import PRUNE_GRACE, GateConfig, prune_claims, side_of
 from cutover.phases import Side
 from cutover.urls import redact
 from cutover.worker import Worker
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger("cutover.worker")
 
@@ -101,6 +105,8 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
         registry = ctx.registry()
         url = ctx.backend_url(backend_name)
         backend = adapters.open_backend(url)
+        if server is not None:  # jobs per queue and state, read when scraped (not per job)
+            metrics.METRICS.track_counts(backend)
         control, why_none = _control_plane(ctx)
         if control is None:
             _check_unmarked(backend, why_none, why if unfenced else None)
@@ -119,7 +125,7 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
                                                   state.phase.value, state.epoch,
                                                   control_key=control.identity()))
             if side is Side.TARGET and ctx.source:
-                source = adapters.open_backend(ctx.source)
+                source = cast(QueueBackend, _SourceOnDemand(ctx.source))
             gate = GateConfig(control, side, source=source, lease=s.claim_lease)
         report = Worker(backend, registry, queues=queues or None,
                         concurrency=s.worker_concurrency, burst=burst,
@@ -148,6 +154,35 @@ def worker(ctx: Context, backend_name: str, queues: tuple[str, ...], concurrency
          + "".join(f"\n  timed out, thread still running: {k}" for k in report.abandoned))
     if report.abandoned:
         raise SystemExit(3)
+
+
+class _SourceOnDemand:
+    """The source a target-side worker compares its shadow dry runs with (the fence reads a
+    job's source copy, ``get``), opened at its first use: a worker that never dry-runs (every
+    phase but shadow) never opens it, nor imports its driver (rq and redis: ~0.2 s of a
+    procrastinate-side worker's start-up). A malformed URL is refused at once; an unreachable
+    source fails the first dry run that needs it, as a source lost later would."""
+
+    def __init__(self, url: str) -> None:
+        adapters.split(url)  # a malformed URL or an unknown scheme: exit 2 now
+        self._url = url
+        self._lock = threading.Lock()
+        self._backend: QueueBackend | None = None
+
+    def _open(self) -> QueueBackend:
+        with self._lock:
+            if self._backend is None:
+                self._backend = adapters.open_backend(self._url)
+            return self._backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._open(), name)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
 
 
 def _serve_metrics(port: int, host: str) -> WSGIServer:

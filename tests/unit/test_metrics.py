@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -89,9 +90,14 @@ def test_merge_adds_counters_buckets_and_in_flight() -> None:
     assert rq["in_flight"] == 2
     assert merged["backends"]["procrastinate"]["shadow_total"] == 1
     assert merged["backends"]["procrastinate"]["shadow_matched"] == 0
-    # Merging one snapshot gives it back; merging nothing is empty.
-    assert m.merge([a.snapshot()]) == a.snapshot()
+    # Merging one snapshot gives its numbers back (the merge is no one process: no instance,
+    # members or time); merging nothing is empty.
+    assert m.merge([a.snapshot()]) == numbers_of(a.snapshot())
     assert m.merge([]) == m.empty()
+
+
+def numbers_of(snap: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in snap.items() if k not in ("instance", "members", "at")}
 
 
 def test_merge_refuses_other_buckets() -> None:
@@ -156,5 +162,106 @@ def test_exposition_reads_back_into_the_same_snapshot() -> None:
     x.duplicate_skipped("procrastinate")
     x.shadow_result("procrastinate", True)
     snap = x.snapshot()
-    assert from_exposition(m.exposition(snap)) == snap
+    back = from_exposition(m.exposition(snap))
+    assert back.pop("at") >= snap.pop("at")  # the time it was read
+    assert back == snap
     assert from_exposition("# nothing of ours\nother_total 3\n") == m.empty()
+
+
+class _Job:
+    def __init__(self, queue: str, task: str) -> None:
+        self.queue, self.task = queue, task
+
+
+class _Store:
+    name = "rq"
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def counts(self) -> dict[str, dict[Any, int]]:
+        from cutover.record import JobState
+
+        self.reads += 1
+        return {"default": {JobState.QUEUED: 3, JobState.FAILED: 2, JobState.STARTED: 1}}
+
+
+def test_job_durations_per_queue_task_and_outcome() -> None:
+    x = m.Metrics()
+    x.claimed("rq", _Job("default", "app.send"))
+    x.outcome("rq", "succeeded")
+    x.released("rq")
+    x.claimed("rq", _Job("default", "app.send"))
+    x.duplicate_skipped("rq")
+    x.released("rq")
+    x.claimed("rq", _Job("mail", "app.send"))  # nothing recorded: "other"
+    x.released("rq")
+    x.claimed("rq")  # no job given: in flight only, not timed
+    x.released("rq")
+    jobs = {(s["queue"], s["outcome"]): sum(s["buckets"]) for s in x.snapshot()["jobs"]}
+    assert jobs == {("default", "succeeded"): 1, ("default", "duplicate"): 1,
+                    ("mail", "other"): 1}
+    assert m.summary(x.snapshot())["rq"]["jobs_timed"] == 3
+
+
+def test_job_series_are_bounded() -> None:
+    x = m.Metrics()
+    for i in range(m.MAX_JOB_SERIES + 50):
+        x.claimed("rq", _Job("q", f"task-{i}"))
+        x.outcome("rq", "succeeded")
+        x.released("rq")
+    series = x.snapshot()["jobs"]
+    assert len(series) == m.MAX_JOB_SERIES + 1
+    other = [s for s in series if s["task"] == m.OTHER]
+    assert sum(other[0]["buckets"]) == 50
+
+
+def test_counts_are_read_when_a_snapshot_is_taken_at_most_every_interval() -> None:
+    x = m.Metrics()
+    store = _Store()
+    x.track_counts(store)
+    for _ in range(20):  # a hot loop of scrapes: one read
+        snap = x.snapshot()
+    assert store.reads == 1
+    assert snap["queues"]["rq"]["counts"]["default"]["waiting"] == 3
+    assert snap["queues"]["rq"]["counts"]["default"]["failed"] == 2
+    x.counts_every = 0.0
+    x.snapshot()
+    assert store.reads == 2
+
+
+def test_new_families_read_back_into_the_same_snapshot() -> None:
+    from cutover.fleet_metrics import from_exposition
+
+    x = m.Metrics()
+    x.track_counts(_Store())
+    x.set_phase("live", 4)
+    x.members.add("0b5ad5e2-0000-4000-8000-000000000000")
+    x.claimed("rq", _Job("default", "app.send"))
+    x.outcome("rq", "failed")
+    x.released("rq")
+    snap = json.loads(json.dumps(x.snapshot()))
+    back = from_exposition(m.exposition(snap))
+    for doc in (snap, back):
+        doc.pop("at")
+        doc["phase"].pop("at")
+        doc["queues"]["rq"].pop("at")
+    assert back == snap
+
+
+def test_one_snapshot_per_instance() -> None:
+    from cutover.fleet_metrics import once_per_instance
+
+    x, y = m.Metrics(), m.Metrics()
+    x.outcome("rq", "succeeded")
+    old = x.snapshot()
+    x.outcome("rq", "succeeded")
+    beat_a, beat_b, scraped = old, x.snapshot(), {**x.snapshot(), "_scraped": True}
+    legacy = {k: v for k, v in y.snapshot().items() if k != "instance"}
+    # Two members of one process (a Router and a worker) heartbeat one Metrics: the latest.
+    kept, dropped = once_per_instance([beat_a, beat_b, legacy], [])
+    assert (len(kept), dropped) == (2, 1)
+    assert m.merge(kept)["backends"]["rq"]["succeeded"] == 2
+    # Scraped too: the scrape, once.
+    kept, dropped = once_per_instance([beat_a, beat_b], [scraped])
+    assert kept == [scraped] and dropped == 2
