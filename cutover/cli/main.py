@@ -51,8 +51,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "list, scheduled or deferred registry), so the source's workers run them "
                 "again."),
     "verify": ("cutover.cli.proof", "verify",
-               "Prove that the jobs the ledger says moved from --source to --target are on the "
-               "target, unaltered, and nowhere else."),
+               "Prove that every job of the ledger between --source and --target (moved by a "
+               "drain, or accepted by the Router in a staged cut-over) ran exactly once, failed "
+               "for good, or waits where a worker runs it in the current phase."),
     "phase": ("cutover.cli.phase", "phase",
               "The phase of the staged cut-over: off -> shadow -> live -> rampdown -> "
               "complete."),
