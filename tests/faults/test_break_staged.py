@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -85,7 +86,7 @@ class Rig:
                                           "--why", "live", code=None).returncode == 0)
         time.sleep(2.5)
 
-    def verify(self) -> tuple[int, dict[str, object]]:
+    def verify(self) -> tuple[int, dict[str, Any]]:
         proc = self.cli("--json", "verify", code=None)
         return proc.returncode, (json.loads(proc.stdout) if proc.stdout.strip() else {})
 
@@ -137,7 +138,7 @@ def test_break_shadow_half_write_of_a_killed_producer_never_runs(rig: Rig) -> No
         assert proc.returncode == -signal.SIGKILL and not proc.stdout.strip()  # no id returned
         time.sleep(4)  # the target's dry run sees the half write
         code, report = rig.verify()
-        lost = [j["id"] for j in report.get("lost", [])]  # type: ignore[union-attr]
+        lost = [j["id"] for j in report.get("lost", [])]
         assert (code, lost) == (0, []), report
         wait_for("live", lambda: rig.cli("phase", "advance", "--from", "shadow", "--yes",
                                          "--why", "live", code=None).returncode == 0)
@@ -205,7 +206,7 @@ def test_break_job_killed_on_both_sides_is_not_reported_ran_twice(rig: Rig) -> N
         time.sleep(25)
         starts = break_app.runs(rig.target, "killed:start")
         _code, report = rig.verify()
-        dup = [j["id"] for j in report.get("duplicated", [])]  # type: ignore[union-attr]
+        dup = [j["id"] for j in report.get("duplicated", [])]
         assert starts == 1
         assert job_id not in dup, report
     finally:
