@@ -54,3 +54,9 @@ def fails_unless_flag(tag: str) -> str:
     if not os.path.exists(os.path.join(os.environ[FLAG_DIR_ENV], tag)):
         raise RuntimeError("flag missing " + tag)
     return tag
+
+
+if os.environ.get("BRK_PG_APP"):  # `procrastinate --app tests.faults.break_app.app worker`
+    from cutover_procrastinate import make_app
+
+    app = make_app(registry, os.environ["CUTOVER_TARGET"])

@@ -213,3 +213,43 @@ def test_break_job_killed_on_both_sides_is_not_reported_ran_twice(rig: Rig) -> N
         router.close()
         rig.stop(wrq)
         rig.stop(wpg)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.xfail(strict=True, reason="the --force --why that leaving complete requires also "
+                   "overrides no_native_bypass, silently (the forced command prints only "
+                   "'FORCED'): with procrastinate's own worker running after complete, as the "
+                   "runbook suggests, a rollback into shadow runs the dual-written jobs twice")
+def test_break_forced_rollback_out_of_complete_with_native_worker_runs_jobs_once(
+        rig: Rig) -> None:
+    wrq, wpg = rig.worker("rq"), rig.worker("procrastinate")
+    wait_for("fleet", lambda: rig.fleet_workers() == 2)
+    router = Router(break_app.registry, source=rig.source, target=rig.target)
+    native: subprocess.Popen[bytes] | None = None
+    accepted: list[str] = []
+    try:
+        rig.to_live(router)
+        rig.cli("phase", "advance", "--from", "live", "--yes", "--why", "rampdown")
+        wait_for("complete", lambda: rig.cli("complete", "--yes", "--why", "go",
+                                              code=None).returncode == 0, 90)
+        # the runbook, after complete: switch to procrastinate's own worker on make_app
+        rig.stop(wpg)
+        native = subprocess.Popen([sys.executable, "-m", "procrastinate", "--app",
+                                   "tests.faults.break_app.app", "worker"],
+                                  env={**rig.env, "BRK_PG_APP": "1"}, cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(4)
+        rig.cli("rollback", "--to", "shadow", "--force", "--why", "errors after complete",
+                "--yes", code=None)
+        time.sleep(3)  # the router sees shadow: it writes both sides again
+        for n in range(20):
+            router.enqueue(break_app.rec, f"after-{n}")
+            accepted.append(f"after-{n}")
+        time.sleep(8)
+        counts = {tag: break_app.runs(rig.target, tag) for tag in accepted}
+        assert all(c == 1 for c in counts.values()), counts
+    finally:
+        router.close()
+        if native is not None:
+            rig.stop(native)
+        rig.stop(wrq)
