@@ -253,3 +253,35 @@ def test_break_forced_rollback_out_of_complete_with_native_worker_runs_jobs_once
         if native is not None:
             rig.stop(native)
         rig.stop(wrq)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.xfail(strict=True, reason="the Redis store's identity (cutover:store-id) lives in "
+                   "the data: after a FLUSHDB (or a restart without persistence) the source is "
+                   "'neither side of the cut-over' (the same URL named twice), its cutover worker "
+                   "refuses to start (exit 2) and verify exits 3 'nothing was moved between these "
+                   "two stores' without naming the lost jobs")
+def test_break_flushdb_in_shadow_verify_names_the_lost_jobs(rig: Rig) -> None:
+    wrq, wpg = rig.worker("rq"), rig.worker("procrastinate")
+    wait_for("fleet", lambda: rig.fleet_workers() == 2)
+    router = Router(break_app.registry, source=rig.source, target=rig.target)
+    try:
+        rig.cli("phase", "advance", "--from", "off", "--yes", "--why", "shadow")
+        time.sleep(2.5)
+        for n in range(3):
+            router.enqueue(break_app.rec, f"before-{n}")
+        time.sleep(3)
+        rig.stop(wrq)
+        ids = [router.enqueue(break_app.rec, f"flushed-{n}") for n in range(5)]
+        redis.Redis.from_url(rig.source).flushdb()  # Redis loses its data
+        wrq = rig.worker("rq")
+        time.sleep(6)
+        code, report = rig.verify()
+        named = {j["id"] for kind in ("lost", "unaccounted") for j in report.get(kind, [])}
+        assert code == 1 and set(ids) <= named, (code, report)
+        assert wrq.poll() is None  # the source's worker runs (it is the same store)
+        assert all(break_app.runs(rig.target, f"before-{n}") == 1 for n in range(3))
+    finally:
+        router.close()
+        rig.stop(wrq)
+        rig.stop(wpg)
