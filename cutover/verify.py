@@ -122,7 +122,8 @@ def verify(source: QueueBackend, source_url: str, target: QueueBackend, target_u
                 cur.execute(control.query("verify_checks"))
                 while rows := cur.fetchmany(batch_size):
                     _conclude([dict(zip(_CHECK_COLUMNS, r, strict=True)) for r in rows],
-                              backends, report, state.phase)
+                              backends, report, state.phase,
+                              {"s": bool(where["idle_s"]), "t": bool(where["idle_t"])})
             seen = {d["id"] for d in report.duplicated}
             for job_id, sstate, tstate in conn.execute(control.query("verify_both"),
                                                        pair).fetchall():
@@ -154,16 +155,19 @@ def _stamps_runs(backend: QueueBackend) -> bool:
 
 
 def _who_runs(state: PhaseState, skey: str, tkey: str) -> dict[str, Any]:
-    """The judgement's phase parameters: the claims' name for the --source side (``cs``), and
-    whether a worker runs a waiting copy on each side now (``ok_s``, ``ok_t``)."""
+    """The judgement's phase parameters: the claims' name for the --source side (``cs``),
+    whether a worker runs a waiting copy on each side now (``ok_s``, ``ok_t``), and whether no
+    worker takes anything there at all (``idle_s``, ``idle_t``: not even a dry run)."""
     reverse = state.pair is not None and state.pair.source_key == tkey
     s_side, t_side = (Side.TARGET, Side.SOURCE) if reverse else (Side.SOURCE, Side.TARGET)
     if state.phase is Phase.OFF and state.epoch == 0:
-        ok_s = ok_t = True  # no staged cut-over ever started: every worker runs what it holds
-    else:
-        ok_s = mode(state.phase, s_side) in (Mode.EXECUTE, Mode.FENCED)
-        ok_t = mode(state.phase, t_side) in (Mode.EXECUTE, Mode.FENCED)
-    return {"cs": s_side.value, "ok_s": ok_s, "ok_t": ok_t}
+        # no staged cut-over ever started: every worker runs what it holds
+        return {"cs": s_side.value, "ok_s": True, "ok_t": True, "idle_s": False,
+                "idle_t": False}
+    s_mode, t_mode = mode(state.phase, s_side), mode(state.phase, t_side)
+    return {"cs": s_side.value, "ok_s": s_mode in (Mode.EXECUTE, Mode.FENCED),
+            "ok_t": t_mode in (Mode.EXECUTE, Mode.FENCED), "idle_s": s_mode is Mode.IDLE,
+            "idle_t": t_mode is Mode.IDLE}
 
 
 def _require_history(control: ControlPlane, source: tuple[str, str],
@@ -191,8 +195,13 @@ _CHECK_COLUMNS = ("id", "queue", "lstate", "forward", "s_state", "t_state", "s_r
                   "claim_failed", "recent", "content")
 
 
+#: Copy states that wait for a worker (held and started copies are a drain's or a worker's).
+_WAITING_AGAIN = frozenset({JobState.QUEUED.value, JobState.SCHEDULED.value,
+                            JobState.DEFERRED.value})
+
+
 def _conclude(rows: list[dict[str, Any]], backends: dict[str, QueueBackend],
-              report: VerifyReport, phase: Phase) -> None:
+              report: VerifyReport, phase: Phase, idle: dict[str, bool] | None = None) -> None:
     """Conclude the rows ``verify_judge`` left to check: ask each backend's departure records
     about the copies gone without a reason in the control plane (one lookup per side and
     batch), then file each job (see the module's doc)."""
@@ -212,12 +221,13 @@ def _conclude(rows: list[dict[str, Any]], backends: dict[str, QueueBackend],
         if row.get("late"):
             report.jobs["recent"] = report.jobs.get("recent", 0) + 1
             continue
-        _conclude_one(row, departed, backends, report, phase)
+        _conclude_one(row, departed, backends, report, phase,
+                      idle or {"s": False, "t": False})
 
 
 def _conclude_one(row: dict[str, Any], departed: dict[str, dict[str, Departure]],
                   backends: dict[str, QueueBackend], report: VerifyReport,
-                  phase: Phase) -> None:
+                  phase: Phase, idle: dict[str, bool]) -> None:
     job_id, queue = row["id"], row["queue"]
     states = {"s": row["s_state"], "t": row["t_state"]}
     runs = int(row["runs"])
@@ -226,6 +236,14 @@ def _conclude_one(row: dict[str, Any], departed: dict[str, dict[str, Departure]]
     notes: list[str] = []  # why nothing runs the job
     failed = bool(row["claim_failed"]) or any(
         row[f"{side}_run"] and states[side] == JobState.FAILED.value for side in "st")
+    # A copy waiting again on a side where the job already ran, in a phase where no worker
+    # takes anything there (the source after complete, the target in off after a rollback):
+    # the job was enqueued there again (an `rq requeue`, a backend's retry) and that enqueue
+    # will never run. Its twin waiting on the side that did not run it is the run's own copy.
+    stranded = [f"a copy waits again on the {_NAMES[side]} (the job ran there before), where "
+                f"no worker takes jobs in {phase}: that enqueue never runs"
+                for side in "st"
+                if idle[side] and row[f"{side}_run"] and states[side] in _WAITING_AGAIN]
     for side in "st":
         name = _NAMES[side]
         if row[f"{side}_ask"]:
@@ -262,7 +280,9 @@ def _conclude_one(row: dict[str, Any], departed: dict[str, dict[str, Departure]]
         report.duplicated.append({
             "id": job_id, "source_state": states["s"], "target_state": states["t"],
             "reason": f"moved away from the {_NAMES[back]}, and a copy is there again"})
-    if runs > 1:
+    if stranded:
+        report.lost.append({"id": job_id, "queue": queue, "reason": "; ".join(stranded)})
+    elif runs > 1:
         if int(row["finished"]) > 1:
             evidence.append(f"{row['finished']} finished claims")
         report.duplicated.append({

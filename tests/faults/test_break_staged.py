@@ -152,10 +152,6 @@ def test_break_shadow_half_write_of_a_killed_producer_never_runs(rig: Rig) -> No
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(strict=True, reason="after complete, an RQ Job.requeue() of a job that failed "
-                   "on RQ in live leaves it waiting on the source where no worker runs it; verify "
-                   "counts it 'failed' and exits 0 (its 'waits where no worker runs it' note is "
-                   "dropped once the job has one run)")
 def test_break_requeue_after_complete_is_not_verified_clean(rig: Rig) -> None:
     wrq, wpg = rig.worker("rq"), rig.worker("procrastinate")
     wait_for("fleet", lambda: rig.fleet_workers() == 2)
@@ -179,7 +175,10 @@ def test_break_requeue_after_complete_is_not_verified_clean(rig: Rig) -> None:
         code, report = rig.verify()
         # either the requeued job ran (twice in all: the failure and the retry), or verify
         # does not call the pair clean while it waits where nothing will run it
-        assert ran == 2 or code == 1, (ran, code, report)
+        assert ran == 1, "nothing runs the source after complete"
+        assert code == 1, (ran, code, report)
+        lost = {j["id"]: j["reason"] for j in report["lost"]}
+        assert job_id in lost and "waits again on the source" in lost[job_id], report
     finally:
         router.close()
         rig.stop(wrq)

@@ -37,8 +37,9 @@ ON CONFLICT (cutover_id, side, why) DO UPDATE SET at = now();
 --   stray a released job back on the side it was moved away from.
 -- recent: the row was written from a few seconds before the snapshots were read on (since):
 -- a copy gone from a snapshot may have been written after it (verify.py looks again).
--- ok_s / ok_t: a worker will run a waiting copy there in the current phase (verify.py passes
--- them from cutover.phases.mode). A verdict is 'ran', 'failed' or 'waiting' when the SQL
+-- ok_s / ok_t: a worker will run a waiting copy there in the current phase; idle_s / idle_t:
+-- no worker takes anything there, not even a dry run (verify.py passes them from
+-- cutover.phases.mode). A verdict is 'ran', 'failed' or 'waiting' when the SQL
 -- alone proves it; every other row is 'check', concluded in verify.py with the departures.
 CREATE TEMPORARY TABLE cutover_judged ON COMMIT DROP AS
 WITH spans AS (
@@ -147,7 +148,11 @@ SELECT id, queue, lstate, forward, digest, s_state, t_state, s_digest, t_digest,
        OR (t_alive AND (%(ok_t)s OR t_state IN ('held', 'started'))) AS waits,
        CASE
            WHEN altered OR stray OR s_ask OR t_ask
-                OR GREATEST(s_run::int + t_run::int, finished) > 1 THEN 'check'
+                OR GREATEST(s_run::int + t_run::int, finished) > 1
+                -- waiting again where it ran, on a side no worker takes anything from now
+                OR (%(idle_s)s AND s_run AND s_state IN ('queued', 'scheduled', 'deferred'))
+                OR (%(idle_t)s AND t_run AND t_state IN ('queued', 'scheduled', 'deferred'))
+                THEN 'check'
            WHEN s_run OR t_run THEN
                CASE WHEN claim_failed OR (s_run AND s_state = 'failed')
                          OR (t_run AND t_state = 'failed') THEN 'failed' ELSE 'ran' END
