@@ -209,7 +209,7 @@ def test_args_altered_on_a_moved_job_that_then_ran_are_mismatched(urls: tuple[st
 
 def end_by_hand(target_url: str, job_id: str, how: str) -> None:
     """Mark a waiting job as ended without running it, with each backend's own tools."""
-    if target_url.startswith("redis"):
+    if not target_url.startswith(("postgresql:", "postgres:")):  # redis:// or unix:// (RQ)
         conn = redis.Redis.from_url(target_url)
         job = rq.job.Job.fetch(job_id, connection=conn)
         if how == "cancelled":
